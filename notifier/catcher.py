@@ -1,0 +1,138 @@
+"""The built-in mail catcher: an aiosmtpd server inside the process that stores every message it
+receives under ``var/mails``, so a newcomer sees real e-mails without an SMTP account."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope, Session
+
+from .clock import utcnow
+from .errors import NotFoundError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaughtMail:
+    number: int
+    received_at: datetime
+    mail_from: str
+    rcpt_tos: list[str]
+    subject: str
+    path: Path
+
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.path.read_bytes(), policy=policy.default)
+
+
+class MailStore:
+    """Numbered ``.eml`` files with a ``.json`` envelope beside each."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _next_number(self) -> int:
+        numbers = [int(p.stem) for p in self.directory.glob("*.eml") if p.stem.isdigit()]
+        return max(numbers, default=0) + 1
+
+    def save(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> int:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        number = self._next_number()
+        subject = str(message_from_bytes(content, policy=policy.default).get("Subject", ""))
+        meta = {
+            "received_at": utcnow().isoformat(),
+            "mail_from": mail_from,
+            "rcpt_tos": rcpt_tos,
+            "subject": subject,
+        }
+        base = self.directory / f"{number:06d}"
+        tmp = base.with_suffix(".tmp")
+        tmp.write_bytes(content)
+        base.with_suffix(".json").write_text(json.dumps(meta, ensure_ascii=False), "utf-8")
+        os.replace(tmp, base.with_suffix(".eml"))  # the .eml appears last, whole
+        return number
+
+    def list(self) -> list[CaughtMail]:
+        out = []
+        for eml in sorted(self.directory.glob("*.eml")):
+            meta = json.loads(eml.with_suffix(".json").read_text("utf-8"))
+            out.append(
+                CaughtMail(
+                    int(eml.stem),
+                    datetime.fromisoformat(meta["received_at"]),
+                    meta["mail_from"],
+                    meta["rcpt_tos"],
+                    meta["subject"],
+                    eml,
+                )
+            )
+        return out
+
+    def get(self, number: int) -> CaughtMail:
+        for mail in self.list():
+            if mail.number == number:
+                return mail
+        raise NotFoundError(f"keine Nachricht Nr. {number} in {self.directory}")
+
+
+class _Handler:
+    def __init__(self, store: MailStore) -> None:
+        self.store = store
+
+    async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        number = await asyncio.to_thread(
+            self.store.save, envelope.mail_from or "", list(envelope.rcpt_tos), content
+        )
+        logger.info("catcher: message %d for %s stored", number, ", ".join(envelope.rcpt_tos))
+        return "250 Message accepted for delivery"
+
+
+class MailCatcher:
+    """Serve SMTP on ``host:port`` (0: any free port) until the context exits."""
+
+    def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.store = MailStore(directory)
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> MailCatcher:
+        handler = _Handler(self.store)
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: SMTPServer(handler, hostname="notifier-catcher", data_size_limit=50 * 2**20),
+            host=self.host,
+            port=self.port,
+        )
+        sockname: Any = self._server.sockets[0].getsockname()
+        self.port = int(sockname[1])
+        logger.info(
+            "mail catcher listening on %s:%d, storing in %s",
+            self.host,
+            self.port,
+            self.store.directory,
+        )
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,0 +1,404 @@
+"""The ``notifier`` command. Messages for people are German; ``--help`` texts too."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import getpass
+import logging
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from . import announcements as ann
+from .catcher import MailStore
+from .clock import utcnow
+from .config import DEFAULT_CONFIG, Settings, load_settings
+from .db import Database, queries
+from .db.models import ItemStatus, OutboxState, Role
+from .errors import ConfigError, NotifierError
+from .organisations import LEVEL_LABELS, load_organisations
+from .rendering import german_datetime
+from .service import Service, prepare_database
+from .subscribers import export_subscribers, import_subscribers
+
+T = TypeVar("T")
+
+ROLE_LABELS = {
+    Role.staff: "Mitarbeitende",
+    Role.mayor: "Bürgermeister/innen",
+    Role.deputy_mayor: "Beigeordnete",
+    Role.council_member: "Ratsmitglieder",
+    Role.project_office: "Projektbüro",
+}
+STATE_LABELS = {
+    OutboxState.queued: "wartend",
+    OutboxState.sending: "im Versand",
+    OutboxState.sent: "versandt",
+    OutboxState.deferred: "zurückgestellt",
+    OutboxState.failed: "fehlgeschlagen",
+    OutboxState.cancelled: "abgesagt",
+}
+ITEM_LABELS = {
+    ItemStatus.scheduled: "geplant",
+    ItemStatus.routed: "versendet",
+    ItemStatus.cancelled: "abgesagt",
+}
+
+
+def _actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _settings(ctx: click.Context) -> Settings:
+    settings: Settings = ctx.obj["settings"]()
+    return settings
+
+
+def run_async(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
+    """Run an async command body; turn notifier's errors into one clear message and exit 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return asyncio.run(func(*args, **kwargs))
+        except NotifierError as exc:
+            click.echo(f"Fehler: {exc}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+async def _open(settings: Settings) -> Database:
+    db = Database(settings.database_url, echo=settings.database.echo)
+    await prepare_database(db, settings)
+    return db
+
+
+@click.group()
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=lambda: os.environ.get("NOTIFIER_CONFIG", DEFAULT_CONFIG),
+    show_default="config.toml oder $NOTIFIER_CONFIG",
+    help="Konfigurationsdatei.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Ausführliche Protokollausgabe.")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
+    """notifier: Benachrichtigungsdienst von EIFELKREIS VERBINDET."""
+    logging.basicConfig(
+        level=logging.DEBUG
+        if verbose
+        else logging.INFO
+        if ctx.invoked_subcommand == "run"
+        else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # Their INFO lines (every job run, every SMTP command of the catcher) drown the service's own.
+    for noisy in ("apscheduler", "mail.log"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    loaded: list[Settings] = []
+
+    def settings() -> Settings:
+        if not loaded:
+            try:
+                loaded.append(load_settings(config_path))
+            except ConfigError as exc:
+                click.echo(f"Konfigurationsfehler: {exc}", err=True)
+                sys.exit(2)
+        return loaded[0]
+
+    ctx.obj = {"settings": settings}
+
+
+@main.command()
+@click.pass_context
+@run_async
+async def run(ctx: click.Context) -> None:
+    """Den Dienst starten (Planer, Versand, ggf. Mail-Catcher) bis Strg+C."""
+    settings = _settings(ctx)
+    service = Service(settings)
+    task = asyncio.create_task(service.run())
+    ready = asyncio.create_task(service.ready.wait())
+    await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+    if service.ready.is_set():
+        click.echo(f"notifier läuft. Konfiguration: {settings.base_dir}")
+        click.echo(f"  Datenbank:   {settings.database_url.split('@')[-1]}")
+        if service.catcher is not None:
+            click.echo(
+                f"  Mail-Catcher: SMTP auf {service.catcher.host}:{service.catcher.port}, "
+                f"Nachrichten in {service.catcher.store.directory}"
+            )
+            click.echo("               ansehen mit: notifier mails / notifier mails show N")
+        else:
+            click.echo(
+                f"  SMTP:        {settings.smtp.host}:{settings.smtp.port} ({settings.smtp.tls})"
+            )
+        click.echo("Beenden mit Strg+C.")
+    ready.cancel()
+    await task
+
+
+@main.command()
+@click.pass_context
+@run_async
+async def migrate(ctx: click.Context) -> None:
+    """Datenbankschema anlegen bzw. aktualisieren."""
+    async with await _open(_settings(ctx)):
+        click.echo("Datenbank ist auf dem neuesten Stand.")
+
+
+@main.group()
+def organisations() -> None:
+    """Organisationsstruktur (Kreis, Verbandsgemeinden, Ortsgemeinden)."""
+
+
+@organisations.command("load")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--if-empty", is_flag=True, help="Nur laden, wenn noch keine Struktur gespeichert ist."
+)
+@click.pass_context
+@run_async
+async def organisations_load(ctx: click.Context, file: Path, if_empty: bool) -> None:
+    """Struktur aus FILE (key,name,kind,parent) abgleichen."""
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        if if_empty and (await queries.organisation_count(session)) > 0:
+            click.echo("Organisationsstruktur ist schon geladen; nichts geändert.")
+            return
+        report = await load_organisations(session, file, actor=_actor())
+    if report.unchanged:
+        click.echo(f"{file}: keine Änderungen.")
+        return
+    click.echo(
+        f"{file}: {len(report.added)} neu, {len(report.changed)} geändert, "
+        f"{len(report.removed)} entfernt."
+    )
+    for email, old, new in report.moved_subscribers:
+        click.echo(f"  {email}: von {old} nach {new} verschoben (Einheit entfernt)")
+
+
+@main.group()
+def subscribers() -> None:
+    """Abonnentinnen und Abonnenten."""
+
+
+@subscribers.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Nur prüfen und berichten, nichts speichern.")
+@click.option(
+    "--if-empty", is_flag=True, help="Nur importieren, wenn noch niemand gespeichert ist."
+)
+@click.pass_context
+@run_async
+async def subscribers_import(ctx: click.Context, file: Path, dry_run: bool, if_empty: bool) -> None:
+    """Abonnenten aus FILE (email,name,role,organisation,topics,rhythm) importieren."""
+    settings = _settings(ctx)
+    async with await _open(settings) as db, db.transaction() as session:
+        if if_empty and (await queries.subscriber_count(session)) > 0:
+            click.echo("Es sind schon Abonnenten gespeichert; nichts importiert.")
+            return
+        report = await import_subscribers(
+            session, file, set(settings.topic_keys), actor=_actor(), dry_run=dry_run
+        )
+        if dry_run:
+            await session.rollback()
+    prefix = "Probelauf, nichts gespeichert: " if dry_run else ""
+    click.echo(
+        f"{prefix}{file}: {len(report.added)} neu, {len(report.updated)} geändert, "
+        f"{len(report.unchanged)} unverändert."
+    )
+    if report.kept_inactive:
+        click.echo(
+            f"  {len(report.kept_inactive)} abgemeldete Adressen bleiben abgemeldet: "
+            + ", ".join(report.kept_inactive)
+        )
+
+
+@subscribers.command("export")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Zieldatei (sonst Standardausgabe).",
+)
+@click.pass_context
+@run_async
+async def subscribers_export(ctx: click.Context, output: Path | None) -> None:
+    """Aktive Abonnenten im Importformat ausgeben."""
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        text = await export_subscribers(session)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        await asyncio.to_thread(output.write_text, text, encoding="utf-8")
+        click.echo(f"{text.count(chr(10)) - 1} Abonnenten nach {output} geschrieben.")
+
+
+def _print_audience(audience: ann.Audience) -> None:
+    click.echo(f"Empfänger: {audience.total}")
+    if audience.total:
+        levels = ", ".join(
+            f"{LEVEL_LABELS[k]} {n}"
+            for k, n in sorted(
+                audience.by_level.items(), key=lambda kv: list(LEVEL_LABELS).index(kv[0])
+            )
+        )
+        roles = ", ".join(
+            f"{ROLE_LABELS[r]} {n}"
+            for r, n in sorted(
+                audience.by_role.items(), key=lambda kv: list(ROLE_LABELS).index(kv[0])
+            )
+        )
+        click.echo(f"  nach Ebene: {levels}")
+        click.echo(f"  nach Rolle: {roles}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Nur die Empfänger zählen, nichts planen.")
+@click.pass_context
+@run_async
+async def announce(ctx: click.Context, file: Path, dry_run: bool) -> None:
+    """Mitteilung aus FILE (Markdown mit TOML-Kopf zwischen +++) planen."""
+    settings = _settings(ctx)
+    tz = settings.scheduler.tz
+    now = utcnow()
+    async with await _open(settings) as db, db.transaction() as session:
+        draft = await ann.parse_announcement(
+            session, file, topic_keys=set(settings.topic_keys), tz=tz, now=now
+        )
+        audience = await ann.audience(session, ann.draft_item(draft, actor=_actor(), now=now))
+        click.echo(f"Mitteilung: {draft.subject}")
+        click.echo(
+            f"Versand:    {german_datetime(draft.send_at, tz)}"
+            + (" (wichtig)" if draft.important else "")
+        )
+        _print_audience(audience)
+        if dry_run:
+            click.echo("Probelauf: nichts geplant.")
+            return
+        item = await ann.schedule(session, draft, actor=_actor(), now=now)
+    click.echo(f"Geplant als Mitteilung Nr. {item.id}.")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def announcements(ctx: click.Context) -> None:
+    """Mitteilungen auflisten und absagen."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(announcements_list)
+
+
+@announcements.command("list")
+@click.pass_context
+@run_async
+async def announcements_list(ctx: click.Context) -> None:
+    """Alle Mitteilungen mit Versandstand."""
+    settings = _settings(ctx)
+    async with await _open(settings) as db, db.transaction() as session:
+        rows = await ann.list_announcements(session)
+    if not rows:
+        click.echo("Keine Mitteilungen.")
+    for item, counts in rows:
+        state = ", ".join(f"{STATE_LABELS[s]} {n}" for s, n in counts.items() if n)
+        click.echo(
+            f"Nr. {item.id:<4} {ITEM_LABELS[item.status]:<9} "
+            f"{german_datetime(item.send_at, settings.scheduler.tz)}  {item.subject}"
+            + (f"  [{state}]" if state else "")
+        )
+
+
+@announcements.command("cancel")
+@click.argument("item_id", type=int, metavar="ID")
+@click.pass_context
+@run_async
+async def announcements_cancel(ctx: click.Context, item_id: int) -> None:
+    """Mitteilung ID absagen: noch nicht versandte Nachrichten gehen nicht mehr hinaus."""
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        stopped = await ann.cancel(session, item_id, actor=_actor(), now=utcnow())
+    click.echo(f"Mitteilung Nr. {item_id} abgesagt; {stopped} Nachrichten werden nicht versandt.")
+
+
+@main.command()
+@click.pass_context
+@run_async
+async def status(ctx: click.Context) -> None:
+    """Warteschlange nach Zustand."""
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        counts = await queries.outbox_counts(session)
+    for state in OutboxState:
+        click.echo(f"{STATE_LABELS[state]:<15} {counts.get(state, 0)}")
+
+
+def _mail_store(ctx: click.Context) -> MailStore:
+    settings = _settings(ctx)
+    return MailStore(settings.path(settings.catcher.directory))
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def mails(ctx: click.Context) -> None:
+    """Vom eingebauten Mail-Catcher empfangene Nachrichten."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(mails_list)
+
+
+@mails.command("list")
+@click.pass_context
+def mails_list(ctx: click.Context) -> None:
+    """Alle empfangenen Nachrichten, eine pro Zeile."""
+    settings = _settings(ctx)
+    caught = _mail_store(ctx).list()
+    if not caught:
+        click.echo("Noch keine Nachrichten empfangen.")
+    for mail in caught:
+        click.echo(
+            f"{mail.number:>5}  {german_datetime(mail.received_at, settings.scheduler.tz)}  "
+            f"{', '.join(mail.rcpt_tos)}  {mail.subject}"
+        )
+
+
+def _text_part(message: EmailMessage) -> str:
+    part = message.get_body(preferencelist=("plain", "html"))
+    return "" if part is None else str(part.get_content())
+
+
+@mails.command("show")
+@click.argument("number", type=int)
+@click.option("--raw", is_flag=True, help="Die Nachricht unverändert, wie empfangen.")
+@click.option("--html", is_flag=True, help="Den HTML-Teil statt des Textteils.")
+@click.pass_context
+def mails_show(ctx: click.Context, number: int, raw: bool, html: bool) -> None:
+    """Nachricht NUMBER anzeigen."""
+    try:
+        mail = _mail_store(ctx).get(number)
+    except NotifierError as exc:
+        click.echo(f"Fehler: {exc}", err=True)
+        sys.exit(1)
+    if raw:
+        click.echo(mail.path.read_bytes().decode("utf-8", errors="replace"), nl=False)
+        return
+    message = mail.message()
+    for header in ("Date", "From", "To", "Reply-To", "Subject", "Message-ID", "List-Id"):
+        if header in message:
+            click.echo(f"{header}: {message[header]}")
+    click.echo()
+    if html:
+        part = message.get_body(preferencelist=("html",))
+        click.echo("" if part is None else part.get_content())
+    else:
+        click.echo(_text_part(message))
+
+
+__all__ = ["main"]

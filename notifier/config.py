@@ -1,0 +1,237 @@
+"""``config.toml`` → typed, validated settings.
+
+Settings are read once, checked once and passed into constructors. Every problem stops the start
+with one line that names the file, the key and what was expected. Secrets may come from the
+environment: ``NOTIFIER_SMTP__PASSWORD`` sets ``[smtp] password``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from .errors import ConfigError
+
+ENV_PREFIX = "NOTIFIER_"
+DEFAULT_CONFIG = "config.toml"
+
+_TOPIC_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatabaseSettings(_Section):
+    url: str = "sqlite+aiosqlite:///var/notifier.db"
+    echo: bool = False
+
+
+class SmtpSettings(_Section):
+    catcher: bool = True
+    host: str = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 587
+    tls: Literal["none", "starttls", "tls"] = "starttls"
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+
+
+class CatcherSettings(_Section):
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 2525
+    directory: str = "var/mails"
+
+
+class MailSettings(_Section):
+    sender_name: str
+    sender_address: str
+    reply_to: str = ""
+    list_id: str
+    message_id_domain: str = ""
+    imprint_text: str
+    imprint_url: str
+    public_base_url: str
+
+    @field_validator("sender_name", "sender_address", "reply_to", "list_id", "message_id_domain")
+    @classmethod
+    def _single_line(cls, value: str) -> str:
+        if any(c in value for c in "\r\n"):
+            raise ValueError("must be a single line")
+        return value
+
+    @property
+    def domain(self) -> str:
+        return self.message_id_domain or self.sender_address.rpartition("@")[2]
+
+
+class SchedulerSettings(_Section):
+    timezone: str = "Europe/Berlin"
+    poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class DeliverySettings(_Section):
+    batch_size: Annotated[int, Field(ge=1, le=10_000)] = 100
+    lease_seconds: Annotated[float, Field(gt=0)] = 300.0
+    retry_base_seconds: Annotated[float, Field(gt=0)] = 60.0
+    max_age_hours: Annotated[float, Field(gt=0)] = 72.0
+    idle_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+
+
+class PathSettings(_Section):
+    templates: str = "templates"
+
+
+class Topic(_Section):
+    key: str
+    title: str
+    description: str = ""
+
+    @field_validator("key")
+    @classmethod
+    def _key_format(cls, value: str) -> str:
+        if not _TOPIC_KEY.match(value):
+            raise ValueError(
+                "must be lower-case letters, digits, '-' or '_', starting with a letter"
+            )
+        return value
+
+
+class Settings(_Section):
+    database: DatabaseSettings = DatabaseSettings()
+    smtp: SmtpSettings = SmtpSettings()
+    catcher: CatcherSettings = CatcherSettings()
+    mail: MailSettings
+    scheduler: SchedulerSettings = SchedulerSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    paths: PathSettings = PathSettings()
+    topics: Annotated[list[Topic], Field(min_length=1)]
+    # Where the file lives; relative paths in it are resolved against this folder.
+    base_dir: Path = Path()
+
+    @field_validator("topics")
+    @classmethod
+    def _unique_topics(cls, value: list[Topic]) -> list[Topic]:
+        seen: set[str] = set()
+        for topic in value:
+            if topic.key in seen:
+                raise ValueError(f"topic key {topic.key!r} appears twice")
+            seen.add(topic.key)
+        return value
+
+    def path(self, relative: str) -> Path:
+        """Resolve a path from the file against the config file's folder."""
+        candidate = Path(relative)
+        return candidate if candidate.is_absolute() else self.base_dir / candidate
+
+    @property
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite file made absolute."""
+        url = self.database.url
+        for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
+            if url.startswith(prefix):
+                rest = url[len(prefix) :]
+                if rest and not rest.startswith((":memory:", "/")):
+                    return prefix + str(self.path(rest))
+        return url
+
+    @property
+    def topic_keys(self) -> list[str]:
+        return [t.key for t in self.topics]
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    overrides: dict[tuple[str, ...], str] = {}
+    for name, value in environ.items():
+        if name.startswith(ENV_PREFIX) and "__" in name:
+            parts = tuple(p.lower() for p in name[len(ENV_PREFIX) :].split("__"))
+            if all(parts):
+                overrides[parts] = value
+    return overrides
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "required value is missing"
+    if kind == "extra_forbidden":
+        return "unknown key"
+    message = str(error["msg"])
+    message = message.removeprefix("Value error, ")
+    given = error.get("input")
+    if isinstance(given, str | int | float | bool) and not isinstance(given, dict):
+        return f"{message} (got {given!r})"
+    return message
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def load_settings(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read, overlay the environment on and validate a config file.
+
+    Raises :class:`ConfigError` naming the file and the key for any problem.
+    """
+    file = Path(path)
+    shown = str(file)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(shown, None, "file not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(shown, None, f"cannot read file: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(shown, None, f"invalid TOML: {exc}") from exc
+
+    from_env: dict[str, str] = {}
+    for parts, value in _env_overrides(os.environ if environ is None else environ).items():
+        node: dict[str, Any] = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(shown, ".".join(parts), "environment override of a non-table")
+            node = child
+        node[parts[-1]] = value
+        from_env[".".join(parts)] = ENV_PREFIX + "__".join(p.upper() for p in parts)
+    if "base_dir" in raw:
+        raise ConfigError(shown, "base_dir", "unknown key")
+    raw["base_dir"] = file.resolve().parent
+
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = _dotted(first["loc"])
+        problem = _describe(first)
+        if key in from_env:
+            problem += f" (set by environment variable {from_env[key]})"
+        more = exc.error_count() - 1
+        if more:
+            problem += f" (and {more} more problem{'s' if more > 1 else ''})"
+        raise ConfigError(shown, key, problem) from None

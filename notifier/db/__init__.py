@@ -1,0 +1,5 @@
+"""Storage layer: engine and sessions, tables, named queries, migrations."""
+
+from .engine import Database
+
+__all__ = ["Database"]

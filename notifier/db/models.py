@@ -1,0 +1,226 @@
+"""Tables of notifier (SQLAlchemy 2 declarative models).
+
+Times are stored as timezone-aware UTC values and shown in Europe/Berlin by the callers.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A DateTime that always comes back timezone-aware in UTC (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON(),
+    }
+
+
+class OrgKind(enum.StrEnum):
+    kreis = "kreis"
+    verbandsgemeinde = "verbandsgemeinde"
+    stadt = "stadt"
+    ortsgemeinde = "ortsgemeinde"
+
+
+class Role(enum.StrEnum):
+    staff = "staff"
+    mayor = "mayor"
+    deputy_mayor = "deputy_mayor"
+    council_member = "council_member"
+    project_office = "project_office"
+
+
+class Rhythm(enum.StrEnum):
+    immediate = "immediate"
+    daily = "daily"
+    weekly = "weekly"
+
+
+class SubscriberStatus(enum.StrEnum):
+    active = "active"
+    unsubscribed = "unsubscribed"
+    suppressed = "suppressed"
+
+
+class ItemKind(enum.StrEnum):
+    announcement = "announcement"
+
+
+class ItemStatus(enum.StrEnum):
+    scheduled = "scheduled"  # waiting for send_at
+    routed = "routed"  # outbox rows written; the sender delivers them
+    cancelled = "cancelled"
+
+
+class OutboxState(enum.StrEnum):
+    queued = "queued"
+    sending = "sending"
+    sent = "sent"
+    deferred = "deferred"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+def _enum(cls: type[enum.StrEnum]) -> Enum:
+    # Stored as plain strings with a CHECK constraint; portable across SQLite and PostgreSQL.
+    return Enum(
+        cls,
+        native_enum=False,
+        length=32,
+        validate_strings=True,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class Organisation(Base):
+    __tablename__ = "organisations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(16), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[OrgKind] = mapped_column(_enum(OrgKind))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("organisations.id"))
+    # Materialised path of keys, "/07232/072325001/07232201/": a subtree is a prefix match.
+    path: Mapped[str] = mapped_column(String(400), index=True)
+    depth: Mapped[int] = mapped_column(Integer)
+
+    parent: Mapped[Organisation | None] = relationship(remote_side=[id])
+
+
+class Topic(Base):
+    __tablename__ = "topics"
+
+    key: Mapped[str] = mapped_column(String(40), primary_key=True)
+    title: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class Subscriber(Base):
+    __tablename__ = "subscribers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[Role] = mapped_column(_enum(Role))
+    organisation_id: Mapped[int] = mapped_column(ForeignKey("organisations.id"), index=True)
+    rhythm: Mapped[Rhythm] = mapped_column(_enum(Rhythm), default=Rhythm.immediate)
+    # True: every topic, including ones added later. False: the rows in subscriptions.
+    all_topics: Mapped[bool] = mapped_column(default=True)
+    status: Mapped[SubscriberStatus] = mapped_column(
+        _enum(SubscriberStatus), default=SubscriberStatus.active
+    )
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+    organisation: Mapped[Organisation] = relationship()
+    subscriptions: Mapped[list[Subscription]] = relationship(
+        cascade="all, delete-orphan", order_by="Subscription.topic_key"
+    )
+
+
+class Subscription(Base):
+    __tablename__ = "subscriptions"
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    topic_key: Mapped[str] = mapped_column(ForeignKey("topics.key"), primary_key=True, index=True)
+
+
+class Item(Base):
+    """A thing worth telling: an announcement now; feed updates and events later."""
+
+    __tablename__ = "items"
+    __table_args__ = (Index("ix_items_status_send_at", "status", "send_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[ItemKind] = mapped_column(_enum(ItemKind))
+    subject: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text)  # Markdown
+    # Empty lists mean "all": all topics, all roles; scope empty means the whole tree.
+    topics: Mapped[list[str]] = mapped_column(JSON, default=list)
+    scope: Mapped[list[str]] = mapped_column(JSON, default=list)  # organisation keys
+    roles: Mapped[list[str]] = mapped_column(JSON, default=list)
+    important: Mapped[bool] = mapped_column(default=False)
+    send_at: Mapped[datetime]
+    status: Mapped[ItemStatus] = mapped_column(_enum(ItemStatus), default=ItemStatus.scheduled)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200))
+    routed_at: Mapped[datetime | None]
+    recipient_count: Mapped[int | None]
+    source_file: Mapped[str | None] = mapped_column(String(500))
+
+
+class OutboxMessage(Base):
+    """One row per recipient and item; the single source of truth for what was sent."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("item_id", "subscriber_id", name="uq_outbox_item_subscriber"),
+        Index("ix_outbox_state_next", "state", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    state: Mapped[OutboxState] = mapped_column(_enum(OutboxState), default=OutboxState.queued)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    sent_at: Mapped[datetime | None]
+    last_code: Mapped[int | None]
+    last_reply: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[str | None] = mapped_column(String(300))
+
+
+class AuditEntry(Base):
+    """Who changed what, when: imports, announcements, cancellations, organisation syncs."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(60))
+    entity: Mapped[str] = mapped_column(String(60))
+    entity_id: Mapped[str | None] = mapped_column(String(100))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -1,0 +1,335 @@
+"""Named queries: all SQL that routing and delivery need lives here.
+
+The statements are written once with SQLAlchemy Core and work on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    exists,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import (
+    Item,
+    ItemStatus,
+    Organisation,
+    OrgKind,
+    OutboxMessage,
+    OutboxState,
+    Role,
+    Subscriber,
+    SubscriberStatus,
+    Subscription,
+)
+
+PENDING = (OutboxState.queued, OutboxState.deferred)
+
+
+async def scope_paths(session: AsyncSession, keys: Sequence[str]) -> list[str]:
+    """Materialised paths of the units with these keys (unknown keys are left out)."""
+    if not keys:
+        return []
+    rows = await session.scalars(select(Organisation.path).where(Organisation.key.in_(keys)))
+    return list(rows)
+
+
+def audience(
+    topics: Sequence[str], paths: Sequence[str] | None, roles: Sequence[str]
+) -> Select[int]:
+    """Active subscribers whose topics meet ``topics`` (empty: any), whose unit lies under one
+    of ``paths`` (None: the whole tree) and whose role is in ``roles`` (empty: any)."""
+    conditions: list[ColumnElement[bool]] = [Subscriber.status == SubscriberStatus.active]
+    if paths is not None:
+        conditions.append(or_(false(), *(Organisation.path.startswith(p) for p in paths)))
+    if roles:
+        conditions.append(Subscriber.role.in_([Role(r) for r in roles]))
+    if topics:
+        conditions.append(
+            or_(
+                Subscriber.all_topics == true(),
+                exists().where(
+                    Subscription.subscriber_id == Subscriber.id,
+                    Subscription.topic_key.in_(list(topics)),
+                ),
+            )
+        )
+    return (
+        select(Subscriber.id)
+        .join(Organisation, Organisation.id == Subscriber.organisation_id)
+        .where(and_(*conditions))
+    )
+
+
+async def audience_for(session: AsyncSession, item: Item) -> Select[int]:
+    paths = await scope_paths(session, item.scope) if item.scope else None
+    return audience(item.topics, paths, item.roles)
+
+
+async def audience_breakdown(session: AsyncSession, item: Item) -> list[tuple[OrgKind, Role, int]]:
+    """How many recipients an item has, by organisation level and role."""
+    ids = (await audience_for(session, item)).subquery()
+    stmt = (
+        select(Organisation.kind, Subscriber.role, func.count())
+        .select_from(Subscriber)
+        .join(ids, ids.c.id == Subscriber.id)
+        .join(Organisation, Organisation.id == Subscriber.organisation_id)
+        .group_by(Organisation.kind, Subscriber.role)
+    )
+    return [(kind, role, count) for kind, role, count in (await session.execute(stmt)).all()]
+
+
+async def due_items(session: AsyncSession, now: datetime) -> list[int]:
+    """Ids of scheduled items whose send time has come, oldest first."""
+    stmt = (
+        select(Item.id)
+        .where(Item.status == ItemStatus.scheduled, Item.send_at <= now)
+        .order_by(Item.send_at, Item.id)
+    )
+    return list(await session.scalars(stmt))
+
+
+async def route_item(session: AsyncSession, item_id: int, now: datetime) -> int | None:
+    """Write one outbox row per recipient of a scheduled item and mark it routed, atomically.
+
+    Returns the number of rows written, or None if the item was no longer scheduled (another
+    run routed or cancelled it), so an item is never routed twice.
+    """
+    claimed = await session.execute(
+        update(Item)
+        .where(Item.id == item_id, Item.status == ItemStatus.scheduled)
+        .values(status=ItemStatus.routed, routed_at=now)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return None
+    item = await session.get_one(Item, item_id)
+    recipients = (await audience_for(session, item)).add_columns(
+        literal(item_id),
+        literal(OutboxState.queued.value),
+        literal(0),
+        literal(now, type_=OutboxMessage.created_at.type),
+        literal(now, type_=OutboxMessage.updated_at.type),
+        literal(now, type_=OutboxMessage.next_attempt_at.type),
+    )
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    stmt = (
+        insert(OutboxMessage)
+        .from_select(
+            [
+                "subscriber_id",
+                "item_id",
+                "state",
+                "attempts",
+                "created_at",
+                "updated_at",
+                "next_attempt_at",
+            ],
+            recipients,
+        )
+        .on_conflict_do_nothing()
+    )
+    written = (await session.execute(stmt)).rowcount  # type: ignore[attr-defined]
+    item.recipient_count = written
+    return int(written)
+
+
+async def cancel_item(session: AsyncSession, item_id: int, now: datetime) -> int:
+    """Cancel every message of an item that is not yet on its way; returns how many."""
+    result = await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.item_id == item_id, OutboxMessage.state.in_(PENDING))
+        .values(state=OutboxState.cancelled, updated_at=now, lease_until=None)
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """One claimed outbox row with what rendering needs."""
+
+    id: int
+    attempts: int
+    created_at: datetime
+    item_id: int
+    subscriber_id: int
+    email: str
+    name: str
+    organisation: str
+    all_topics: bool
+
+
+async def claim_batch(
+    session: AsyncSession, now: datetime, limit: int, lease: timedelta
+) -> list[Claimed]:
+    """Take up to ``limit`` due messages (queued, deferred and due, or sending with an expired
+    lease) and mark them sending until ``now + lease``."""
+    due = or_(
+        and_(OutboxMessage.state.in_(PENDING), OutboxMessage.next_attempt_at <= now),
+        and_(OutboxMessage.state == OutboxState.sending, OutboxMessage.lease_until < now),
+    )
+    ids = select(OutboxMessage.id).where(due).order_by(OutboxMessage.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        ids = ids.with_for_update(skip_locked=True)
+    claimed = list(
+        await session.scalars(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids.scalar_subquery()))
+            .values(
+                state=OutboxState.sending,
+                lease_until=now + lease,
+                updated_at=now,
+                attempts=OutboxMessage.attempts + 1,
+            )
+            .returning(OutboxMessage.id)
+        )
+    )
+    if not claimed:
+        return []
+    rows = await session.execute(
+        select(
+            OutboxMessage.id,
+            OutboxMessage.attempts,
+            OutboxMessage.created_at,
+            OutboxMessage.item_id,
+            Subscriber.id,
+            Subscriber.email,
+            Subscriber.name,
+            Organisation.name,
+            Subscriber.all_topics,
+        )
+        .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
+        .join(Organisation, Organisation.id == Subscriber.organisation_id)
+        .where(OutboxMessage.id.in_(claimed))
+        .order_by(OutboxMessage.id)
+    )
+    return [Claimed(*row) for row in rows.all()]
+
+
+async def subscriber_topics(
+    session: AsyncSession, subscriber_ids: Sequence[int]
+) -> dict[int, list[str]]:
+    rows = await session.execute(
+        select(Subscription.subscriber_id, Subscription.topic_key)
+        .where(Subscription.subscriber_id.in_(subscriber_ids))
+        .order_by(Subscription.topic_key)
+    )
+    out: dict[int, list[str]] = {}
+    for sid, key in rows.all():
+        out.setdefault(sid, []).append(key)
+    return out
+
+
+async def mark_sent(
+    session: AsyncSession,
+    outbox_id: int,
+    now: datetime,
+    message_id: str,
+    code: int | None,
+    reply: str,
+) -> None:
+    await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == outbox_id, OutboxMessage.state == OutboxState.sending)
+        .values(
+            state=OutboxState.sent,
+            sent_at=now,
+            updated_at=now,
+            lease_until=None,
+            message_id=message_id,
+            last_code=code,
+            last_reply=reply,
+        )
+    )
+
+
+async def mark_deferred(
+    session: AsyncSession,
+    outbox_id: int,
+    now: datetime,
+    retry_at: datetime,
+    code: int | None,
+    reply: str,
+) -> None:
+    await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == outbox_id, OutboxMessage.state == OutboxState.sending)
+        .values(
+            state=OutboxState.deferred,
+            next_attempt_at=retry_at,
+            updated_at=now,
+            lease_until=None,
+            last_code=code,
+            last_reply=reply,
+        )
+    )
+
+
+async def mark_failed(
+    session: AsyncSession, outbox_id: int, now: datetime, code: int | None, reply: str
+) -> None:
+    await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == outbox_id, OutboxMessage.state == OutboxState.sending)
+        .values(
+            state=OutboxState.failed,
+            updated_at=now,
+            lease_until=None,
+            last_code=code,
+            last_reply=reply,
+        )
+    )
+
+
+async def mark_cancelled(session: AsyncSession, outbox_id: int, now: datetime) -> None:
+    await session.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id == outbox_id, OutboxMessage.state == OutboxState.sending)
+        .values(state=OutboxState.cancelled, updated_at=now, lease_until=None)
+    )
+
+
+async def release(session: AsyncSession, outbox_ids: Sequence[int], now: datetime) -> None:
+    """Hand claimed but unsent messages back (clean shutdown): queued, attempt not counted."""
+    if outbox_ids:
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(outbox_ids), OutboxMessage.state == OutboxState.sending)
+            .values(
+                state=OutboxState.queued,
+                lease_until=None,
+                updated_at=now,
+                attempts=OutboxMessage.attempts - 1,
+            )
+        )
+
+
+async def outbox_counts(
+    session: AsyncSession, item_id: int | None = None
+) -> dict[OutboxState, int]:
+    stmt = select(OutboxMessage.state, func.count()).group_by(OutboxMessage.state)
+    if item_id is not None:
+        stmt = stmt.where(OutboxMessage.item_id == item_id)
+    return {state: count for state, count in (await session.execute(stmt)).all()}
+
+
+async def organisation_count(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(Organisation)) or 0)
+
+
+async def subscriber_count(session: AsyncSession) -> int:
+    return int(await session.scalar(select(func.count()).select_from(Subscriber)) or 0)

@@ -1,0 +1,123 @@
+"""The SMTP transport: one reused aiosmtplib connection, reconnected when it drops.
+
+Failures are classified where they enter: a 5xx reply for a recipient is permanent, everything
+else (4xx replies, lost connections, timeouts, TLS trouble) is temporary.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from email.message import EmailMessage
+from types import TracebackType
+
+import aiosmtplib
+
+from ..config import SmtpSettings
+from ..errors import PermanentDeliveryError, TemporaryDeliveryError
+
+logger = logging.getLogger(__name__)
+
+
+class SmtpTransport:
+    """An async context manager around one SMTP session; ``send`` connects on demand."""
+
+    def __init__(
+        self,
+        settings: SmtpSettings,
+        *,
+        host: str | None = None,
+        port: int | None = None,
+        tls: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.host = host or settings.host
+        self.port = port or settings.port
+        self.tls = tls or settings.tls
+        self._smtp: aiosmtplib.SMTP | None = None
+
+    async def __aenter__(self) -> SmtpTransport:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _client(self) -> aiosmtplib.SMTP:
+        s = self.settings
+        return aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            use_tls=self.tls == "tls",
+            start_tls=self.tls == "starttls",
+            timeout=s.timeout,
+            username=s.user or None,
+            password=s.password.get_secret_value() or None,
+        )
+
+    async def _connected(self) -> aiosmtplib.SMTP:
+        if self._smtp is not None and self._smtp.is_connected:
+            return self._smtp
+        self._smtp = self._client()
+        try:
+            await self._smtp.connect()
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            self._smtp = None
+            raise TemporaryDeliveryError(
+                "-", getattr(exc, "code", None), f"Verbindung zu {self.host}:{self.port}: {exc}"
+            ) from exc
+        return self._smtp
+
+    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
+        """Send one message to one recipient; returns the server's reply.
+
+        Raises :class:`TemporaryDeliveryError` or :class:`PermanentDeliveryError`.
+        """
+        smtp = await self._connected()
+        try:
+            _, reply = await smtp.send_message(message, sender=sender, recipients=[recipient])
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            refusal = exc.recipients[0] if exc.recipients else None
+            code = refusal.code if refusal else None
+            text = refusal.message if refusal else str(exc)
+            raise _classified(recipient, code, text) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            await self._reset_after(exc)
+            raise _classified(recipient, exc.code, exc.message) from exc
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self.close()
+            raise TemporaryDeliveryError(recipient, None, str(exc) or type(exc).__name__) from exc
+        return reply
+
+    async def _reset_after(self, exc: aiosmtplib.SMTPResponseException) -> None:
+        # A refused message leaves the session usable after RSET; a 421 means the server closes.
+        if self._smtp is None:
+            return
+        if exc.code == 421 or not self._smtp.is_connected:
+            await self.close()
+            return
+        try:
+            await self._smtp.rset()
+        except (aiosmtplib.SMTPException, OSError):
+            await self.close()
+
+    async def close(self) -> None:
+        smtp, self._smtp = self._smtp, None
+        if smtp is None or not smtp.is_connected:
+            return
+        try:
+            await smtp.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            smtp.close()
+
+
+def _classified(
+    recipient: str, code: int | None, reply: str
+) -> TemporaryDeliveryError | PermanentDeliveryError:
+    if code is not None and 500 <= code < 600:
+        return PermanentDeliveryError(recipient, code, reply)
+    return TemporaryDeliveryError(recipient, code, reply)

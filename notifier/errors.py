@@ -1,0 +1,72 @@
+"""The one error root of notifier and the typed errors of its boundaries.
+
+Each error carries structured fields (``key``, ``row``, ``recipient`` …) beside its message, so
+callers can react to them and the CLI can print one clear line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class NotifierError(Exception):
+    """Root of every error notifier raises on purpose."""
+
+
+class ConfigError(NotifierError):
+    """The configuration file or environment holds a value that cannot be used."""
+
+    def __init__(self, path: str, key: str | None, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = f"{path}: key '{key}'" if key else path
+        super().__init__(f"{where}: {problem}")
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    """One problem of one input row: ``line`` counts from 1 and includes the header line."""
+
+    line: int
+    column: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"Zeile {self.line}, Spalte '{self.column}': {self.reason}"
+
+
+class InputError(NotifierError):
+    """An input file (CSV, announcement) was refused whole; ``problems`` lists every reason."""
+
+    def __init__(self, path: str, problems: list[RowProblem], summary: str | None = None) -> None:
+        self.path = path
+        self.problems = problems
+        head = summary or f"{path}: {len(problems)} Fehler, nichts wurde gespeichert"
+        super().__init__("\n".join([head, *(f"  {p}" for p in problems)]))
+
+
+class NotFoundError(NotifierError, LookupError):
+    """A record named by the caller (announcement id, mail number …) does not exist."""
+
+
+class StateError(NotifierError):
+    """The requested change does not fit the record's current state."""
+
+
+class DeliveryError(NotifierError):
+    """Sending one message failed; ``code`` and ``reply`` are the SMTP server's answer if any."""
+
+    def __init__(self, recipient: str, code: int | None, reply: str) -> None:
+        self.recipient = recipient
+        self.code = code
+        self.reply = reply
+        super().__init__(f"{recipient}: {code or '-'} {reply}")
+
+
+class TemporaryDeliveryError(DeliveryError, ConnectionError):
+    """A failure worth retrying later (4xx reply, lost connection, timeout)."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """A failure that retrying cannot fix (5xx reply for this recipient)."""
