@@ -105,7 +105,7 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     # Their INFO lines (every job run, every SMTP command of the catcher) drown the service's own.
-    for noisy in ("apscheduler", "mail.log"):
+    for noisy in ("apscheduler", "mail.log", "alembic"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     loaded: list[Settings] = []
 

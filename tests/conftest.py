@@ -1,0 +1,169 @@
+"""Fixtures: a project folder with its own config and SQLite file, a real SMTP server, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from click.testing import CliRunner, Result
+
+from notifier.cli import main
+from notifier.config import Settings, load_settings
+
+from .smtpd import RecordingSMTP
+
+REPO = Path(__file__).resolve().parent.parent
+ORGANISATIONS = REPO / "subscribers" / "organisations.csv"
+EXAMPLE = REPO / "subscribers" / "example.csv"
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+class Project:
+    """A folder with a config.toml (the repo's, pointed at test servers) and helpers to run the
+    CLI against it."""
+
+    def __init__(self, root: Path, smtp: RecordingSMTP) -> None:
+        self.root = root
+        self.smtp = smtp
+        self.config = root / "config.toml"
+        self.write_config({})
+
+    def write_config(self, changes: dict[str, Any]) -> None:
+        data = tomllib.loads((REPO / "config.toml").read_text("utf-8"))
+        _merge(data, {
+            "database": {"url": "sqlite+aiosqlite:///var/test.db"},
+            "smtp": {"catcher": False, "host": "127.0.0.1", "port": self.smtp.port,
+                     "tls": "none", "timeout": 5},
+            "catcher": {"port": 0},
+            "scheduler": {"poll_seconds": 0.2},
+            "delivery": {"idle_poll_seconds": 0.2, "retry_base_seconds": 1},
+            "paths": {"templates": str(REPO / "templates")},
+        })
+        _merge(data, changes)
+        self.config.write_text(tomli_w.dumps(data), "utf-8")
+
+    @property
+    def settings(self) -> Settings:
+        return load_settings(self.config, environ={})
+
+    def cli(self, *args: str | Path, ok: bool = True) -> Result:
+        """Run ``notifier --config … ARGS`` in-process, as a user would type it."""
+        result = CliRunner().invoke(main, ["--config", str(self.config), *map(str, args)])
+        if ok:
+            assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}{result.exception!r}"
+        return result
+
+    def write(self, name: str, text: str, encoding: str = "utf-8") -> Path:
+        path = self.root / name
+        path.write_bytes(text.encode(encoding))
+        return path
+
+    def seed(self, subscribers: Path | None = EXAMPLE) -> None:
+        self.cli("organisations", "load", ORGANISATIONS)
+        if subscribers is not None:
+            self.cli("subscribers", "import", subscribers)
+
+    def spawn(self, *args: str) -> Running:
+        """Start ``notifier --config … ARGS`` as a real process (``run``)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "--config", str(self.config), *args],
+            cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        return Running(proc)
+
+
+class Running:
+    """A child process whose output is drained by a thread (a full pipe would block it)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._drain, daemon=True)
+        self._reader.start()
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for_line(self, text: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"no line with {text!r}; output:\n{self.output}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"did not stop within {timeout}s:\n{self.output}") from None
+        self.close()
+        return self.proc.returncode
+
+    def close(self) -> None:
+        self._reader.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture
+def smtp() -> Iterator[RecordingSMTP]:
+    server = RecordingSMTP().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def project(tmp_path: Path, smtp: RecordingSMTP) -> Project:
+    return Project(tmp_path, smtp)
+
+
+@pytest.fixture
+def service(project: Project) -> Iterator[Callable[[], Running]]:
+    """Start ``notifier run`` processes; any still running is stopped at the end of the test."""
+    started: list[Running] = []
+
+    def start() -> Running:
+        running = project.spawn("run")
+        started.append(running)
+        running.wait_for_line("Beenden mit Strg+C")
+        return running
+
+    yield start
+    for running in started:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+        running.close()

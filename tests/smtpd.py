@@ -1,0 +1,102 @@
+"""A real SMTP server for tests: aiosmtpd on 127.0.0.1, port 0, in a thread of its own.
+
+It records every message it accepts and can be told to refuse chosen recipients (4xx or 5xx) or
+to answer slowly, so tests see exactly what a mail server would see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any
+
+from aiosmtpd.smtp import SMTP as SMTPServer
+from aiosmtpd.smtp import Envelope, Session
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    at: float
+
+    @property
+    def message(self) -> EmailMessage:
+        return message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+
+
+@dataclass
+class RecordingSMTP:
+    host: str = "127.0.0.1"
+    port: int = 0
+    received: list[Received] = field(default_factory=list)
+    # recipient address -> SMTP reply to RCPT, e.g. "550 5.1.1 Unbekannt" or "451 4.7.1 Später"
+    refuse: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0  # seconds to wait before accepting each message
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _loop: asyncio.AbstractEventLoop | None = None
+    _thread: threading.Thread | None = None
+
+    # aiosmtpd handler hooks
+    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str,
+                          rcpt_options: list[str]) -> str:
+        reply = self.refuse.get(address)
+        if reply:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        with self._lock:
+            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos),
+                                          envelope.original_content or b"", time.time()))
+        return "250 2.0.0 Ok: queued"
+
+    def start(self) -> RecordingSMTP:
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            server = loop.run_until_complete(loop.create_server(
+                lambda: SMTPServer(self, hostname="test-smtp"), host=self.host, port=0))
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            loop.run_forever()
+            server.close()
+            loop.run_until_complete(server.wait_closed())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name="recording-smtp", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    def messages(self) -> list[Received]:
+        with self._lock:
+            return list(self.received)
+
+    def recipients(self) -> list[str]:
+        return sorted(r for m in self.messages() for r in m.rcpt_tos)
+
+    def wait_for(self, count: int, timeout: float = 20.0) -> list[Received]:
+        """Block until at least ``count`` messages arrived (or fail after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.messages()
+            if len(got) >= count:
+                return got
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} messages, got {len(self.messages())}")
