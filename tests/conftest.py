@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import shutil
 import subprocess
 import sys
 import threading
@@ -49,15 +48,23 @@ class Project:
 
     def write_config(self, changes: dict[str, Any]) -> None:
         data = tomllib.loads((REPO / "config.toml").read_text("utf-8"))
-        _merge(data, {
-            "database": {"url": "sqlite+aiosqlite:///var/test.db"},
-            "smtp": {"catcher": False, "host": "127.0.0.1", "port": self.smtp.port,
-                     "tls": "none", "timeout": 5},
-            "catcher": {"port": 0},
-            "scheduler": {"poll_seconds": 0.2},
-            "delivery": {"idle_poll_seconds": 0.2, "retry_base_seconds": 1},
-            "paths": {"templates": str(REPO / "templates")},
-        })
+        _merge(
+            data,
+            {
+                "database": {"url": "sqlite+aiosqlite:///var/test.db"},
+                "smtp": {
+                    "catcher": False,
+                    "host": "127.0.0.1",
+                    "port": self.smtp.port,
+                    "tls": "none",
+                    "timeout": 5,
+                },
+                "catcher": {"port": 0},
+                "scheduler": {"poll_seconds": 0.2},
+                "delivery": {"idle_poll_seconds": 0.2, "retry_base_seconds": 1},
+                "paths": {"templates": str(REPO / "templates")},
+            },
+        )
         _merge(data, changes)
         self.config.write_text(tomli_w.dumps(data), "utf-8")
 
@@ -69,7 +76,9 @@ class Project:
         """Run ``notifier --config … ARGS`` in-process, as a user would type it."""
         result = CliRunner().invoke(main, ["--config", str(self.config), *map(str, args)])
         if ok:
-            assert result.exit_code == 0, f"exit {result.exit_code}: {result.output}{result.exception!r}"
+            assert result.exit_code == 0, (
+                f"exit {result.exit_code}: {result.output}{result.exception!r}"
+            )
         return result
 
     def write(self, name: str, text: str, encoding: str = "utf-8") -> Path:
@@ -87,7 +96,11 @@ class Project:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
         proc = subprocess.Popen(
             [sys.executable, "-m", "notifier", "--config", str(self.config), *args],
-            cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=self.root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
         )
         return Running(proc)
 

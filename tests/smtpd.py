@@ -43,8 +43,14 @@ class RecordingSMTP:
     _thread: threading.Thread | None = None
 
     # aiosmtpd handler hooks
-    async def handle_RCPT(self, server: Any, session: Session, envelope: Envelope, address: str,
-                          rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: Any,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         reply = self.refuse.get(address)
         if reply:
             return reply
@@ -55,23 +61,44 @@ class RecordingSMTP:
         if self.delay:
             await asyncio.sleep(self.delay)
         with self._lock:
-            self.received.append(Received(envelope.mail_from or "", list(envelope.rcpt_tos),
-                                          envelope.original_content or b"", time.time()))
+            self.received.append(
+                Received(
+                    envelope.mail_from or "",
+                    list(envelope.rcpt_tos),
+                    envelope.original_content or b"",
+                    time.time(),
+                )
+            )
         return "250 2.0.0 Ok: queued"
 
     def start(self) -> RecordingSMTP:
         ready = threading.Event()
+        protocols: list[SMTPServer] = []
+
+        def factory() -> SMTPServer:
+            protocol = SMTPServer(self, hostname="test-smtp", loop=self._loop)
+            protocols.append(protocol)
+            return protocol
 
         def serve() -> None:
             loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
             self._loop = loop
-            server = loop.run_until_complete(loop.create_server(
-                lambda: SMTPServer(self, hostname="test-smtp"), host=self.host, port=0))
+            server = loop.run_until_complete(loop.create_server(factory, host=self.host, port=0))
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
             loop.run_forever()
+            # Close the open sessions too: server.close() only stops accepting new ones.
             server.close()
+            for protocol in protocols:
+                if protocol.transport is not None:
+                    protocol.transport.close()
             loop.run_until_complete(server.wait_closed())
+            loop.run_until_complete(asyncio.sleep(0.05))
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=serve, name="recording-smtp", daemon=True)

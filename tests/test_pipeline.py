@@ -23,8 +23,9 @@ arzfeld.mayor@og-arzfeld.example,Jürgen Größ,mayor,Arzfeld,eifelleben,immedia
 """
 
 
-def announcement(send_at: str, *, subject: str = "Digitale Kümmerer: Sprechstunden in Prüm",
-                 extra: str = "") -> str:
+def announcement(
+    send_at: str, *, subject: str = "Digitale Kümmerer: Sprechstunden in Prüm", extra: str = ""
+) -> str:
     return f'''+++
 subject = "{subject}"
 topics = ["eifelleben"]
@@ -72,7 +73,9 @@ def test_scheduled_announcement_reaches_exactly_the_audience(project: Project, s
     time.sleep(1)  # nothing more may arrive
     messages = project.smtp.messages()
     assert sorted(r for m in messages for r in m.rcpt_tos) == [
-        "og.mayor@og-schoenecken.example", "vg.mayor@vg-pruem.example"]
+        "og.mayor@og-schoenecken.example",
+        "vg.mayor@vg-pruem.example",
+    ]
     first_arrival = min(m.at for m in messages)
     assert first_arrival >= send_at.timestamp() - 0.01, "sent before its time"
     assert first_arrival - send_at.timestamp() < 5
@@ -105,7 +108,9 @@ def test_scheduled_announcement_reaches_exactly_the_audience(project: Project, s
     assert 'lang="de"' in html
 
     assert outbox_states(project) == [
-        ("og.mayor@og-schoenecken.example", "sent"), ("vg.mayor@vg-pruem.example", "sent")]
+        ("og.mayor@og-schoenecken.example", "sent"),
+        ("vg.mayor@vg-pruem.example", "sent"),
+    ]
     assert running.stop() == 0
     listing = project.cli("announcements", "list").output
     assert "versendet" in listing and "versandt 2" in listing
@@ -144,8 +149,10 @@ def test_missed_send_time_goes_out_once_after_restart(project: Project, service)
 def test_sigkill_mid_send_loses_nothing(project: Project, service) -> None:
     """Messages claimed by a killed process are delivered after restart, none more than twice."""
     rows = ["email,name,role,organisation,topics,rhythm"]
-    rows += [f"person{i}@vg-pruem.example,Person {i},mayor,Verbandsgemeinde Prüm,,immediate"
-             for i in range(40)]
+    rows += [
+        f"person{i}@vg-pruem.example,Person {i},mayor,Verbandsgemeinde Prüm,,immediate"
+        for i in range(40)
+    ]
     project.seed(project.write("many.csv", "\n".join(rows) + "\n"))
     project.smtp.delay = 0.05
     project.write_config({"delivery": {"lease_seconds": 2, "batch_size": 5}})

@@ -1,0 +1,207 @@
+"""The sender against a real SMTP server: retries, permanent failures, cancellation, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from notifier.announcements import cancel
+from notifier.db import Database
+from notifier.db.models import OutboxMessage, OutboxState
+from notifier.delivery import Sender, SmtpTransport
+from notifier.rendering import Recipient, Renderer
+from notifier.routing import release_due
+
+from .conftest import Project
+
+PEOPLE = "email,name,role,organisation,topics,rhythm\n" + "".join(
+    f"p{i}@vg-arzfeld.example,Person {i},staff,Verbandsgemeinde Arzfeld,,immediate\n"
+    for i in range(6)
+)
+NOTE = """+++
+subject = "Hinweis"
+send_at = "now"
++++
+Text.
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def seeded(project: Project) -> Project:
+    project.seed(project.write("people.csv", PEOPLE))
+    project.cli("announce", project.write("a.md", NOTE))
+    return project
+
+
+async def states(db: Database) -> dict[str, tuple[OutboxState, int | None, str | None]]:
+    from notifier.db.models import Subscriber
+
+    async with db.transaction() as session:
+        rows = await session.execute(
+            select(
+                Subscriber.email,
+                OutboxMessage.state,
+                OutboxMessage.last_code,
+                OutboxMessage.last_reply,
+            ).join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
+        )
+        return {email: (state, code, reply) for email, state, code, reply in rows.all()}
+
+
+async def sender_for(
+    project: Project, db: Database, clock: Clock, port: int | None = None
+) -> Sender:
+    settings = project.settings
+    transport = SmtpTransport(settings.smtp, port=port)
+    return Sender(db, settings, Renderer(settings), transport, clock)
+
+
+async def test_temporary_failure_is_retried_with_backoff(seeded: Project) -> None:
+    seeded.smtp.refuse["p1@vg-arzfeld.example"] = "451 4.7.1 Bitte spaeter"
+    clock = Clock()
+    async with Database(seeded.settings.database_url) as db:
+        assert await release_due(db, clock()) == [(1, 6)]
+        sender = await sender_for(seeded, db, clock)
+        assert await sender.run_once() == 6
+        first = await states(db)
+        assert first["p1@vg-arzfeld.example"] == (OutboxState.deferred, 451, "4.7.1 Bitte spaeter")
+        assert sum(s is OutboxState.sent for s, _, _ in first.values()) == 5
+        async with db.transaction() as session:
+            row = (
+                await session.scalars(
+                    select(OutboxMessage).where(OutboxMessage.state == OutboxState.deferred)
+                )
+            ).one()
+        # retry_base_seconds = 1 in the test config, ±20 % jitter
+        assert (
+            clock.now + timedelta(seconds=0.7)
+            < row.next_attempt_at
+            < clock.now + timedelta(seconds=1.3)
+        )
+        assert await sender.run_once() == 0, "not due yet"
+        del seeded.smtp.refuse["p1@vg-arzfeld.example"]
+        clock.now += timedelta(seconds=2)
+        assert await sender.run_once() == 1
+        assert (await states(db))["p1@vg-arzfeld.example"][0] is OutboxState.sent
+        await sender.transport.close()
+    assert len(seeded.smtp.messages()) == 6
+
+
+async def test_permanent_failure_fails_only_that_recipient(seeded: Project) -> None:
+    seeded.smtp.refuse["p2@vg-arzfeld.example"] = "550 5.1.1 Empfaenger unbekannt"
+    clock = Clock()
+    async with Database(seeded.settings.database_url) as db:
+        await release_due(db, clock())
+        sender = await sender_for(seeded, db, clock)
+        await sender.run_once()
+        result = await states(db)
+        await sender.transport.close()
+    assert result["p2@vg-arzfeld.example"][:2] == (OutboxState.failed, 550)
+    assert "unbekannt" in (result["p2@vg-arzfeld.example"][2] or "")
+    assert sorted(seeded.smtp.recipients()) == [f"p{i}@vg-arzfeld.example" for i in (0, 1, 3, 4, 5)]
+
+
+async def test_unreachable_server_defers_and_gives_up_after_max_age(seeded: Project) -> None:
+    clock = Clock()
+    closed_port = 1  # nothing listens on 127.0.0.1:1
+    async with Database(seeded.settings.database_url) as db:
+        await release_due(db, clock())
+        sender = await sender_for(seeded, db, clock, port=closed_port)
+        await sender.run_once()
+        assert {s for s, _, _ in (await states(db)).values()} == {OutboxState.deferred}
+        assert all("Verbindung" in (r or "") for _, _, r in (await states(db)).values())
+        clock.now += timedelta(hours=seeded.settings.delivery.max_age_hours, minutes=1)
+        await sender.run_once()
+        assert {s for s, _, _ in (await states(db)).values()} == {OutboxState.failed}
+    assert seeded.smtp.messages() == []
+
+
+async def test_cancel_stops_a_running_send(seeded: Project) -> None:
+    seeded.smtp.delay = 0.3
+    seeded.write_config({"delivery": {"batch_size": 2}})
+    clock = Clock()
+    async with Database(seeded.settings.database_url) as db:
+        await release_due(db, clock())
+        sender = await sender_for(seeded, db, clock)
+        task = asyncio.create_task(sender.run())
+        while len(seeded.smtp.messages()) < 1:
+            await asyncio.sleep(0.05)
+        async with db.transaction() as session:
+            stopped = await cancel(session, 1, actor="test", now=clock())
+        await asyncio.sleep(1.5)
+        sender.stop()
+        await task
+        await sender.transport.close()
+        final = await states(db)
+    delivered = len(seeded.smtp.messages())
+    # What was in flight (one batch of 2) may finish; everything else is cancelled.
+    assert delivered <= 2
+    assert stopped >= 6 - 2
+    assert sum(s is OutboxState.cancelled for s, _, _ in final.values()) == 6 - delivered
+
+
+async def test_stop_returns_claimed_messages_to_the_queue(seeded: Project) -> None:
+    seeded.smtp.delay = 0.3
+    clock = Clock()
+    async with Database(seeded.settings.database_url) as db:
+        await release_due(db, clock())
+        sender = await sender_for(seeded, db, clock)
+        task = asyncio.create_task(sender.run())
+        while len(seeded.smtp.messages()) < 1:
+            await asyncio.sleep(0.05)
+        sender.stop()
+        await asyncio.wait_for(task, 5)
+        await sender.transport.close()
+        final = await states(db)
+    sent = sum(s is OutboxState.sent for s, _, _ in final.values())
+    queued = sum(s is OutboxState.queued for s, _, _ in final.values())
+    assert sent >= 1 and sent + queued == 6, final
+
+
+def test_header_injection_is_refused(project: Project) -> None:
+    renderer = Renderer(project.settings)
+    from notifier.db.models import Item, ItemKind
+
+    item = Item(
+        id=1,
+        kind=ItemKind.announcement,
+        subject="Hallo",
+        body="Text",
+        topics=[],
+        scope=[],
+        roles=[],
+        send_at=datetime.now(UTC),
+    )
+    prepared = renderer.prepare(item)
+    evil = Recipient("x@example.org", "Eve\r\nBcc: victim@example.org", "Bitburg", [])
+    with pytest.raises(ValueError, match=r"linefeed|carriage|CR or LF"):
+        renderer.build(prepared, evil, message_id="<1@x>", date=datetime.now(UTC))
+    item.subject = "Hallo\nBcc: victim@example.org"
+    with pytest.raises(ValueError, match=r"linefeed|carriage|CR or LF"):
+        renderer.build(
+            renderer.prepare(item),
+            Recipient("x@example.org", "X", "Bitburg", []),
+            message_id="<1@x>",
+            date=datetime.now(UTC),
+        )
+
+
+def test_announcement_subject_with_newline_is_refused(project: Project) -> None:
+    project.seed(None)
+    file = project.write(
+        "a.md", '+++\nsubject = "Hallo\\nBcc: x@example.org"\nsend_at = "now"\n+++\nText\n'
+    )
+    result = project.cli("announce", file, ok=False)
+    assert result.exit_code == 1
+    assert "Zeile 2, Spalte 'subject'" in result.output
