@@ -19,7 +19,7 @@ from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
 from .clock import utcnow
-from .errors import NotFoundError
+from .errors import NotFoundError, NotifierError
 
 logger = logging.getLogger(__name__)
 
@@ -112,11 +112,19 @@ class MailCatcher:
     async def __aenter__(self) -> MailCatcher:
         handler = _Handler(self.store)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: SMTPServer(handler, hostname="notifier-catcher", data_size_limit=50 * 2**20),
-            host=self.host,
-            port=self.port,
-        )
+        try:
+            self._server = await loop.create_server(
+                lambda: SMTPServer(
+                    handler, hostname="notifier-catcher", data_size_limit=50 * 2**20
+                ),
+                host=self.host,
+                port=self.port,
+            )
+        except OSError as exc:
+            raise NotifierError(
+                f"Mail-Catcher kann nicht auf {self.host}:{self.port} lauschen: {exc.strerror} "
+                "([catcher] port in config.toml ändern, 0 wählt einen freien Port)"
+            ) from exc
         sockname: Any = self._server.sockets[0].getsockname()
         self.port = int(sockname[1])
         logger.info(

@@ -41,6 +41,7 @@ class Scheduler:
             id="release-due-items",
             max_instances=1,
             coalesce=True,
+            misfire_grace_time=None,  # a late run (busy loop) still runs; it is idempotent
             next_run_time=datetime.now(settings.tz),
         )
 

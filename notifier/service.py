@@ -73,7 +73,9 @@ class Service:
 
             async def stop_sender() -> None:
                 sender.stop()
-                with contextlib.suppress(asyncio.CancelledError):
+                # The message in flight may finish; after 10 s it is abandoned (its lease brings
+                # it back at the next start).
+                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(sender_task, timeout=10)
 
             stack.push_async_callback(stop_sender)
