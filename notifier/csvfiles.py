@@ -18,13 +18,16 @@ class CsvTable:
     rows: list[tuple[int, dict[str, str]]]  # (line number in the file, row)
     encoding: str
     delimiter: str
+    # Rows with the wrong number of fields: left out of ``rows`` and reported here, so the
+    # caller lists them together with the problems it finds in the other rows.
+    problems: list[RowProblem]
 
 
 def read_csv(path: Path, required: list[str], optional: tuple[str, ...] = ()) -> CsvTable:
     """Read a whole CSV file whose header must hold ``required`` columns (any order).
 
-    Raises :class:`InputError` for an unreadable file, a missing or unknown column, or a row
-    with the wrong number of fields.
+    Raises :class:`InputError` for an unreadable file or a missing or unknown column; rows with
+    the wrong number of fields are returned in ``problems``.
     """
     shown = str(path)
     try:
@@ -63,6 +66,4 @@ def read_csv(path: Path, required: list[str], optional: tuple[str, ...] = ()) ->
             problems.append(RowProblem(number, "-", f"{len(record)} Felder statt {len(header)}"))
             continue
         rows.append((number, {h: v.strip() for h, v in zip(header, record, strict=True)}))
-    if problems:
-        raise InputError(shown, problems)
-    return CsvTable(shown, header, rows, encoding, delimiter)
+    return CsvTable(shown, header, rows, encoding, delimiter, problems)

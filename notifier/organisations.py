@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .audit import record
 from .clock import utcnow
 from .csvfiles import read_csv
-from .db.models import Organisation, OrgKind, Subscriber
+from .db.models import Item, ItemStatus, Organisation, OrgKind, Subscriber
 from .errors import InputError, NotFoundError, RowProblem
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class SyncReport:
 def parse_organisations(path: Path) -> list[OrgRow]:
     """Read and check an organisations CSV (``key,name,kind,parent``); the file is refused whole."""
     table = read_csv(path, COLUMNS)
-    problems: list[RowProblem] = []
+    problems: list[RowProblem] = list(table.problems)
     by_key: dict[str, int] = {}
     by_name: dict[str, str] = {}
     raw: list[tuple[int, dict[str, str]]] = []
@@ -94,7 +94,8 @@ def parse_organisations(path: Path) -> list[OrgRow]:
             continue
         rows.append(OrgRow(line, row["key"], row["name"], OrgKind(row["kind"]), parent))
     roots = [r for r in rows if r.parent is None]
-    if not problems and len(roots) != 1:
+    # No root at all may just mean the root row itself was bad (reported above).
+    if len(roots) > 1 or (not roots and not problems):
         problems.append(
             RowProblem(
                 roots[1].line if len(roots) > 1 else 2,
@@ -114,7 +115,7 @@ def parse_organisations(path: Path) -> list[OrgRow]:
                 seen.add(step)
                 step = parents[step]
     if problems:
-        raise InputError(table.path, problems)
+        raise InputError(table.path, sorted(problems, key=lambda p: p.line))
     return rows
 
 
@@ -197,6 +198,14 @@ async def sync_organisations(
                 sub.id,
                 {"from": org.key, "to": heir.key, "reason": "organisation removed"},
             )
+        # Announcements not yet sent keep their audience: the removed unit's people are now
+        # the heir's.
+        waiting = await session.scalars(select(Item).where(Item.status == ItemStatus.scheduled))
+        for item in waiting:
+            if org.key in item.scope:
+                item.scope = list(
+                    dict.fromkeys(heir.key if k == org.key else k for k in item.scope)
+                )
         await session.execute(
             update(Organisation).where(Organisation.parent_id == org.id).values(parent_id=heir.id)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -116,12 +117,15 @@ async def parse_subscribers(
     """
     table = read_csv(path, COLUMNS)
     units = await organisation_index(session)
-    problems: list[RowProblem] = []
+    problems: list[RowProblem] = list(table.problems)
     rows: list[SubscriberRow] = []
     first_line: dict[str, int] = {}
     for line, raw in table.rows:
         row = _check_row(line, raw, units, topic_keys, problems)
         if row is None:
+            # Still note the address, so a later row with it is reported as a duplicate.
+            with contextlib.suppress(ValueError):
+                first_line.setdefault(normalise_email(raw["email"]), line)
             continue
         if row.email in first_line:
             problems.append(
@@ -133,7 +137,7 @@ async def parse_subscribers(
         first_line[row.email] = line
         rows.append(row)
     if problems:
-        raise InputError(table.path, problems)
+        raise InputError(table.path, sorted(problems, key=lambda p: p.line))
     return rows
 
 

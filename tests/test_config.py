@@ -1,0 +1,284 @@
+"""config.toml → Settings: the repo's file loads as it is, and every problem names file and key."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from notifier.config import load_settings
+from notifier.errors import ConfigError
+
+from .conftest import REPO, Project
+
+REPO_CONFIG = REPO / "config.toml"
+
+
+def repo_config() -> dict[str, Any]:
+    return tomllib.loads(REPO_CONFIG.read_text("utf-8"))
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(data), "utf-8")
+    return path
+
+
+def config_error(path: Path, environ: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, environ={} if environ is None else environ)
+    return info.value
+
+
+def test_repo_config_loads_as_it_is() -> None:
+    settings = load_settings(REPO_CONFIG, environ={})
+
+    assert settings.smtp.catcher is True
+    assert settings.smtp.port == 587
+    assert settings.smtp.tls == "starttls"
+    assert settings.smtp.password.get_secret_value() == ""
+    assert settings.mail.sender_address == "newsletter@eifelkreis-verbindet.example"
+    assert settings.mail.domain == "eifelkreis-verbindet.example"
+    assert settings.scheduler.timezone == "Europe/Berlin"
+    assert settings.topic_keys == ["strategie", "eifelleben", "versorgung", "mobilitaet"]
+    assert settings.base_dir == REPO
+    # The default SQLite file lies under the config file's folder, not the working directory.
+    assert settings.database_url == f"sqlite+aiosqlite:///{REPO / 'var' / 'notifier.db'}"
+    assert settings.path(settings.paths.templates) == REPO / "templates"
+
+
+def test_wrong_type_names_file_and_key(tmp_path: Path) -> None:
+    data = repo_config()
+    data["smtp"]["port"] = "abc"
+    path = write_toml(tmp_path / "config.toml", data)
+
+    error = config_error(path)
+
+    assert error.key == "smtp.port"
+    assert error.path == str(path)
+    assert str(path) in str(error)
+    assert "'smtp.port'" in str(error)
+    assert "'abc'" in str(error)
+
+
+def test_port_out_of_range_is_refused(tmp_path: Path) -> None:
+    data = repo_config()
+    data["smtp"]["port"] = 70000
+    error = config_error(write_toml(tmp_path / "config.toml", data))
+
+    assert error.key == "smtp.port"
+    assert "70000" in str(error)
+
+
+def test_unknown_key_is_named(tmp_path: Path) -> None:
+    data = repo_config()
+    data["smtp"]["hots"] = "mail.example"
+    path = write_toml(tmp_path / "config.toml", data)
+
+    error = config_error(path)
+
+    assert error.key == "smtp.hots"
+    assert str(path) in str(error)
+    assert "unknown key" in str(error)
+
+
+def test_unknown_section_is_named(tmp_path: Path) -> None:
+    data = repo_config()
+    data["smpt"] = {"host": "mail.example"}
+    error = config_error(write_toml(tmp_path / "config.toml", data))
+
+    assert error.key == "smpt"
+    assert "unknown key" in str(error)
+
+
+def test_missing_required_value_is_named(tmp_path: Path) -> None:
+    data = repo_config()
+    del data["mail"]["sender_address"]
+    path = write_toml(tmp_path / "config.toml", data)
+
+    error = config_error(path)
+
+    assert error.key == "mail.sender_address"
+    assert str(path) in str(error)
+    assert "missing" in str(error)
+
+
+def test_invalid_toml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[smtp]\nhost = "unterminated\n', "utf-8")
+
+    error = config_error(path)
+
+    assert error.path == str(path)
+    assert str(error).startswith(str(path))
+    assert "invalid TOML" in str(error)
+
+
+def test_missing_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+    error = config_error(path)
+
+    assert str(path) in str(error)
+    assert "not found" in str(error)
+
+
+def test_environment_sets_the_password(tmp_path: Path) -> None:
+    path = write_toml(tmp_path / "config.toml", repo_config())
+
+    settings = load_settings(path, environ={"NOTIFIER_SMTP__PASSWORD": "geheim-123"})
+
+    assert settings.smtp.password.get_secret_value() == "geheim-123"
+    # A secret is never shown by accident.
+    assert "geheim-123" not in repr(settings)
+    assert "geheim-123" not in str(settings.smtp)
+
+
+def test_environment_values_are_converted(tmp_path: Path) -> None:
+    path = write_toml(tmp_path / "config.toml", repo_config())
+
+    settings = load_settings(
+        path,
+        environ={
+            "NOTIFIER_SMTP__PORT": "2526",
+            "NOTIFIER_SMTP__CATCHER": "false",
+            "NOTIFIER_MAIL__SENDER_NAME": "Projektbüro",
+            "UNRELATED": "x",
+        },
+    )
+
+    assert settings.smtp.port == 2526
+    assert settings.smtp.catcher is False
+    assert settings.mail.sender_name == "Projektbüro"
+
+
+def test_explicit_environ_ignores_the_process_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NOTIFIER_SMTP__PORT", "abc")
+    path = write_toml(tmp_path / "config.toml", repo_config())
+
+    assert load_settings(path, environ={}).smtp.port == 587
+    with pytest.raises(ConfigError, match="NOTIFIER_SMTP__PORT"):
+        load_settings(path)
+
+
+def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
+    path = write_toml(tmp_path / "config.toml", repo_config())
+
+    error = config_error(path, {"NOTIFIER_SMTP__PORT": "abc"})
+
+    assert error.key == "smtp.port"
+    assert str(path) in str(error)
+    assert "NOTIFIER_SMTP__PORT" in str(error)
+
+
+def test_unknown_time_zone(tmp_path: Path) -> None:
+    data = repo_config()
+    data["scheduler"]["timezone"] = "Europe/Bitburg"
+    path = write_toml(tmp_path / "config.toml", data)
+
+    error = config_error(path)
+
+    assert error.key == "scheduler.timezone"
+    assert "unknown time zone" in str(error)
+    assert "Europe/Bitburg" in str(error)
+
+
+def test_duplicate_topic_keys(tmp_path: Path) -> None:
+    data = repo_config()
+    data["topics"].append({"key": "versorgung", "title": "Versorgung (nochmal)"})
+    path = write_toml(tmp_path / "config.toml", data)
+
+    error = config_error(path)
+
+    assert error.key == "topics"
+    assert "'versorgung'" in str(error)
+    assert "twice" in str(error)
+
+
+def test_bad_topic_key_names_its_position(tmp_path: Path) -> None:
+    data = repo_config()
+    data["topics"][1]["key"] = "Eifel Leben"
+    error = config_error(write_toml(tmp_path / "config.toml", data))
+
+    assert error.key == "topics[1].key"
+
+
+def test_relative_sqlite_path_is_resolved_against_the_config_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = repo_config()
+    data["database"]["url"] = "sqlite+aiosqlite:///data/notifier.db"
+    write_toml(tmp_path / "etc" / "config.toml", data)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    # The config path itself is relative to the working directory; the database is not.
+    settings = load_settings(Path("..") / "etc" / "config.toml", environ={})
+
+    expected = (tmp_path / "etc" / "data" / "notifier.db").resolve()
+    assert settings.database_url == f"sqlite+aiosqlite:///{expected}"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite+aiosqlite:////srv/notifier/notifier.db",
+        "sqlite+aiosqlite:///:memory:",
+        "postgresql+asyncpg://notifier@db.example/notifier",
+    ],
+)
+def test_other_database_urls_are_kept(tmp_path: Path, url: str) -> None:
+    data = repo_config()
+    data["database"]["url"] = url
+    settings = load_settings(write_toml(tmp_path / "config.toml", data), environ={})
+
+    assert settings.database_url == url
+
+
+def test_cli_reports_a_config_error_in_one_line(project: Project) -> None:
+    project.write_config({"smtp": {"port": "abc"}})
+
+    result = project.cli("status", ok=False)
+
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert str(project.config) in lines[0]
+    assert "smtp.port" in lines[0]
+    assert "Konfigurationsfehler" in lines[0]
+
+
+def test_cli_reports_a_missing_value(project: Project) -> None:
+    data = tomllib.loads(project.config.read_text("utf-8"))
+    del data["mail"]["sender_address"]
+    write_toml(project.config, data)
+
+    result = project.cli("status", ok=False)
+
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert str(project.config) in lines[0]
+    assert "mail.sender_address" in lines[0]
+
+
+def test_cli_reports_invalid_toml(project: Project) -> None:
+    project.config.write_text("[smtp\nport = 25\n", "utf-8")
+
+    result = project.cli("status", ok=False)
+
+    assert result.exit_code == 2
+    assert str(project.config) in result.output
+    assert "invalid TOML" in result.output
+
+
+def test_cli_runs_with_the_test_config(project: Project) -> None:
+    result = project.cli("status")
+
+    assert "wartend" in result.output
+    assert (project.root / "var" / "test.db").is_file()
