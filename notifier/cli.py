@@ -14,17 +14,19 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from sqlalchemy import select
 
 from . import announcements as ann
 from .catcher import MailStore
 from .clock import utcnow
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .db import Database, queries
-from .db.models import ItemStatus, OutboxState, Role
-from .errors import ConfigError, NotifierError
+from .db.models import ItemStatus, OutboxState, Role, SourceState
+from .errors import ConfigError, NotFoundError, NotifierError
 from .organisations import LEVEL_LABELS, load_organisations
 from .rendering import german_datetime
 from .service import Service, prepare_database
+from .sources.poller import SourcePoller, http_client, item_counts, source_kind
 from .subscribers import export_subscribers, import_subscribers
 
 T = TypeVar("T")
@@ -48,6 +50,7 @@ ITEM_LABELS = {
     ItemStatus.scheduled: "geplant",
     ItemStatus.routed: "versendet",
     ItemStatus.cancelled: "abgesagt",
+    ItemStatus.recorded: "erfasst",
 }
 
 
@@ -328,6 +331,68 @@ async def announcements_cancel(ctx: click.Context, item_id: int) -> None:
     async with await _open(_settings(ctx)) as db, db.transaction() as session:
         stopped = await ann.cancel(session, item_id, actor=_actor(), now=utcnow())
     click.echo(f"Mitteilung Nr. {item_id} abgesagt; {stopped} Nachrichten werden nicht versandt.")
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def sources(ctx: click.Context) -> None:
+    """Quellen (News-Feeds, Kalender): Zustand ansehen, jetzt abrufen."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(sources_list)
+
+
+@sources.command("list")
+@click.pass_context
+@run_async
+async def sources_list(ctx: click.Context) -> None:
+    """Jede Quelle mit letztem Abruf, letztem Fehler und Zahl der Einträge."""
+    settings = _settings(ctx)
+    tz = settings.scheduler.tz
+    if not settings.sources.all:
+        click.echo("Keine Quellen konfiguriert ([[sources.feed]] / [[sources.calendar]]).")
+        return
+    async with await _open(settings) as db, db.transaction() as session:
+        states = {s.name: s for s in await session.scalars(select(SourceState))}
+        counts = await item_counts(session)
+    for source in settings.sources.all:
+        state = states.get(source.name)
+        last = german_datetime(state.last_poll_at, tz) if state and state.last_poll_at else "nie"
+        click.echo(
+            f"{source.name} ({source_kind(source)}, alle {source.poll_minutes:g} min): "
+            f"{counts.get(source.name, 0)} Einträge, letzter Abruf {last}"
+        )
+        click.echo(f"  {source.url}")
+        if state and state.last_error:
+            click.echo(f"  letzter Fehler: {state.last_error}")
+
+
+@sources.command("poll")
+@click.argument("name", required=False)
+@click.pass_context
+@run_async
+async def sources_poll(ctx: click.Context, name: str | None) -> None:
+    """Quelle NAME (ohne NAME: alle) jetzt abrufen; Neues versendet der laufende Dienst."""
+    settings = _settings(ctx)
+    chosen = [s for s in settings.sources.all if name is None or s.name == name]
+    if not chosen:
+        raise NotFoundError(f"keine Quelle {name!r} in der Konfiguration")
+    failed = False
+    async with await _open(settings) as db, http_client() as client:
+        poller = SourcePoller(db, settings, client, utcnow)
+        for source in chosen:
+            result = await poller.poll(source)
+            if result.error:
+                failed = True
+                click.echo(f"{source.name}: Fehler: {result.error}")
+            elif result.not_modified:
+                click.echo(f"{source.name}: unverändert")
+            else:
+                click.echo(
+                    f"{source.name}: {result.new} neu, {result.changed} geändert, "
+                    f"{result.cancelled} abgesagt"
+                )
+    if failed:
+        sys.exit(1)
 
 
 @main.command()

@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from apscheduler.triggers.cron import CronTrigger
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
@@ -98,6 +107,76 @@ class DeliverySettings(_Section):
     idle_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
 
 
+_SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def _check_cron(value: str) -> str:
+    fields = value.split()
+    if len(fields) == 5 and any(c.isdigit() for c in fields[4]):
+        # APScheduler 3 reads weekday numbers with 0 = Monday, cron with 0 = Sunday: refuse the
+        # ambiguity rather than send briefings a day off.
+        raise ValueError("write weekdays as names (e.g. mon-fri), not numbers")
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(f"not a cron expression (minute hour day month weekday): {exc}") from exc
+    return value
+
+
+class BriefingSettings(_Section):
+    """When daily and weekly briefings go out (cron, evaluated in [scheduler] timezone)."""
+
+    daily: str = "0 7 * * mon-fri"
+    weekly: str = "0 7 * * mon"
+    grace_hours: Annotated[float, Field(ge=0)] = 12.0
+
+    _cron = field_validator("daily", "weekly")(_check_cron)
+
+    def trigger(self, rhythm: str, tz: ZoneInfo) -> CronTrigger:
+        return CronTrigger.from_crontab(getattr(self, rhythm), timezone=tz)
+
+
+class _SourceSettings(_Section):
+    name: str
+    url: str
+    poll_minutes: Annotated[float, Field(gt=0)] = 15.0
+    # The source's category (as it is written there) → topic key.
+    categories: dict[str, str] = {}
+    # Topics of every item of this source (besides those from categories). Empty and no
+    # matching category: the item goes to every topic.
+    topics: list[str] = []
+    # Organisation keys or names the items are meant for; empty: the whole Kreis.
+    scope: list[str] = []
+    timeout: Annotated[float, Field(gt=0)] = 20.0
+    max_bytes: Annotated[int, Field(gt=0)] = 5_000_000
+
+    @field_validator("name")
+    @classmethod
+    def _name_format(cls, value: str) -> str:
+        if not _SOURCE_NAME.match(value):
+            raise ValueError("must be lower-case letters, digits, '-' or '_'")
+        return value
+
+
+class FeedSource(_SourceSettings):
+    # true: the first poll announces what the feed already holds; false: it only records it.
+    backfill: bool = False
+
+
+class CalendarSource(_SourceSettings):
+    lookahead_days: Annotated[int, Field(ge=1, le=3650)] = 180
+    remind_days_before: list[Annotated[int, Field(ge=1, le=365)]] = [7, 1]
+
+
+class SourcesSettings(_Section):
+    feed: list[FeedSource] = []
+    calendar: list[CalendarSource] = []
+
+    @property
+    def all(self) -> list[FeedSource | CalendarSource]:
+        return [*self.feed, *self.calendar]
+
+
 class PathSettings(_Section):
     templates: str = "templates"
 
@@ -125,6 +204,8 @@ class Settings(_Section):
     scheduler: SchedulerSettings = SchedulerSettings()
     delivery: DeliverySettings = DeliverySettings()
     paths: PathSettings = PathSettings()
+    briefings: BriefingSettings = BriefingSettings()
+    sources: SourcesSettings = SourcesSettings()
     topics: Annotated[list[Topic], Field(min_length=1)]
     # Where the file lives; relative paths in it are resolved against this folder.
     base_dir: Path = Path()
@@ -138,6 +219,21 @@ class Settings(_Section):
                 raise ValueError(f"topic key {topic.key!r} appears twice")
             seen.add(topic.key)
         return value
+
+    @model_validator(mode="after")
+    def _sources_consistent(self) -> Settings:
+        keys = {t.key for t in self.topics}
+        seen: set[str] = set()
+        for index, source in enumerate(self.sources.all):
+            kind = "feed" if isinstance(source, FeedSource) else "calendar"
+            where = f"sources.{kind}[{index if kind == 'feed' else index - len(self.sources.feed)}]"
+            if source.name in seen:
+                raise ValueError(f"{where}.name: source name {source.name!r} appears twice")
+            seen.add(source.name)
+            unknown = [t for t in [*source.topics, *source.categories.values()] if t not in keys]
+            if unknown:
+                raise ValueError(f"{where}: unknown topic keys {', '.join(unknown)}")
+        return self
 
     def path(self, relative: str) -> Path:
         """Resolve a path from the file against the config file's folder."""

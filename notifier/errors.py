@@ -54,6 +54,15 @@ class StateError(NotifierError):
     """The requested change does not fit the record's current state."""
 
 
+class SourceError(NotifierError):
+    """A source (feed, calendar) could not be fetched or parsed; ``source`` names it."""
+
+    def __init__(self, source: str, problem: str) -> None:
+        self.source = source
+        self.problem = problem
+        super().__init__(f"{source}: {problem}")
+
+
 class DeliveryError(NotifierError):
     """Sending one message failed; ``code`` and ``reply`` are the SMTP server's answer if any."""
 

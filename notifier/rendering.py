@@ -1,16 +1,18 @@
 """Jinja2 environment and message building: one HTML and one plain-text part per recipient.
 
-What is the same for every recipient of an item (the Markdown body turned into HTML) is worked
-out once per item; only the greeting, the reason line and the addresses differ per recipient.
+What is the same for every recipient of an item (subject, the Markdown body turned into HTML, the
+calendar attachment) is prepared once per item and notice; only the greeting, the reason line and
+the addresses differ per recipient. Briefings are prepared per recipient, since each holds that
+person's own items.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -25,10 +27,12 @@ from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from .config import Settings
-from .db.models import Item
+from .db.models import Item, ItemKind, Rhythm
+from .sources.calendar import CalendarEvent, event_ics
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
 _POLICY = policy.SMTP.clone(max_line_length=998)
+GENERAL_TOPIC = "Allgemein"
 
 
 def german_datetime(value: datetime, tz: ZoneInfo) -> str:
@@ -37,7 +41,27 @@ def german_datetime(value: datetime, tz: ZoneInfo) -> str:
 
 
 def german_date(value: datetime, tz: ZoneInfo) -> str:
+    """``Montag, 7. Dezember 2026`` in the given zone."""
     return format_datetime(value, "EEEE, d. MMMM y", tzinfo=tz, locale="de_DE")
+
+
+def german_span(start: datetime, end: datetime | None, all_day: bool, tz: ZoneInfo) -> str:
+    """When an event takes place, in words: one day, a time range, or from … to …."""
+    if all_day:
+        last = (end - timedelta(days=1)) if end and end - start > timedelta(days=1) else None
+        first = german_date(start, tz)
+        return first if last is None else f"{first} bis {german_date(last, tz)}"
+    if end is None or end <= start:
+        return german_datetime(start, tz)
+    if start.astimezone(tz).date() == end.astimezone(tz).date():
+        to = format_datetime(end, "HH:mm", tzinfo=tz, locale="de_DE")
+        since = format_datetime(start, "EEEE, d. MMMM y, HH:mm", tzinfo=tz, locale="de_DE")
+        return f"{since} bis {to} Uhr"
+    return f"{german_datetime(start, tz)} bis {german_datetime(end, tz)}"
+
+
+def _plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
 
 
 @dataclass(frozen=True)
@@ -49,13 +73,13 @@ class Recipient:
 
 
 @dataclass(frozen=True)
-class RenderedItem:
-    """The parts of an item that are the same for every recipient."""
+class Prepared:
+    """What a message has before it is personalised."""
 
+    template: str  # announcement, update, event or briefing
     subject: str
-    body_html: Markup
-    body_text: str
-    item: Item
+    context: dict[str, Any] = field(default_factory=dict)
+    attachment: tuple[bytes, str] | None = None  # (iCalendar bytes, METHOD)
 
 
 class Renderer:
@@ -66,6 +90,7 @@ class Renderer:
         self.mail = settings.mail
         self.tz = settings.scheduler.tz
         self.topic_titles = {t.key: t.title for t in settings.topics}
+        self.topic_order = {t.key: i for i, t in enumerate(settings.topics)}
         self.env = Environment(
             loader=FileSystemLoader(settings.path(settings.paths.templates) / "email"),
             autoescape=select_autoescape(["html"]),
@@ -76,44 +101,132 @@ class Renderer:
         )
         self.env.filters["datum_zeit"] = functools.partial(german_datetime, tz=self.tz)
         self.env.filters["datum"] = functools.partial(german_date, tz=self.tz)
+        self.env.globals["zeitraum"] = functools.partial(german_span, tz=self.tz)
         self._inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
-
-    def prepare(self, item: Item) -> RenderedItem:
-        """Turn the item's Markdown into HTML once; the text part keeps the Markdown source."""
-        return RenderedItem(
-            subject=item.subject,
-            body_html=Markup(_MARKDOWN.render(item.body)),  # noqa: S704 - raw HTML is disabled
-            body_text=item.body.strip(),
-            item=item,
-        )
 
     def topic_list(self, keys: Sequence[str]) -> list[str]:
         return [self.topic_titles.get(k, k) for k in keys]
 
-    def render(self, prepared: RenderedItem, recipient: Recipient) -> tuple[str, str]:
+    # -- preparing ---------------------------------------------------------------------------
+
+    def prepare(self, item: Item, notice: str = "") -> Prepared:
+        """Everything of a message about ``item`` that is the same for every recipient."""
+        context: dict[str, Any] = {"item": item, "notice": notice}
+        if item.kind is ItemKind.announcement:
+            context["body_html"] = Markup(_MARKDOWN.render(item.body))  # noqa: S704 - no raw HTML
+            context["body_text"] = item.body.strip()
+            return Prepared("announcement", item.subject, context)
+        if item.kind is ItemKind.update:
+            return Prepared("update", item.subject, context)
+        return self._prepare_event(item, notice, context)
+
+    def _prepare_event(self, item: Item, notice: str, context: dict[str, Any]) -> Prepared:
+        assert item.starts_at is not None
+        kind, _, arg = notice.partition(":")
+        day = format_datetime(item.starts_at, "d. MMMM y", tzinfo=self.tz, locale="de_DE")
+        if kind == "reminder":
+            days = int(arg)
+            context["reminder_days"] = days
+            when = "morgen" if days == 1 else f"in {days} Tagen"
+            subject = f"Erinnerung: {item.subject} ({when}, {day})"
+        elif kind == "changed":
+            subject = f"Geändert: {item.subject} am {day}"
+        elif kind == "cancelled":
+            subject = f"Abgesagt: {item.subject} am {day}"
+        else:
+            subject = f"Termin: {item.subject} am {day}"
+        context["notice_kind"] = kind or "new"
+        method = "CANCEL" if kind == "cancelled" else "PUBLISH"
+        return Prepared("event", subject, context, (self.event_ics(item, method), method))
+
+    def event_ics(self, item: Item, method: str) -> bytes:
+        """The calendar file of an event item (METHOD PUBLISH or CANCEL)."""
+        assert item.starts_at is not None
+        event = CalendarEvent(
+            key=item.external_key or f"item-{item.id}",
+            uid=item.external_key or f"item-{item.id}",
+            title=item.subject,
+            description=item.body,
+            location=item.location or "",
+            link=item.link,
+            start=item.starts_at,
+            end=item.ends_at or item.starts_at,
+            all_day=item.all_day,
+            cancelled=method == "CANCEL" or item.event_cancelled,
+            sequence=item.change_count + (1 if method == "CANCEL" else 0),
+            categories=(),
+            content_hash=item.content_hash or "",
+        )
+        return event_ics(
+            event,
+            method="CANCEL" if method == "CANCEL" else "PUBLISH",
+            organizer_name=self.mail.sender_name,
+            organizer_email=self.mail.sender_address,
+        )
+
+    def prepare_briefing(
+        self, rhythm: Rhythm, items: Sequence[Item], followed: Sequence[str] | None
+    ) -> Prepared:
+        """A briefing: news grouped by topic (newest first), then upcoming events by date.
+
+        ``followed`` are the recipient's topic keys (None: all topics); an item is listed under
+        the first of its topics the recipient follows.
+        """
+        events = sorted(
+            (i for i in items if i.kind is ItemKind.event),
+            key=lambda i: i.starts_at or datetime.min.replace(tzinfo=UTC),
+        )
+        news = sorted(
+            (i for i in items if i.kind is not ItemKind.event),
+            key=lambda i: i.published_at or i.send_at,
+            reverse=True,
+        )
+        groups: dict[str, list[Item]] = {}
+        for item in news:
+            keys = sorted(item.topics, key=lambda k: self.topic_order.get(k, len(self.topic_order)))
+            mine = [k for k in keys if followed is None or k in followed]
+            title = self.topic_titles.get(mine[0], mine[0]) if mine else GENERAL_TOPIC
+            groups.setdefault(title, []).append(item)
+        order = {t: i for i, t in enumerate(self.topic_titles.values())}
+        grouped = sorted(groups.items(), key=lambda g: order.get(g[0], len(order)))
+        label = "Tagesüberblick" if rhythm is Rhythm.daily else "Wochenüberblick"
+        parts = []
+        if news:
+            parts.append(_plural(len(news), "Neuigkeit", "Neuigkeiten"))
+        if events:
+            parts.append(_plural(len(events), "Termin", "Termine"))
+        subject = f"Ihr {label}: {', '.join(parts)}"
+        bodies = {
+            i.id: Markup(_MARKDOWN.render(i.body))  # noqa: S704 - raw HTML disabled
+            for i in news
+            if i.kind is ItemKind.announcement
+        }
+        context = {"label": label, "groups": grouped, "events": events, "bodies": bodies}
+        return Prepared("briefing", subject, context)
+
+    # -- personalising -----------------------------------------------------------------------
+
+    def render(self, prepared: Prepared, recipient: Recipient) -> tuple[str, str]:
         """The HTML (CSS inlined) and plain-text bodies for one recipient."""
-        kind = prepared.item.kind.value
-        context: Mapping[str, Any] = {
-            "item": prepared.item,
+        context = {
+            **prepared.context,
             "subject": prepared.subject,
-            "body_html": prepared.body_html,
-            "body_text": prepared.body_text,
             "recipient": recipient,
             "mail": self.mail,
         }
-        html = self.env.get_template(f"{kind}.html").render(context)
-        text = self.env.get_template(f"{kind}.txt").render(context)
+        html = self.env.get_template(f"{prepared.template}.html").render(context)
+        text = self.env.get_template(f"{prepared.template}.txt").render(context)
         return self._inliner.inline(html), text
 
-    def message_id(self, outbox_id: int, item_id: int, subscriber_id: int) -> str:
+    def message_id(self, outbox_id: int, subscriber_id: int) -> str:
         """A stable Message-ID per outbox row: a retried message keeps its identity."""
-        digest = hashlib.sha256(f"{outbox_id}:{item_id}:{subscriber_id}".encode()).hexdigest()[:16]
-        return f"<{item_id}.{outbox_id}.{digest}@{self.mail.domain}>"
+        digest = hashlib.sha256(f"{outbox_id}:{subscriber_id}".encode()).hexdigest()[:16]
+        return f"<{outbox_id}.{digest}@{self.mail.domain}>"
 
     def build(
-        self, prepared: RenderedItem, recipient: Recipient, *, message_id: str, date: datetime
+        self, prepared: Prepared, recipient: Recipient, *, message_id: str, date: datetime
     ) -> EmailMessage:
-        """A multipart/alternative message with all headers.
+        """A multipart/alternative message (multipart/mixed with a calendar file for events).
 
         Raises ``ValueError`` if a header value would carry a line break (header injection).
         """
@@ -131,4 +244,13 @@ class Renderer:
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
         msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
+        if prepared.attachment is not None:
+            data, method = prepared.attachment
+            msg.add_attachment(
+                data,
+                maintype="text",
+                subtype="calendar",
+                filename="termin.ics",
+                params={"method": method, "charset": "utf-8"},
+            )
         return msg

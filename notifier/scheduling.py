@@ -1,58 +1,107 @@
 """APScheduler wiring: the jobs that move items along.
 
-The database, not the scheduler's memory, says what is due: the release job asks for scheduled
-items whose time has come, so announcements written by another process (the CLI) are seen, and
-one whose time passed while the service was down goes out once at the next start.
+The database, not the scheduler's memory, says what is due: every check asks for scheduled items
+whose time has come, briefing slots not yet handled, reminders not yet sent. So announcements
+written by another process (the CLI) are seen, and work whose time passed while the service was
+down is done once at the next start.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from .config import SchedulerSettings
+from .briefings import run_due_briefings, send_due_reminders
+from .config import Settings
 from .db import Database
 from .routing import release_due
+from .sources.poller import SourcePoller
 
 logger = logging.getLogger(__name__)
 
 
 class Scheduler:
-    """Owns an AsyncIOScheduler; ``on_routed`` is called after items were routed."""
+    """Owns an AsyncIOScheduler; ``on_queued`` is called when new messages wait in the outbox."""
 
     def __init__(
         self,
         db: Database,
-        settings: SchedulerSettings,
+        settings: Settings,
         clock: Callable[[], datetime],
-        on_routed: Callable[[], None],
+        on_queued: Callable[[], None],
+        poller: SourcePoller | None = None,
     ) -> None:
         self.db = db
+        self.settings = settings
         self.clock = clock
-        self.on_routed = on_routed
-        self.scheduler = AsyncIOScheduler(timezone=settings.tz)
+        self.on_queued = on_queued
+        tz = settings.scheduler.tz
+        self.scheduler = AsyncIOScheduler(timezone=tz)
+        checks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            ("release-due-items", self.release_due_items),
+            ("briefings", self.briefings),
+            ("reminders", self.reminders),
+        ]
+        for job_id, func in checks:
+            self._add(job_id, func, settings.scheduler.poll_seconds)
+        if poller is not None:
+            for source in settings.sources.all:
+                self._add(
+                    f"source:{source.name}",
+                    lambda source=source: self._poll(poller, source),  # type: ignore[misc]
+                    source.poll_minutes * 60,
+                )
+
+    def _add(self, job_id: str, func: Callable[[], Awaitable[None]], seconds: float) -> None:
         self.scheduler.add_job(
-            self.release_due_items,
+            func,
             "interval",
-            seconds=settings.poll_seconds,
-            id="release-due-items",
+            seconds=seconds,
+            id=job_id,
             max_instances=1,
             coalesce=True,
-            misfire_grace_time=None,  # a late run (busy loop) still runs; it is idempotent
-            next_run_time=datetime.now(settings.tz),
+            misfire_grace_time=None,  # a late run (busy loop) still runs; every job is idempotent
+            next_run_time=datetime.now(self.settings.scheduler.tz),
         )
 
-    async def release_due_items(self) -> None:
+    async def _guarded(self, name: str, work: Callable[[], Awaitable[bool]]) -> None:
         try:
-            routed = await release_due(self.db, self.clock())
+            queued = await work()
         except Exception:
-            logger.exception("releasing due items failed; trying again at the next interval")
+            logger.exception("%s failed; trying again at the next interval", name)
             return
-        if routed:
-            self.on_routed()
+        if queued:
+            self.on_queued()
+
+    async def release_due_items(self) -> None:
+        async def work() -> bool:
+            return bool(await release_due(self.db, self.clock()))
+
+        await self._guarded("releasing due items", work)
+
+    async def briefings(self) -> None:
+        async def work() -> bool:
+            return any((await run_due_briefings(self.db, self.settings, self.clock())).values())
+
+        await self._guarded("building briefings", work)
+
+    async def reminders(self) -> None:
+        async def work() -> bool:
+            return bool(await send_due_reminders(self.db, self.settings, self.clock()))
+
+        await self._guarded("sending reminders", work)
+
+    async def _poll(self, poller: SourcePoller, source: object) -> None:
+        from .config import CalendarSource, FeedSource
+
+        assert isinstance(source, FeedSource | CalendarSource)
+        result = await poller.poll(source)
+        if result.new or result.cancelled or result.changed:
+            # New items are routed by the next release check; notices are queued already.
+            self.on_queued()
 
     def start(self) -> None:
         self.scheduler.start()

@@ -17,6 +17,7 @@ from .db import Database
 from .delivery import Sender, SmtpTransport
 from .rendering import Renderer
 from .scheduling import Scheduler
+from .sources.poller import SourcePoller, http_client
 from .topics import sync_topics
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,9 @@ class Service:
                     await asyncio.wait_for(sender_task, timeout=10)
 
             stack.push_async_callback(stop_sender)
-            scheduler = Scheduler(db, settings.scheduler, self.clock, sender.wake.set)
+            client = await stack.enter_async_context(http_client())
+            poller = SourcePoller(db, settings, client, self.clock)
+            scheduler = Scheduler(db, settings, self.clock, sender.wake.set, poller)
             scheduler.start()
             stack.callback(scheduler.shutdown)
             logger.info(

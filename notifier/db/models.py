@@ -80,12 +80,16 @@ class SubscriberStatus(enum.StrEnum):
 
 class ItemKind(enum.StrEnum):
     announcement = "announcement"
+    update = "update"  # an entry of a news feed
+    event = "event"  # one occurrence of a calendar event
 
 
 class ItemStatus(enum.StrEnum):
     scheduled = "scheduled"  # waiting for send_at
-    routed = "routed"  # outbox rows written; the sender delivers them
+    routed = "routed"  # outbox rows (or briefing queue rows) written
     cancelled = "cancelled"
+    # Seen on the first poll of a new source: kept so it is not announced later, never sent.
+    recorded = "recorded"
 
 
 class OutboxState(enum.StrEnum):
@@ -168,7 +172,11 @@ class Item(Base):
     """A thing worth telling: an announcement now; feed updates and events later."""
 
     __tablename__ = "items"
-    __table_args__ = (Index("ix_items_status_send_at", "status", "send_at"),)
+    __table_args__ = (
+        Index("ix_items_status_send_at", "status", "send_at"),
+        Index("uq_items_source_key", "source", "external_key", unique=True),
+        Index("ix_items_kind_starts_at", "kind", "starts_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     kind: Mapped[ItemKind] = mapped_column(_enum(ItemKind))
@@ -186,6 +194,19 @@ class Item(Base):
     routed_at: Mapped[datetime | None]
     recipient_count: Mapped[int | None]
     source_file: Mapped[str | None] = mapped_column(String(500))
+    # Items from sources (feeds, calendars): the source's name and the entry's key there.
+    source: Mapped[str | None] = mapped_column(String(100))
+    external_key: Mapped[str | None] = mapped_column(String(500))
+    link: Mapped[str | None] = mapped_column(String(2000))
+    published_at: Mapped[datetime | None]
+    content_hash: Mapped[str | None] = mapped_column(String(64))
+    # Events only.
+    starts_at: Mapped[datetime | None]
+    ends_at: Mapped[datetime | None]
+    all_day: Mapped[bool] = mapped_column(default=False)
+    location: Mapped[str | None] = mapped_column(String(500))
+    event_cancelled: Mapped[bool] = mapped_column(default=False)
+    change_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class OutboxMessage(Base):
@@ -193,12 +214,17 @@ class OutboxMessage(Base):
 
     __tablename__ = "outbox"
     __table_args__ = (
-        UniqueConstraint("item_id", "subscriber_id", name="uq_outbox_item_subscriber"),
+        UniqueConstraint("item_id", "subscriber_id", "notice", name="uq_outbox_item_subscriber"),
+        UniqueConstraint("digest_id", name="uq_outbox_digest"),
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    # Exactly one of item_id (a message about one item) and digest_id (a briefing) is set.
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"), index=True)
+    digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id", name="fk_outbox_digest"))
+    # Which message about the item: "" (the item itself), "reminder:7", "changed:2", "cancelled".
+    notice: Mapped[str] = mapped_column(String(40), default="")
     subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
     state: Mapped[OutboxState] = mapped_column(_enum(OutboxState), default=OutboxState.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
@@ -210,6 +236,63 @@ class OutboxMessage(Base):
     last_code: Mapped[int | None]
     last_reply: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(300))
+
+
+class BriefingQueue(Base):
+    """Items waiting for a subscriber's next daily or weekly briefing."""
+
+    __tablename__ = "briefing_queue"
+
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), primary_key=True
+    )
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), primary_key=True, index=True)
+    queued_at: Mapped[datetime]
+
+
+class Digest(Base):
+    """One briefing of one subscriber; its items are in digest_items."""
+
+    __tablename__ = "digests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    rhythm: Mapped[Rhythm] = mapped_column(_enum(Rhythm))
+    slot_at: Mapped[datetime]
+    created_at: Mapped[datetime]
+
+
+class DigestItem(Base):
+    __tablename__ = "digest_items"
+
+    digest_id: Mapped[int] = mapped_column(
+        ForeignKey("digests.id", ondelete="CASCADE"), primary_key=True
+    )
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), primary_key=True, index=True)
+
+
+class SourceState(Base):
+    """What the service remembers of each configured source between polls."""
+
+    __tablename__ = "sources"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    initialized: Mapped[bool] = mapped_column(default=False)
+    etag: Mapped[str | None] = mapped_column(String(500))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    last_poll_at: Mapped[datetime | None]
+    last_success_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class ScheduleState(Base):
+    """The last slot a cron-driven job (a briefing rhythm) has handled."""
+
+    __tablename__ = "schedule_state"
+
+    key: Mapped[str] = mapped_column(String(60), primary_key=True)
+    last_slot_at: Mapped[datetime]
 
 
 class AuditEntry(Base):

@@ -8,11 +8,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    delete,
     exists,
     false,
     func,
@@ -26,13 +28,19 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
+    BriefingQueue,
+    Digest,
+    DigestItem,
     Item,
+    ItemKind,
     ItemStatus,
     Organisation,
     OrgKind,
     OutboxMessage,
     OutboxState,
+    Rhythm,
     Role,
+    ScheduleState,
     Subscriber,
     SubscriberStatus,
     Subscription,
@@ -56,7 +64,9 @@ def audience(
     of ``paths`` (None: the whole tree) and whose role is in ``roles`` (empty: any)."""
     conditions: list[ColumnElement[bool]] = [Subscriber.status == SubscriberStatus.active]
     if paths is not None:
-        conditions.append(or_(false(), *(Organisation.path.startswith(p) for p in paths)))
+        conditions.append(
+            or_(false(), *(Organisation.path.startswith(p, autoescape=True) for p in paths))
+        )
     if roles:
         conditions.append(Subscriber.role.in_([Role(r) for r in roles]))
     if topics:
@@ -104,11 +114,45 @@ async def due_items(session: AsyncSession, now: datetime) -> list[int]:
     return list(await session.scalars(stmt))
 
 
-async def route_item(session: AsyncSession, item_id: int, now: datetime) -> int | None:
-    """Write one outbox row per recipient of a scheduled item and mark it routed, atomically.
+def _insert(session: AsyncSession) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
-    Returns the number of rows written, or None if the item was no longer scheduled (another
-    run routed or cancelled it), so an item is never routed twice.
+
+async def _queue_messages(
+    session: AsyncSession, subscriber_ids: Select[Any], item_id: int, notice: str, now: datetime
+) -> int:
+    """Outbox rows for (subscriber ids from a select) × one item and notice; duplicates are
+    skipped by the unique constraint."""
+    rows = subscriber_ids.add_columns(
+        literal(item_id),
+        literal(notice),
+        literal(OutboxState.queued.value),
+        literal(0),
+        literal(now, type_=OutboxMessage.created_at.type),
+        literal(now, type_=OutboxMessage.updated_at.type),
+        literal(now, type_=OutboxMessage.next_attempt_at.type),
+    )
+    columns = [
+        "subscriber_id",
+        "item_id",
+        "notice",
+        "state",
+        "attempts",
+        "created_at",
+        "updated_at",
+        "next_attempt_at",
+    ]
+    stmt = _insert(session)(OutboxMessage).from_select(columns, rows).on_conflict_do_nothing()
+    return int((await session.execute(stmt)).rowcount)  # type: ignore[attr-defined]
+
+
+async def route_item(session: AsyncSession, item_id: int, now: datetime) -> int | None:
+    """Route a scheduled item and mark it routed, atomically.
+
+    Subscribers on "immediate" (everyone, for an important item) get an outbox row; those on
+    "daily" or "weekly" get a row in the briefing queue. Returns the number of recipients, or
+    None if the item was no longer scheduled (another run routed or cancelled it), so an item
+    is never routed twice.
     """
     claimed = await session.execute(
         update(Item)
@@ -118,34 +162,164 @@ async def route_item(session: AsyncSession, item_id: int, now: datetime) -> int 
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return None
     item = await session.get_one(Item, item_id)
-    recipients = (await audience_for(session, item)).add_columns(
-        literal(item_id),
-        literal(OutboxState.queued.value),
-        literal(0),
-        literal(now, type_=OutboxMessage.created_at.type),
-        literal(now, type_=OutboxMessage.updated_at.type),
-        literal(now, type_=OutboxMessage.next_attempt_at.type),
-    )
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    stmt = (
-        insert(OutboxMessage)
-        .from_select(
-            [
-                "subscriber_id",
-                "item_id",
-                "state",
-                "attempts",
-                "created_at",
-                "updated_at",
-                "next_attempt_at",
-            ],
-            recipients,
+    everyone = await audience_for(session, item)
+    if item.important:
+        written = await _queue_messages(session, everyone, item_id, "", now)
+    else:
+        immediate = everyone.where(Subscriber.rhythm == Rhythm.immediate)
+        written = await _queue_messages(session, immediate, item_id, "", now)
+        later = everyone.where(Subscriber.rhythm != Rhythm.immediate).add_columns(
+            literal(item_id), literal(now, type_=BriefingQueue.queued_at.type)
         )
-        .on_conflict_do_nothing()
-    )
-    written = (await session.execute(stmt)).rowcount  # type: ignore[attr-defined]
+        queued = await session.execute(
+            _insert(session)(BriefingQueue)
+            .from_select(["subscriber_id", "item_id", "queued_at"], later)
+            .on_conflict_do_nothing()
+        )
+        written += int(queued.rowcount)  # type: ignore[attr-defined]
     item.recipient_count = written
-    return int(written)
+    return written
+
+
+def told_about(item_id: int) -> Select[Any]:
+    """Active subscribers who were told about an item: by their own message (sent or on its
+    way) or in a briefing."""
+    by_message = select(OutboxMessage.subscriber_id).where(
+        OutboxMessage.item_id == item_id,
+        OutboxMessage.notice == "",
+        OutboxMessage.state.in_(
+            [OutboxState.sent, OutboxState.sending, OutboxState.queued, OutboxState.deferred]
+        ),
+    )
+    by_briefing = (
+        select(Digest.subscriber_id)
+        .join(DigestItem, DigestItem.digest_id == Digest.id)
+        .where(DigestItem.item_id == item_id)
+    )
+    return select(Subscriber.id).where(
+        Subscriber.status == SubscriberStatus.active,
+        or_(Subscriber.id.in_(by_message), Subscriber.id.in_(by_briefing)),
+    )
+
+
+async def notify_told(session: AsyncSession, item_id: int, notice: str, now: datetime) -> int:
+    """Send a follow-up notice (reminder, change, cancellation) to everyone told about an item.
+    Idempotent: a notice reaches each subscriber once."""
+    return await _queue_messages(session, told_about(item_id), item_id, notice, now)
+
+
+async def drop_from_briefings(session: AsyncSession, item_id: int) -> None:
+    """Take an item out of every briefing not yet built (it was cancelled)."""
+    await session.execute(delete(BriefingQueue).where(BriefingQueue.item_id == item_id))
+
+
+async def build_briefings(
+    session: AsyncSession, rhythm: Rhythm, slot_at: datetime, now: datetime
+) -> int:
+    """Turn the briefing queue of every active subscriber on ``rhythm`` into one briefing each
+    (an outbox row with a digest), holding the items queued up to ``slot_at``. Items cancelled
+    meanwhile are dropped. Returns the number of briefings; a subscriber with nothing gets none.
+    """
+    live = and_(Item.status != ItemStatus.cancelled, Item.event_cancelled == false())
+    rows = (
+        await session.execute(
+            select(BriefingQueue.subscriber_id, BriefingQueue.item_id, live)
+            .join(Subscriber, Subscriber.id == BriefingQueue.subscriber_id)
+            .join(Item, Item.id == BriefingQueue.item_id)
+            .where(
+                Subscriber.status == SubscriberStatus.active,
+                # Someone who switched to "immediate" gets what was waiting in the next briefing.
+                Subscriber.rhythm.in_([rhythm, Rhythm.immediate]),
+                BriefingQueue.queued_at <= slot_at,
+            )
+            .order_by(BriefingQueue.subscriber_id, BriefingQueue.item_id)
+        )
+    ).all()
+    per_subscriber: dict[int, list[int]] = {}
+    taken: list[tuple[int, int]] = []
+    for subscriber_id, item_id, is_live in rows:
+        taken.append((subscriber_id, item_id))
+        if is_live:
+            per_subscriber.setdefault(subscriber_id, []).append(item_id)
+    for subscriber_id, item_ids in per_subscriber.items():
+        digest = Digest(subscriber_id=subscriber_id, rhythm=rhythm, slot_at=slot_at, created_at=now)
+        session.add(digest)
+        await session.flush()
+        session.add_all(DigestItem(digest_id=digest.id, item_id=i) for i in item_ids)
+        session.add(
+            OutboxMessage(
+                digest_id=digest.id,
+                subscriber_id=subscriber_id,
+                notice="",
+                state=OutboxState.queued,
+                attempts=0,
+                created_at=now,
+                updated_at=now,
+                next_attempt_at=now,
+            )
+        )
+    for subscriber_id, item_id in taken:
+        await session.execute(
+            delete(BriefingQueue).where(
+                BriefingQueue.subscriber_id == subscriber_id, BriefingQueue.item_id == item_id
+            )
+        )
+    await session.flush()
+    return len(per_subscriber)
+
+
+async def digest_items(session: AsyncSession, digest_ids: Sequence[int]) -> dict[int, list[Item]]:
+    """The items of each briefing."""
+    rows = await session.execute(
+        select(DigestItem.digest_id, Item)
+        .join(Item, Item.id == DigestItem.item_id)
+        .where(DigestItem.digest_id.in_(digest_ids))
+    )
+    out: dict[int, list[Item]] = {}
+    for digest_id, item in rows.all():
+        out.setdefault(digest_id, []).append(item)
+    return out
+
+
+async def slot_state(session: AsyncSession, key: str) -> datetime | None:
+    return await session.scalar(select(ScheduleState.last_slot_at).where(ScheduleState.key == key))
+
+
+async def set_slot_state(
+    session: AsyncSession, key: str, previous: datetime | None, slot: datetime
+) -> bool:
+    """Move a job's last handled slot from ``previous`` to ``slot``; False if another run moved
+    it first (so the caller must not do the slot's work)."""
+    if previous is None:
+        result = await session.execute(
+            _insert(session)(ScheduleState)
+            .values(key=key, last_slot_at=slot)
+            .on_conflict_do_nothing()
+        )
+    else:
+        result = await session.execute(
+            update(ScheduleState)
+            .where(ScheduleState.key == key, ScheduleState.last_slot_at == previous)
+            .values(last_slot_at=slot)
+        )
+    return int(result.rowcount) == 1  # type: ignore[attr-defined]
+
+
+async def upcoming_events(session: AsyncSession, now: datetime, until: datetime) -> list[Item]:
+    """Routed, not cancelled events starting between ``now`` and ``until``."""
+    return list(
+        await session.scalars(
+            select(Item)
+            .where(
+                Item.kind == ItemKind.event,
+                Item.status == ItemStatus.routed,
+                Item.event_cancelled == false(),
+                Item.starts_at > now,
+                Item.starts_at <= until,
+            )
+            .order_by(Item.starts_at)
+        )
+    )
 
 
 async def cancel_item(session: AsyncSession, item_id: int, now: datetime) -> int:
@@ -165,12 +339,15 @@ class Claimed:
     id: int
     attempts: int
     created_at: datetime
-    item_id: int
+    item_id: int | None
+    digest_id: int | None
+    notice: str
     subscriber_id: int
     email: str
     name: str
     organisation: str
     all_topics: bool
+    rhythm: Rhythm
 
 
 async def claim_batch(
@@ -206,18 +383,21 @@ async def claim_batch(
             OutboxMessage.attempts,
             OutboxMessage.created_at,
             OutboxMessage.item_id,
+            OutboxMessage.digest_id,
+            OutboxMessage.notice,
             Subscriber.id,
             Subscriber.email,
             Subscriber.name,
             Organisation.name,
             Subscriber.all_topics,
+            Subscriber.rhythm,
         )
         .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
         .join(Organisation, Organisation.id == Subscriber.organisation_id)
         .where(OutboxMessage.id.in_(claimed))
         .order_by(OutboxMessage.id)
     )
-    return [Claimed(*row) for row in rows.all()]
+    return [Claimed(*tuple(row)) for row in rows.all()]
 
 
 async def subscriber_topics(

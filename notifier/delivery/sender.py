@@ -19,7 +19,7 @@ from ..config import Settings
 from ..db import Database, queries
 from ..db.models import Item, ItemStatus
 from ..errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
-from ..rendering import Recipient, RenderedItem, Renderer
+from ..rendering import Prepared, Recipient, Renderer
 from .transport import SmtpTransport
 
 logger = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class Sender:
         self.clock = clock
         self.wake = asyncio.Event()
         self._stopping = False
-        self._prepared: dict[int, RenderedItem] = {}
+        self._prepared: dict[tuple[int, str], Prepared] = {}
 
     def stop(self) -> None:
         self._stopping = True
@@ -81,29 +81,42 @@ class Sender:
             topics = await queries.subscriber_topics(
                 session, [c.subscriber_id for c in batch if not c.all_topics]
             )
+            item_ids = {c.item_id for c in batch if c.item_id is not None}
             items = {
-                i.id: i
-                for i in await session.scalars(
-                    select(Item).where(Item.id.in_({c.item_id for c in batch}))
-                )
+                i.id: i for i in await session.scalars(select(Item).where(Item.id.in_(item_ids)))
             }
+            briefings = await queries.digest_items(
+                session, [c.digest_id for c in batch if c.digest_id is not None]
+            )
         pending = [c.id for c in batch]
         try:
             for claimed in batch:
                 if self._stopping:
                     break
-                item = items[claimed.item_id]
-                if item.status is ItemStatus.cancelled:
-                    async with self.db.transaction() as session:
-                        await queries.mark_cancelled(session, claimed.id, self.clock())
-                else:
-                    recipient = Recipient(
-                        email=claimed.email,
-                        name=claimed.name,
-                        organisation=claimed.organisation,
-                        topics=self.renderer.topic_list(topics.get(claimed.subscriber_id, [])),
+                keys = topics.get(claimed.subscriber_id, [])
+                recipient = Recipient(
+                    email=claimed.email,
+                    name=claimed.name,
+                    organisation=claimed.organisation,
+                    topics=self.renderer.topic_list(keys),
+                )
+                if claimed.digest_id is not None:
+                    prepared = self.renderer.prepare_briefing(
+                        claimed.rhythm,
+                        briefings.get(claimed.digest_id, []),
+                        None if claimed.all_topics else keys,
                     )
-                    await self._deliver(claimed, self._prepare(item), recipient)
+                    await self._deliver(claimed, prepared, recipient)
+                else:
+                    assert claimed.item_id is not None
+                    item = items[claimed.item_id]
+                    # A cancelled announcement stops sending; an event's cancellation notice
+                    # is itself a message about a cancelled item and goes out.
+                    if item.status is ItemStatus.cancelled:
+                        async with self.db.transaction() as session:
+                            await queries.mark_cancelled(session, claimed.id, self.clock())
+                    else:
+                        await self._deliver(claimed, self._prepare(item, claimed.notice), recipient)
                 pending.remove(claimed.id)
         finally:
             if pending:
@@ -111,18 +124,19 @@ class Sender:
                     await queries.release(session, pending, self.clock())
         return len(batch)
 
-    def _prepare(self, item: Item) -> RenderedItem:
-        prepared = self._prepared.get(item.id)
+    def _prepare(self, item: Item, notice: str) -> Prepared:
+        key = (item.id, notice)
+        prepared = self._prepared.get(key)
         if prepared is None:
-            if len(self._prepared) > 64:
+            if len(self._prepared) > 256:
                 self._prepared.clear()
-            prepared = self._prepared[item.id] = self.renderer.prepare(item)
+            prepared = self._prepared[key] = self.renderer.prepare(item, notice)
         return prepared
 
     async def _deliver(
-        self, claimed: queries.Claimed, prepared: RenderedItem, recipient: Recipient
+        self, claimed: queries.Claimed, prepared: Prepared, recipient: Recipient
     ) -> None:
-        message_id = self.renderer.message_id(claimed.id, claimed.item_id, claimed.subscriber_id)
+        message_id = self.renderer.message_id(claimed.id, claimed.subscriber_id)
         try:
             message = self.renderer.build(
                 prepared, recipient, message_id=message_id, date=self.clock()

@@ -1,0 +1,217 @@
+"""Parsing RSS 2.0 and Atom feeds into plain, mail-ready entries."""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import io
+import logging
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from html.parser import HTMLParser
+from typing import Any
+from urllib.parse import urlsplit
+
+import feedparser  # type: ignore[import-untyped,unused-ignore]
+
+from ..errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+SUMMARY_LIMIT = 1000
+
+# Control characters never belong in text shown to people, and CR/LF in a title would break the
+# mail headers it ends up in; whitespace-like ones become spaces, the rest go.
+_CONTROL = re.compile(r"[\x00-\x08\x0e-\x1f\x7f-\x84\x86-\x9f]")
+_BLOCK_TAGS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "figcaption",
+        "figure", "footer", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main",
+        "nav", "ol", "p", "pre", "section", "table", "tr", "ul",
+    }
+)  # fmt: skip
+_HIDDEN_TAGS = frozenset({"script", "style", "template"})
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One entry of a feed, cleaned for display.
+
+    ``key`` is the entry's guid/id, else its link; ``title`` is one line of plain text;
+    ``summary`` is plain text of at most :data:`SUMMARY_LIMIT` characters (paragraphs separated
+    by a blank line); ``link`` is an http(s) URL or ``None``; ``published`` is aware UTC;
+    ``content_hash`` is the SHA-256 of title, summary and link, to notice a changed entry.
+    """
+
+    key: str
+    title: str
+    summary: str
+    link: str | None
+    published: datetime | None
+    categories: tuple[str, ...]
+    content_hash: str
+
+
+def parse_feed(name: str, data: bytes) -> list[FeedEntry]:
+    """Parse ``data`` (an RSS or Atom document) of source ``name`` into its entries, in document
+    order. Entries with neither id nor link are skipped, as are repeats of a key already seen.
+
+    A well-formed feed without entries gives ``[]``. Raises :class:`SourceError` when ``data`` is
+    not a recognisable feed.
+    """
+    # A BytesIO, never the bytes themselves: feedparser treats a bytes or str argument as a
+    # possible file name or URL and would open or fetch it.
+    parsed = feedparser.parse(io.BytesIO(data))
+    entries: list[Any] = list(parsed.get("entries") or [])
+    version = str(parsed.get("version") or "")
+    problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
+    if not entries and not version:
+        reason = str(problem) if problem is not None else "no RSS or Atom feed found"
+        if not data.strip():
+            reason = "the document is empty"
+        raise SourceError(name, f"malformed feed: {reason}")
+    if problem is not None:
+        logger.warning("%s: feed is not well-formed, parsed leniently: %s", name, problem)
+
+    result: list[FeedEntry] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(entries, start=1):
+        entry = _entry(raw)
+        if entry is None:
+            logger.warning("%s: entry %d has neither id nor link, skipped", name, number)
+        elif entry.key in seen:
+            logger.warning("%s: entry %d repeats key %r, skipped", name, number, entry.key)
+        else:
+            seen.add(entry.key)
+            result.append(entry)
+    return result
+
+
+def _entry(raw: Mapping[str, Any]) -> FeedEntry | None:
+    raw_link = _string(raw.get("link")).strip()
+    key = _string(raw.get("id")).strip() or raw_link
+    if not key:
+        return None
+    title = _one_line(_text(raw.get("title"), raw.get("title_detail")))
+    summary = _shorten(_text(raw.get("summary"), raw.get("summary_detail")), SUMMARY_LIMIT)
+    link = _http_link(raw_link)
+    digest = hashlib.sha256("\x1f".join([title, summary, link or ""]).encode("utf-8"))
+    return FeedEntry(
+        key=key,
+        title=title,
+        summary=summary,
+        link=link,
+        # Only fall back to updated_parsed when published_parsed is missing: asking feedparser
+        # for it then is free of its deprecation warning.
+        published=_utc(raw.get("published_parsed") or raw.get("updated_parsed")),
+        categories=_categories(raw.get("tags") or []),
+        content_hash=digest.hexdigest(),
+    )
+
+
+def _string(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _text(value: object, detail: object) -> str:
+    """Plain text of a feed text construct, stripping HTML only when it is HTML (a plain-text
+    title may well contain '<')."""
+    text = _string(value)
+    kind = _string(detail.get("type")) if isinstance(detail, Mapping) else "text/html"
+    if "html" in kind:
+        text = html_to_text(text)
+    return _clean_lines(text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(_CONTROL.sub(" ", text).split())
+
+
+def _clean_lines(text: str) -> str:
+    """Collapse spaces within lines, and runs of blank lines into one blank line."""
+    lines = [_one_line(line) for line in _CONTROL.sub(" ", text).splitlines()]
+    paragraphs: list[list[str]] = [[]]
+    for line in lines:
+        if line:
+            paragraphs[-1].append(line)
+        elif paragraphs[-1]:
+            paragraphs.append([])
+    return "\n\n".join("\n".join(p) for p in paragraphs if p)
+
+
+def _shorten(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = max(cut.rfind(" "), cut.rfind("\n"))
+    if space > limit * 3 // 4:  # end on a whole word unless that loses too much
+        cut = cut[:space]
+    return cut.rstrip() + "…"
+
+
+def _http_link(link: str) -> str | None:
+    if not link or any(c.isspace() for c in link) or _CONTROL.search(link):
+        return None
+    try:
+        parts = urlsplit(link)
+    except ValueError:
+        return None
+    return link if parts.scheme.lower() in ("http", "https") and parts.netloc else None
+
+
+def _utc(value: object) -> datetime | None:
+    """feedparser's parsed dates are UTC ``time.struct_time``s."""
+    if not isinstance(value, time.struct_time):
+        return None
+    try:
+        return datetime.fromtimestamp(calendar.timegm(value), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+def _categories(tags: Iterable[Any]) -> tuple[str, ...]:
+    found: dict[str, None] = {}
+    for tag in tags:
+        if not isinstance(tag, Mapping):
+            continue
+        term = _one_line(_string(tag.get("term")) or _string(tag.get("label")))
+        if term:
+            found.setdefault(term)
+    return tuple(found)
+
+
+class _TextExtractor(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+        self._hidden = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _HIDDEN_TAGS:
+            self._hidden += 1
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in _HIDDEN_TAGS:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in _BLOCK_TAGS:
+            self.parts.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden:
+            # Line breaks in HTML source are just spaces; only block elements break lines.
+            self.parts.append(_SPACES.sub(" ", data))
+
+
+def html_to_text(markup: str) -> str:
+    """The text of an HTML fragment: tags removed, entities decoded, a line break at each
+    block element, the content of script and style dropped."""
+    extractor = _TextExtractor()
+    extractor.feed(markup)
+    extractor.close()
+    return "".join(extractor.parts)

@@ -1,0 +1,184 @@
+"""Fetching a source's raw bytes over HTTP(S) or from a local file, with conditional requests,
+an overall time limit and a size cap, so one slow or huge source cannot stall or flood the
+service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from email.utils import formatdate
+from pathlib import Path
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import httpx
+
+from ..errors import SourceError
+
+logger = logging.getLogger(__name__)
+
+USER_AGENT = "notifier/0.1 (EIFELKREIS VERBINDET)"
+ACCEPT = (
+    "application/rss+xml, application/atom+xml, application/xml;q=0.9, text/xml;q=0.9, */*;q=0.5"
+)
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one fetch brought: the body, or ``not_modified`` (body ``b""``) when the source is
+    unchanged since the validators the caller passed; ``etag`` and ``last_modified`` are the
+    validators to pass next time."""
+
+    not_modified: bool
+    body: bytes
+    etag: str | None
+    last_modified: str | None
+
+
+async def fetch(
+    client: httpx.AsyncClient,
+    name: str,
+    url: str,
+    *,
+    etag: str | None,
+    last_modified: str | None,
+    timeout: float,  # noqa: ASYNC109 - a per-source setting, applied with asyncio.timeout below
+    max_bytes: int,
+) -> Fetched:
+    """Fetch ``url`` (an http(s) URL, an absolute file path or a ``file://`` URL) for source
+    ``name``.
+
+    HTTP requests are conditional on ``etag`` / ``last_modified`` and follow redirects; files
+    count as unchanged when their modification time (and, if ``etag`` is given, size) are the
+    same as at the last fetch. The whole fetch, body included, must finish within ``timeout``
+    seconds and the body must not exceed ``max_bytes``.
+
+    Raises :class:`SourceError` for an unsupported URL, an HTTP status other than 2xx or 304, a
+    connection failure, a timeout, a body over the limit, or an unreadable file.
+    """
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return await _fetch_http(client, name, url, etag, last_modified, timeout, max_bytes)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise SourceError(name, f"file URL {url} names a remote host; only local files work")
+        path = Path(url2pathname(parts.path))
+    elif Path(url).is_absolute():
+        path = Path(url)
+    else:
+        raise SourceError(
+            name, f"unsupported source {url!r}: expected an http(s) URL or an absolute file path"
+        )
+    try:
+        async with asyncio.timeout(timeout):
+            return await asyncio.to_thread(_read_file, name, path, etag, last_modified, max_bytes)
+    except TimeoutError as exc:
+        raise SourceError(name, f"reading {path} took longer than {timeout:g} seconds") from exc
+
+
+async def _fetch_http(
+    client: httpx.AsyncClient,
+    name: str,
+    url: str,
+    etag: str | None,
+    last_modified: str | None,
+    timeout: float,  # noqa: ASYNC109
+    max_bytes: int,
+) -> Fetched:
+    headers = {"User-Agent": USER_AGENT, "Accept": ACCEPT}
+    if etag:
+        headers["If-None-Match"] = etag
+    if last_modified:
+        headers["If-Modified-Since"] = last_modified
+    logger.debug("%s: fetching %s", name, url)
+    try:
+        # httpx's own timeouts apply per network operation; a server trickling its body byte by
+        # byte would never trip them, so the whole exchange runs under one deadline.
+        async with (
+            asyncio.timeout(timeout),
+            client.stream("GET", url, headers=headers, follow_redirects=True) as response,
+        ):
+            where = f"{url} (redirected to {response.url})" if response.history else url
+            if response.status_code == 304:
+                logger.debug("%s: %s not modified", name, url)
+                return Fetched(
+                    not_modified=True,
+                    body=b"",
+                    etag=response.headers.get("ETag") or etag,
+                    last_modified=response.headers.get("Last-Modified") or last_modified,
+                )
+            if not response.is_success:
+                raise SourceError(
+                    name,
+                    f"HTTP {response.status_code} {response.reason_phrase} from {where}".rstrip(),
+                )
+            announced = _content_length(response)
+            if announced is not None and announced > max_bytes:
+                raise SourceError(
+                    name,
+                    f"response from {where} announces {announced} bytes, "
+                    f"more than the limit of {max_bytes} bytes",
+                )
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise SourceError(
+                        name, f"response from {where} exceeds the limit of {max_bytes} bytes"
+                    )
+            logger.debug("%s: %d bytes from %s", name, len(body), where)
+            return Fetched(
+                not_modified=False,
+                body=bytes(body),
+                etag=response.headers.get("ETag"),
+                last_modified=response.headers.get("Last-Modified"),
+            )
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        raise SourceError(
+            name, f"no complete response from {url} within {timeout:g} seconds"
+        ) from exc
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        reason = str(exc) or type(exc).__name__
+        raise SourceError(name, f"request to {url} failed: {reason}") from exc
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    """The announced body size, if it equals the size the caller will read (no compression)."""
+    if response.headers.get("Content-Encoding", "identity").strip().lower() != "identity":
+        return None
+    try:
+        return int(response.headers["Content-Length"])
+    except (KeyError, ValueError):
+        return None
+
+
+def _read_file(
+    name: str, path: Path, etag: str | None, last_modified: str | None, max_bytes: int
+) -> Fetched:
+    try:
+        with path.open("rb") as file:
+            # fstat on the open file, so the validators describe exactly the bytes read below.
+            stat = os.fstat(file.fileno())
+            file_modified = formatdate(stat.st_mtime, usegmt=True)
+            # An HTTP date has whole seconds; the ETag (nanosecond mtime and size) also catches a
+            # rewrite within the same second.
+            file_etag = f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"'
+            validators = [(last_modified, file_modified), (etag, file_etag)]
+            given = [(old, new) for old, new in validators if old is not None]
+            if given and all(old == new for old, new in given):
+                logger.debug("%s: %s not modified", name, path)
+                return Fetched(True, b"", file_etag, file_modified)
+            if stat.st_size > max_bytes:
+                raise SourceError(
+                    name,
+                    f"file {path} has {stat.st_size} bytes, more than the limit of {max_bytes}",
+                )
+            body = file.read(max_bytes + 1)
+    except OSError as exc:
+        raise SourceError(name, f"cannot read file {path}: {exc.strerror or exc}") from exc
+    if len(body) > max_bytes:  # the file grew after fstat
+        raise SourceError(name, f"file {path} exceeds the limit of {max_bytes} bytes")
+    return Fetched(False, body, file_etag, file_modified)

@@ -1,0 +1,442 @@
+"""Feed sources: parsing RSS and Atom, and fetching over real HTTP on loopback and from files."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import formatdate
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from notifier.errors import SourceError
+from notifier.sources import FeedEntry, Fetched, fetch, parse_feed
+
+FEEDS = Path(__file__).resolve().parent / "feeds"
+RSS = (FEEDS / "rss.xml").read_bytes()
+ATOM = (FEEDS / "atom.xml").read_bytes()
+MB = 1024 * 1024
+CHUNK = 64 * 1024
+
+
+# --- a tiny feed server on 127.0.0.1, port 0 -------------------------------------------------
+
+
+@dataclass
+class Route:
+    """What the server answers on one path; tests change it between requests."""
+
+    body: bytes = b""
+    status: int = 200
+    etag: str | None = None
+    last_modified: str | None = None
+    location: str | None = None  # answer 301 to here
+    delay: float = 0.0  # seconds before the status line
+    trickle: float = 0.0  # seconds between single body bytes
+    stream: int = 0  # serve this many bytes, made lazily in chunks, instead of ``body``
+    announce_length: bool = True
+
+
+@dataclass
+class Seen:
+    path: str
+    headers: dict[str, str]  # names in lower case
+
+
+@dataclass
+class FeedServer:
+    httpd: ThreadingHTTPServer
+    routes: dict[str, Route] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    streamed: int = 0  # bytes the streaming route managed to send
+    stream_finished: threading.Event = field(default_factory=threading.Event)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    feeds: FeedServer  # set on the subclass the fixture makes
+
+    def do_GET(self) -> None:
+        feeds = self.feeds
+        feeds.seen.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}))
+        route = feeds.routes.get(self.path)
+        if route is None:
+            self.send_error(404)
+            return
+        try:
+            self._answer(feeds, route)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client gave up, as the test wanted
+
+    def _answer(self, feeds: FeedServer, route: Route) -> None:
+        if route.delay and feeds.stop.wait(route.delay):
+            return
+        if route.location is not None:
+            self.send_response(301)
+            self.send_header("Location", route.location)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if (route.etag and self.headers.get("If-None-Match") == route.etag) or (
+            route.last_modified and self.headers.get("If-Modified-Since") == route.last_modified
+        ):
+            self.send_response(304)
+            if route.etag:
+                self.send_header("ETag", route.etag)
+            self.end_headers()
+            return
+        self.send_response(route.status)
+        self.send_header("Content-Type", "application/rss+xml; charset=utf-8")
+        if route.etag:
+            self.send_header("ETag", route.etag)
+        if route.last_modified:
+            self.send_header("Last-Modified", route.last_modified)
+        if route.announce_length:
+            self.send_header("Content-Length", str(route.stream or len(route.body)))
+        self.end_headers()
+        if route.stream:
+            self._stream(feeds, route.stream)
+        elif route.trickle:
+            for byte in route.body:
+                if feeds.stop.wait(route.trickle):
+                    return
+                self.wfile.write(bytes([byte]))
+        else:
+            self.wfile.write(route.body)
+
+    def _stream(self, feeds: FeedServer, total: int) -> None:
+        chunk = b"x" * CHUNK
+        try:
+            while feeds.streamed < total and not feeds.stop.is_set():
+                self.wfile.write(chunk)
+                feeds.streamed += len(chunk)
+        finally:
+            feeds.stream_finished.set()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Keep the test output quiet."""
+
+
+@pytest.fixture
+def server() -> Iterator[FeedServer]:
+    handler = type("Handler", (_Handler,), {})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = False  # so server_close() waits for every handler thread
+    feeds = FeedServer(httpd)
+    handler.feeds = feeds
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield feeds
+    finally:
+        feeds.stop.set()  # wakes sleeping and trickling handlers
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@pytest.fixture
+async def client(server: FeedServer) -> AsyncIterator[httpx.AsyncClient]:
+    """A client closed before the server stops; it ignores proxy settings of the environment."""
+    async with httpx.AsyncClient(trust_env=False) as client:
+        yield client
+
+
+async def get(client: httpx.AsyncClient, url: str, **changes: Any) -> Fetched:
+    options: dict[str, Any] = {
+        "etag": None,
+        "last_modified": None,
+        "timeout": 5.0,
+        "max_bytes": MB,
+    }
+    options.update(changes)
+    return await fetch(client, "projektbuero", url, **options)
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+
+def test_rss_entries_are_plain_and_keyed_by_guid_else_link() -> None:
+    entries = parse_feed("news", RSS)
+
+    # The third item has neither guid nor link and is skipped.
+    assert [e.key for e in entries] == [
+        "evk-2025-017",
+        "https://www.eifelkreis-verbindet.de/news/sprechstunde",
+        "evk-2025-020",
+    ]
+    first, second, third = entries
+    assert first.title == "Digitale Dorfplätze: Start in Prüm"
+    assert first.summary == (
+        "Die ersten Dorfplätze & Treffpunkte gehen online.\n\nMehr dazu im Juni."
+    )
+    assert "alert" not in first.summary
+    assert first.link == "https://www.eifelkreis-verbindet.de/news/dorfplaetze"
+    assert first.published == datetime(2025, 3, 4, 8, 30, tzinfo=UTC)
+    assert first.categories == ("Digitale Verwaltung", "Mobilität")
+    assert second.published == datetime(2025, 3, 10, 14, 0, tzinfo=UTC)
+    assert second.link == second.key
+    assert second.categories == ()
+    assert third.link is None  # ftp: is no link for an e-mail
+    assert third.published is None
+    for entry in entries:
+        assert "\n" not in entry.title and "\r" not in entry.title
+        assert len(entry.content_hash) == 64
+
+
+def test_atom_entries_with_html_title_content_and_offsets() -> None:
+    workshop, budget = parse_feed("termine", ATOM)
+
+    assert workshop.key == "tag:eifelkreis-verbindet.de,2025:workshop-open-data"
+    assert workshop.title == "Workshop Open Data & KI"
+    assert workshop.summary == "Wann: 20. März\n\nWo: Bitburg"  # &nbsp; is a plain space
+    assert workshop.link == "https://www.eifelkreis-verbindet.de/termine/open-data"
+    # published wins over updated; +01:00 becomes UTC
+    assert workshop.published == datetime(2025, 3, 5, 9, 15, tzinfo=UTC)
+    assert workshop.published.utcoffset() is not None
+    assert workshop.categories == ("open-data", "bildung")
+
+    # A plain-text title keeps its '<'; the summary falls back to the content.
+    assert budget.title == "Budget < 10 000 € für Ortsgemeinden"
+    assert budget.summary == "Inhalt ohne Zusammenfassung."
+    assert budget.link is None
+    assert budget.published == datetime(2025, 3, 8, 1, 30, tzinfo=UTC)  # from updated, -02:00
+
+
+def test_content_hash_follows_title_summary_and_link() -> None:
+    before = parse_feed("news", RSS)[1]
+    again = parse_feed("news", RSS)[1]
+    after = parse_feed("news", RSS.replace(b"Kommen Sie vorbei.", b"Kommen Sie am Montag."))[1]
+
+    assert again.content_hash == before.content_hash
+    assert after.key == before.key
+    assert after.content_hash != before.content_hash
+
+
+def test_long_summary_is_shortened_and_control_characters_go() -> None:
+    words = " ".join(["Breitband"] * 400)
+    feed = (
+        '<rss version="2.0"><channel><title>t</title><item>'
+        "<title>Zeile&#13;eins&#10;Zeile zwei\tEnde</title>"
+        f"<link>https://example.org/a</link><description>{words}</description>"
+        "</item></channel></rss>"
+    ).encode()
+
+    (entry,) = parse_feed("news", feed)
+
+    assert entry.title == "Zeile eins Zeile zwei Ende"
+    assert len(entry.summary) <= 1000
+    assert entry.summary.endswith("Breitband…")
+
+
+def test_well_formed_feed_without_entries_gives_no_entries() -> None:
+    empty = b'<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>'
+
+    assert parse_feed("news", empty) == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x00\xff\xfe garbage \x89PNG",
+        b"",
+        b"<html><body><p>Wartungsarbeiten</p></body></html>",
+        b'{"items": []}',
+    ],
+    ids=["binary", "empty", "html-page", "json"],
+)
+def test_garbage_is_a_malformed_feed(data: bytes) -> None:
+    with pytest.raises(SourceError, match="malformed feed") as caught:
+        parse_feed("news", data)
+
+    assert caught.value.source == "news"
+    assert str(caught.value).startswith("news: malformed feed")
+
+
+def test_a_body_that_names_a_file_is_not_opened() -> None:
+    # feedparser opens a bytes argument as a path if it can; a server answering with a local
+    # path must not make us parse that file.
+    with pytest.raises(SourceError, match="malformed feed"):
+        parse_feed("news", str(FEEDS / "rss.xml").encode())
+
+
+# --- fetching over HTTP -----------------------------------------------------------------------
+
+
+async def test_conditional_requests_get_304_until_the_feed_changes(
+    server: FeedServer, client: httpx.AsyncClient
+) -> None:
+    stamp = "Wed, 05 Mar 2025 09:00:00 GMT"
+    server.routes["/feed.xml"] = Route(body=RSS, etag='"v1"', last_modified=stamp)
+    url = server.url("/feed.xml")
+
+    first = await get(client, url)
+    assert first == Fetched(not_modified=False, body=RSS, etag='"v1"', last_modified=stamp)
+    assert len(parse_feed("projektbuero", first.body)) == 3
+    assert "if-none-match" not in server.seen[0].headers
+    assert server.seen[0].headers["user-agent"].startswith("notifier/")
+
+    second = await get(client, url, etag=first.etag, last_modified=first.last_modified)
+    assert second.not_modified
+    assert second.body == b""
+    assert (second.etag, second.last_modified) == ('"v1"', stamp)
+    assert server.seen[1].headers["if-none-match"] == '"v1"'
+    assert server.seen[1].headers["if-modified-since"] == stamp
+
+    server.routes["/feed.xml"] = Route(body=ATOM, etag='"v2"')
+    third = await get(client, url, etag=second.etag, last_modified=second.last_modified)
+    assert not third.not_modified
+    assert third.body == ATOM
+    assert third.etag == '"v2"'
+    assert third.last_modified is None
+
+
+async def test_redirects_are_followed(server: FeedServer, client: httpx.AsyncClient) -> None:
+    server.routes["/alt/feed"] = Route(location="/neu/feed.xml")
+    server.routes["/neu/feed.xml"] = Route(body=ATOM)
+
+    fetched = await get(client, server.url("/alt/feed"))
+
+    assert fetched.body == ATOM
+    assert [s.path for s in server.seen] == ["/alt/feed", "/neu/feed.xml"]
+
+
+async def test_http_error_names_source_status_and_url(
+    server: FeedServer, client: httpx.AsyncClient
+) -> None:
+    server.routes["/feed.xml"] = Route(status=500, body=b"kaputt")
+    url = server.url("/feed.xml")
+
+    with pytest.raises(SourceError) as caught:
+        await get(client, url)
+
+    assert caught.value.source == "projektbuero"
+    assert "HTTP 500" in caught.value.problem
+    assert url in caught.value.problem
+
+
+async def test_refused_connection_is_a_source_error(client: httpx.AsyncClient) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago and has no listener
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    with pytest.raises(SourceError, match=f"127.0.0.1:{port}") as caught:
+        await get(client, f"http://127.0.0.1:{port}/feed.xml")
+
+    assert isinstance(caught.value.__cause__, httpx.ConnectError)
+
+
+@pytest.mark.parametrize(
+    "route",
+    [Route(body=RSS, delay=5.0), Route(body=RSS[:200], trickle=0.1)],
+    ids=["slow-headers", "trickling-body"],
+)
+async def test_timeout_covers_the_whole_request(
+    server: FeedServer, client: httpx.AsyncClient, route: Route
+) -> None:
+    server.routes["/feed.xml"] = route
+    started = time.monotonic()
+
+    with pytest.raises(SourceError, match=r"within 0\.5 seconds") as caught:
+        await get(client, server.url("/feed.xml"), timeout=0.5)
+
+    assert time.monotonic() - started < 2.0
+    assert caught.value.source == "projektbuero"
+
+
+@pytest.mark.parametrize("announce_length", [True, False], ids=["announced", "unannounced"])
+async def test_oversized_body_is_refused_without_reading_it(
+    server: FeedServer, client: httpx.AsyncClient, announce_length: bool
+) -> None:
+    total = 50 * MB
+    server.routes["/huge.xml"] = Route(stream=total, announce_length=announce_length)
+    started = time.monotonic()
+
+    with pytest.raises(SourceError, match=f"limit of {MB} bytes") as caught:
+        await get(client, server.url("/huge.xml"), max_bytes=MB)
+
+    assert time.monotonic() - started < 5.0
+    assert caught.value.source == "projektbuero"
+    # The server notices the closed connection and stops long before the end.
+    assert server.stream_finished.wait(5.0)
+    assert server.streamed < total // 2
+
+
+async def test_unsupported_source_is_refused(client: httpx.AsyncClient) -> None:
+    for url in ("ftp://example.org/feed.xml", "feeds/relative.xml"):
+        with pytest.raises(SourceError, match="unsupported source"):
+            await get(client, url)
+
+
+# --- fetching local files ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
+async def test_local_file_is_unchanged_while_its_mtime_is(
+    tmp_path: Path, client: httpx.AsyncClient, as_url: bool
+) -> None:
+    path = tmp_path / "Neuigkeiten Kreis.xml"  # a space, to exercise file-URL quoting
+    path.write_bytes(RSS)
+    os.utime(path, (1_741_166_400, 1_741_166_400))  # 2025-03-05 09:20:00 UTC
+    url = path.as_uri() if as_url else str(path)
+
+    first = await get(client, url)
+    assert first.body == RSS
+    assert first.last_modified == formatdate(1_741_166_400, usegmt=True)
+    assert first.last_modified == "Wed, 05 Mar 2025 09:20:00 GMT"
+
+    second = await get(client, url, last_modified=first.last_modified)
+    assert second == Fetched(True, b"", first.etag, first.last_modified)
+
+    path.write_bytes(ATOM)
+    os.utime(path, (1_741_170_000, 1_741_170_000))
+    third = await get(client, url, last_modified=second.last_modified, etag=second.etag)
+    assert not third.not_modified
+    assert third.body == ATOM
+    assert third.last_modified == "Wed, 05 Mar 2025 10:20:00 GMT"
+
+
+async def test_local_file_rewritten_within_the_same_second_is_noticed_by_etag(
+    tmp_path: Path, client: httpx.AsyncClient
+) -> None:
+    path = tmp_path / "feed.xml"
+    path.write_bytes(RSS)
+    os.utime(path, ns=(1_741_166_400_100_000_000, 1_741_166_400_100_000_000))
+    first = await get(client, str(path))
+
+    path.write_bytes(ATOM)
+    os.utime(path, ns=(1_741_166_400_900_000_000, 1_741_166_400_900_000_000))
+    second = await get(client, str(path), etag=first.etag, last_modified=first.last_modified)
+
+    assert second.last_modified == first.last_modified  # an HTTP date cannot tell them apart
+    assert not second.not_modified
+    assert second.body == ATOM
+
+
+async def test_local_file_errors(tmp_path: Path, client: httpx.AsyncClient) -> None:
+    big = tmp_path / "big.xml"
+    big.write_bytes(b"x" * 2048)
+
+    with pytest.raises(SourceError, match="more than the limit of 1024"):
+        await get(client, str(big), max_bytes=1024)
+    with pytest.raises(SourceError, match="cannot read file") as caught:
+        await get(client, str(tmp_path / "missing.xml"))
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+
+
+def test_public_api_is_reexported() -> None:
+    import notifier.sources as sources
+
+    assert sorted(sources.__all__) == ["FeedEntry", "Fetched", "fetch", "parse_feed"]
+    assert sources.FeedEntry is FeedEntry
