@@ -245,12 +245,19 @@ async def cancel(session: AsyncSession, item_id: int, *, actor: str, now: dateti
     if item.status is ItemStatus.cancelled:
         raise StateError(f"Mitteilung {item_id} ist schon abgesagt")
     counts = await queries.outbox_counts(session, item_id)
-    if item.status is ItemStatus.routed and not any(
-        counts.get(s, 0) for s in (OutboxState.queued, OutboxState.deferred, OutboxState.sending)
+    waiting = await queries.briefing_queue_count(session, item_id)
+    if (
+        item.status is ItemStatus.routed
+        and not waiting
+        and not any(
+            counts.get(s, 0)
+            for s in (OutboxState.queued, OutboxState.deferred, OutboxState.sending)
+        )
     ):
         raise StateError(f"Mitteilung {item_id} ist schon vollständig versandt")
     item.status = ItemStatus.cancelled
-    stopped = await queries.cancel_item(session, item_id, now)
+    stopped = await queries.cancel_item(session, item_id, now) + waiting
+    await queries.drop_from_briefings(session, item_id)
     await record(
         session, actor, "announcement.cancelled", "item", item_id, {"messages_stopped": stopped}
     )

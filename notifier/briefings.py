@@ -57,7 +57,7 @@ async def run_due_briefings(db: Database, settings: Settings, now: datetime) -> 
                     slot.isoformat(),
                 )
                 continue
-            built[rhythm] = await queries.build_briefings(session, rhythm, now, now)
+            built[rhythm] = await queries.build_briefings(session, rhythm, slot, now)
         if built.get(rhythm):
             logger.info(
                 "%d %s briefings built for %s", built[rhythm], rhythm.value, slot.isoformat()

@@ -8,6 +8,7 @@ down is done once at the next start.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -15,7 +16,7 @@ from datetime import datetime
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from .briefings import run_due_briefings, send_due_reminders
-from .config import Settings
+from .config import CalendarSource, FeedSource, Settings
 from .db import Database
 from .routing import release_due
 from .sources.poller import SourcePoller
@@ -49,9 +50,10 @@ class Scheduler:
             self._add(job_id, func, settings.scheduler.poll_seconds)
         if poller is not None:
             for source in settings.sources.all:
+                # A partial, not a lambda: APScheduler must see a coroutine function to await it.
                 self._add(
                     f"source:{source.name}",
-                    lambda source=source: self._poll(poller, source),  # type: ignore[misc]
+                    functools.partial(self._poll, poller, source),
                     source.poll_minutes * 60,
                 )
 
@@ -94,10 +96,7 @@ class Scheduler:
 
         await self._guarded("sending reminders", work)
 
-    async def _poll(self, poller: SourcePoller, source: object) -> None:
-        from .config import CalendarSource, FeedSource
-
-        assert isinstance(source, FeedSource | CalendarSource)
+    async def _poll(self, poller: SourcePoller, source: FeedSource | CalendarSource) -> None:
         result = await poller.poll(source)
         if result.new or result.cancelled or result.changed:
             # New items are routed by the next release check; notices are queued already.

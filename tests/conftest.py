@@ -20,6 +20,7 @@ from click.testing import CliRunner, Result
 from notifier.cli import main
 from notifier.config import Settings, load_settings
 
+from .httpserver import FeedServer, serving
 from .smtpd import RecordingSMTP
 
 REPO = Path(__file__).resolve().parent.parent
@@ -180,3 +181,10 @@ def service(project: Project) -> Iterator[Callable[[], Running]]:
             running.proc.kill()
             running.proc.wait()
         running.close()
+
+
+@pytest.fixture
+def server() -> Iterator[FeedServer]:
+    """A real HTTP server on loopback whose answers (body, status, ETag …) a test sets per path."""
+    with serving() as feeds:
+        yield feeds

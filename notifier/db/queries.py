@@ -208,6 +208,21 @@ async def notify_told(session: AsyncSession, item_id: int, notice: str, now: dat
     return await _queue_messages(session, told_about(item_id), item_id, notice, now)
 
 
+async def briefing_queue_count(session: AsyncSession, item_id: int) -> int:
+    """How many subscribers still wait for an item in their next briefing."""
+    stmt = select(func.count()).select_from(BriefingQueue).where(BriefingQueue.item_id == item_id)
+    return int(await session.scalar(stmt) or 0)
+
+
+def _live(now: datetime) -> ColumnElement[bool]:
+    """Items still worth telling: not cancelled, and no event that has already begun."""
+    return and_(
+        Item.status != ItemStatus.cancelled,
+        Item.event_cancelled == false(),
+        or_(Item.kind != ItemKind.event, Item.starts_at > now),
+    )
+
+
 async def drop_from_briefings(session: AsyncSession, item_id: int) -> None:
     """Take an item out of every briefing not yet built (it was cancelled)."""
     await session.execute(delete(BriefingQueue).where(BriefingQueue.item_id == item_id))
@@ -217,10 +232,11 @@ async def build_briefings(
     session: AsyncSession, rhythm: Rhythm, slot_at: datetime, now: datetime
 ) -> int:
     """Turn the briefing queue of every active subscriber on ``rhythm`` into one briefing each
-    (an outbox row with a digest), holding the items queued up to ``slot_at``. Items cancelled
-    meanwhile are dropped. Returns the number of briefings; a subscriber with nothing gets none.
+    (an outbox row with a digest for the cron slot ``slot_at``), holding every item queued up to
+    ``now``. Items cancelled meanwhile, and events already begun, are dropped. Returns the number
+    of briefings; a subscriber with nothing gets none.
     """
-    live = and_(Item.status != ItemStatus.cancelled, Item.event_cancelled == false())
+    live = _live(now)
     rows = (
         await session.execute(
             select(BriefingQueue.subscriber_id, BriefingQueue.item_id, live)
@@ -230,7 +246,7 @@ async def build_briefings(
                 Subscriber.status == SubscriberStatus.active,
                 # Someone who switched to "immediate" gets what was waiting in the next briefing.
                 Subscriber.rhythm.in_([rhythm, Rhythm.immediate]),
-                BriefingQueue.queued_at <= slot_at,
+                BriefingQueue.queued_at <= now,
             )
             .order_by(BriefingQueue.subscriber_id, BriefingQueue.item_id)
         )
@@ -268,12 +284,15 @@ async def build_briefings(
     return len(per_subscriber)
 
 
-async def digest_items(session: AsyncSession, digest_ids: Sequence[int]) -> dict[int, list[Item]]:
-    """The items of each briefing."""
+async def digest_items(
+    session: AsyncSession, digest_ids: Sequence[int], now: datetime
+) -> dict[int, list[Item]]:
+    """The items of each briefing that are still worth telling at ``now`` (an item cancelled
+    after the briefing was built is left out)."""
     rows = await session.execute(
         select(DigestItem.digest_id, Item)
         .join(Item, Item.id == DigestItem.item_id)
-        .where(DigestItem.digest_id.in_(digest_ids))
+        .where(DigestItem.digest_id.in_(digest_ids), _live(now))
     )
     out: dict[int, list[Item]] = {}
     for digest_id, item in rows.all():

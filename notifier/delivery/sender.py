@@ -86,7 +86,7 @@ class Sender:
                 i.id: i for i in await session.scalars(select(Item).where(Item.id.in_(item_ids)))
             }
             briefings = await queries.digest_items(
-                session, [c.digest_id for c in batch if c.digest_id is not None]
+                session, [c.digest_id for c in batch if c.digest_id is not None], now
             )
         pending = [c.id for c in batch]
         try:
@@ -100,10 +100,14 @@ class Sender:
                     organisation=claimed.organisation,
                     topics=self.renderer.topic_list(keys),
                 )
-                if claimed.digest_id is not None:
+                if claimed.digest_id is not None and not briefings.get(claimed.digest_id):
+                    # Everything in it was cancelled after the briefing was built.
+                    async with self.db.transaction() as session:
+                        await queries.mark_cancelled(session, claimed.id, self.clock())
+                elif claimed.digest_id is not None:
                     prepared = self.renderer.prepare_briefing(
                         claimed.rhythm,
-                        briefings.get(claimed.digest_id, []),
+                        briefings[claimed.digest_id],
                         None if claimed.all_topics else keys,
                     )
                     await self._deliver(claimed, prepared, recipient)

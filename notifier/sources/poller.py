@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
@@ -39,7 +39,6 @@ class PollResult:
     cancelled: int = 0
     not_modified: bool = False
     error: str | None = None
-    notices: list[str] = field(default_factory=list)
 
 
 def http_client() -> httpx.AsyncClient:
@@ -323,4 +322,4 @@ async def item_counts(session: AsyncSession) -> dict[str, int]:
     rows = await session.execute(
         select(Item.source, func.count()).where(Item.source.is_not(None)).group_by(Item.source)
     )
-    return {name: count for name, count in rows.tuples().all() if name is not None}
+    return {name: count for name, count in rows.all() if name is not None}
