@@ -8,6 +8,7 @@ down is done once at the next start.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,9 @@ from .routing import release_due
 from .sources.poller import SourcePoller
 
 logger = logging.getLogger(__name__)
+
+# How long a stop waits for running jobs before they are cancelled.
+JOB_GRACE_SECONDS = 10.0
 
 
 class Scheduler:
@@ -41,6 +45,7 @@ class Scheduler:
         self.on_queued = on_queued
         tz = settings.scheduler.tz
         self.scheduler = AsyncIOScheduler(timezone=tz)
+        self._running: set[asyncio.Task[None]] = set()
         checks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("release-due-items", self.release_due_items),
             ("briefings", self.briefings),
@@ -70,11 +75,17 @@ class Scheduler:
         )
 
     async def _guarded(self, name: str, work: Callable[[], Awaitable[bool]]) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
         try:
             queued = await work()
         except Exception:
             logger.exception("%s failed; trying again at the next interval", name)
             return
+        finally:
+            if task is not None:
+                self._running.discard(task)
         if queued:
             self.on_queued()
 
@@ -97,14 +108,23 @@ class Scheduler:
         await self._guarded("sending reminders", work)
 
     async def _poll(self, poller: SourcePoller, source: FeedSource | CalendarSource) -> None:
-        result = await poller.poll(source)
-        if result.new or result.cancelled or result.changed:
+        async def work() -> bool:
+            result = await poller.poll(source)
             # New items are routed by the next release check; notices are queued already.
-            self.on_queued()
+            return bool(result.new or result.cancelled or result.changed)
+
+        await self._guarded(f"polling {source.name}", work)
 
     def start(self) -> None:
         self.scheduler.start()
 
-    def shutdown(self) -> None:
-        if self.scheduler.running:
-            self.scheduler.shutdown(wait=False)
+    async def aclose(self) -> None:
+        """Start no more jobs, let running ones finish (a poll, a briefing build), then stop.
+
+        APScheduler's own shutdown would cancel them mid-transaction."""
+        if not self.scheduler.running:
+            return
+        self.scheduler.pause()
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=JOB_GRACE_SECONDS)
+        self.scheduler.shutdown(wait=False)

@@ -84,7 +84,7 @@ class Service:
             poller = SourcePoller(db, settings, client, self.clock)
             scheduler = Scheduler(db, settings, self.clock, sender.wake.set, poller)
             scheduler.start()
-            stack.callback(scheduler.shutdown)
+            stack.push_async_callback(scheduler.aclose)
             logger.info(
                 "notifier running: database %s, SMTP %s:%d%s",
                 db.engine.url.render_as_string(hide_password=True),

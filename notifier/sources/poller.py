@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 from sqlalchemy import func, select
@@ -111,8 +112,9 @@ class SourcePoller:
                 first = not state.initialized
                 if isinstance(source, FeedSource):
                     feed = [e for e in entries if isinstance(e, FeedEntry)]
+                    announce = not first or source.backfill
                     await self._apply_feed(
-                        session, source, feed, result, announce=not first or source.backfill
+                        session, source, feed, result, announce=announce, now=now
                     )
                 else:
                     events = [e for e in entries if isinstance(e, CalendarEvent)]
@@ -167,6 +169,34 @@ class SourcePoller:
         )
         return {i.external_key or "": i for i in rows}
 
+    def _new_item(
+        self,
+        source: Source,
+        kind: ItemKind,
+        key: str,
+        content_hash: str,
+        categories: Sequence[str],
+        scope: list[str],
+        now: datetime,
+        status: ItemStatus,
+        **fields: Any,
+    ) -> Item:
+        return Item(
+            kind=kind,
+            topics=self._topics(source, categories),
+            scope=scope,
+            roles=[],
+            important=False,
+            send_at=now,
+            status=status,
+            created_at=now,
+            created_by=f"source:{source.name}",
+            source=source.name,
+            external_key=key,
+            content_hash=content_hash,
+            **fields,
+        )
+
     async def _apply_feed(
         self,
         session: AsyncSession,
@@ -175,8 +205,8 @@ class SourcePoller:
         result: PollResult,
         *,
         announce: bool,
+        now: datetime,
     ) -> None:
-        now = self.clock()
         scope = await self._scope(session, source)
         existing = await self._existing(session, source, [e.key for e in entries])
         seen: set[str] = set()
@@ -187,23 +217,19 @@ class SourcePoller:
             item = existing.get(entry.key)
             if item is None:
                 session.add(
-                    Item(
-                        kind=ItemKind.update,
+                    self._new_item(
+                        source,
+                        ItemKind.update,
+                        entry.key,
+                        entry.content_hash,
+                        entry.categories,
+                        scope,
+                        now,
+                        ItemStatus.scheduled if announce else ItemStatus.recorded,
                         subject=entry.title or "(ohne Titel)",
                         body=entry.summary,
                         link=entry.link,
                         published_at=entry.published,
-                        topics=self._topics(source, entry.categories),
-                        scope=scope,
-                        roles=[],
-                        important=False,
-                        send_at=now,
-                        status=ItemStatus.scheduled if announce else ItemStatus.recorded,
-                        created_at=now,
-                        created_by=f"source:{source.name}",
-                        source=source.name,
-                        external_key=entry.key,
-                        content_hash=entry.content_hash,
                     )
                 )
                 result.new += 1
@@ -238,8 +264,15 @@ class SourcePoller:
             if item is None:
                 upcoming = event.start > now and not event.cancelled
                 session.add(
-                    Item(
-                        kind=ItemKind.event,
+                    self._new_item(
+                        source,
+                        ItemKind.event,
+                        event.key,
+                        event.content_hash,
+                        event.categories,
+                        scope,
+                        now,
+                        ItemStatus.scheduled if announce and upcoming else ItemStatus.recorded,
                         subject=event.title or "(ohne Titel)",
                         body=event.description,
                         link=event.link,
@@ -248,19 +281,6 @@ class SourcePoller:
                         ends_at=event.end,
                         all_day=event.all_day,
                         event_cancelled=event.cancelled,
-                        topics=self._topics(source, event.categories),
-                        scope=scope,
-                        roles=[],
-                        important=False,
-                        send_at=now,
-                        status=ItemStatus.scheduled
-                        if announce and upcoming
-                        else ItemStatus.recorded,
-                        created_at=now,
-                        created_by=f"source:{source.name}",
-                        source=source.name,
-                        external_key=event.key,
-                        content_hash=event.content_hash,
                     )
                 )
                 result.new += 1
