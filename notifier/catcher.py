@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from email import message_from_bytes, policy
@@ -42,12 +43,18 @@ class MailStore:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        # Messages arrive on several connections at once; numbering and writing are one step.
+        self._lock = threading.Lock()
 
     def _next_number(self) -> int:
         numbers = [int(p.stem) for p in self.directory.glob("*.eml") if p.stem.isdigit()]
         return max(numbers, default=0) + 1
 
     def save(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> int:
+        with self._lock:
+            return self._save(mail_from, rcpt_tos, content)
+
+    def _save(self, mail_from: str, rcpt_tos: list[str], content: bytes) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
         number = self._next_number()
         subject = str(message_from_bytes(content, policy=policy.default).get("Subject", ""))

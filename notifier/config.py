@@ -105,6 +105,10 @@ class DeliverySettings(_Section):
     retry_base_seconds: Annotated[float, Field(gt=0)] = 60.0
     max_age_hours: Annotated[float, Field(gt=0)] = 72.0
     idle_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    connections: Annotated[int, Field(ge=1, le=100)] = 4
+    rate_per_second: Annotated[float, Field(ge=0)] = 0.0  # 0: no limit
+    rate_per_hour: Annotated[float, Field(ge=0)] = 0.0  # 0: no limit
+    suppress_after_hard_failures: Annotated[int, Field(ge=1)] = 3
 
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

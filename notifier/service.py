@@ -66,10 +66,13 @@ class Service:
                     )
                 )
                 host, port, tls = self.catcher.host, self.catcher.port, "none"
-            transport = await stack.enter_async_context(
-                SmtpTransport(settings.smtp, host=host, port=port, tls=tls)
+            sender = Sender(
+                db,
+                settings,
+                Renderer(settings),
+                lambda: SmtpTransport(settings.smtp, host=host, port=port, tls=tls),
+                self.clock,
             )
-            sender = Sender(db, settings, Renderer(settings), transport, self.clock)
             sender_task = asyncio.create_task(sender.run(), name="sender")
 
             async def stop_sender() -> None:

@@ -247,12 +247,13 @@ async def desk(seeded: Project) -> AsyncIterator[Desk]:
     settings = seeded.settings
     clock = Clock()
     async with Database(settings.database_url) as db:
-        transport = SmtpTransport(settings.smtp)
-        sender = Sender(db, settings, Renderer(settings), transport, clock)
+        sender = Sender(
+            db, settings, Renderer(settings), lambda: SmtpTransport(settings.smtp), clock
+        )
         try:
             yield Desk(seeded, db, sender, clock)
         finally:
-            await transport.close()
+            await sender.close()
 
 
 # -- routing by rhythm --------------------------------------------------------------------------
@@ -265,7 +266,8 @@ async def test_immediate_subscriber_gets_each_item_at_once_others_wait(desk: Des
 
     # One outbox row (immediate) and two briefing-queue rows (daily, weekly) per item.
     assert await desk.release(local(SUNDAY_BEFORE, "18:00")) == [(first, 3), (second, 3)]
-    sent = await desk.deliver(local(SUNDAY_BEFORE, "18:00"))
+    # Several connections send in parallel: arrival order is not fixed.
+    sent = sorted(await desk.deliver(local(SUNDAY_BEFORE, "18:00")), key=lambda m: m["Subject"])
 
     assert [to(m) for m in sent] == [IMMEDIATE, IMMEDIATE]
     assert [m["Subject"] for m in sent] == [
@@ -551,7 +553,7 @@ async def test_important_announcement_bypasses_the_rhythm(desk: Desk) -> None:
     assert await desk.release(local(SUNDAY_BEFORE, "18:00")) == [(normal, 3), (urgent, 3)]
 
     sent = await desk.deliver(local(SUNDAY_BEFORE, "18:00"))
-    got = {k: [m["Subject"] for m in v] for k, v in by_recipient(sent).items()}
+    got = {k: sorted(m["Subject"] for m in v) for k, v in by_recipient(sent).items()}
     assert got == {
         IMMEDIATE: ["Newsletter-Archiv online", "Wichtig: Sitzung verlegt"],
         DAILY: ["Wichtig: Sitzung verlegt"],

@@ -139,19 +139,18 @@ async def world(configured: Project, server: FeedServer) -> AsyncIterator[World]
         def clock() -> datetime:
             return holder[0].now
 
-        transport = SmtpTransport(settings.smtp)
         world = World(
             configured,
             server,
             settings,
             db,
             SourcePoller(db, settings, client, clock),
-            Sender(db, settings, Renderer(settings), transport, clock),
+            Sender(db, settings, Renderer(settings), lambda: SmtpTransport(settings.smtp), clock),
             datetime(2026, 12, 1, 8, tzinfo=UTC),
         )
         holder.append(world)
         yield world
-        await transport.close()
+        await world.sender.close()
 
 
 def to(messages: list[EmailMessage]) -> list[str]:

@@ -8,12 +8,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
     Select,
+    Table,
     and_,
+    bindparam,
     delete,
     exists,
     false,
@@ -28,6 +30,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
+    AuditEntry,
     BriefingQueue,
     Digest,
     DigestItem,
@@ -433,65 +436,109 @@ async def subscriber_topics(
     return out
 
 
-async def mark_sent(
-    session: AsyncSession,
-    outbox_id: int,
-    now: datetime,
-    message_id: str,
-    code: int | None,
-    reply: str,
-) -> None:
-    await session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == outbox_id, OutboxMessage.state == OutboxState.sending)
-        .values(
-            state=OutboxState.sent,
-            sent_at=now,
-            updated_at=now,
-            lease_until=None,
-            message_id=message_id,
-            last_code=code,
-            last_reply=reply,
-        )
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one claimed message."""
+
+    outbox_id: int
+    state: OutboxState  # sent, deferred, failed or cancelled
+    at: datetime
+    code: int | None = None
+    reply: str | None = None
+    message_id: str | None = None
+    retry_at: datetime | None = None
+    # Set for a hard (5xx) failure: the subscriber whose address bounced.
+    subscriber_id: int | None = None
+
+
+_OUTBOX = cast(Table, OutboxMessage.__table__)
+
+
+async def cancelled_items(session: AsyncSession, item_ids: Sequence[int]) -> set[int]:
+    """Which of these items were cancelled (announcements whose sending must stop)."""
+    rows = await session.scalars(
+        select(Item.id).where(Item.id.in_(item_ids), Item.status == ItemStatus.cancelled)
     )
+    return set(rows)
 
 
-async def mark_deferred(
-    session: AsyncSession,
-    outbox_id: int,
-    now: datetime,
-    retry_at: datetime,
-    code: int | None,
-    reply: str,
-) -> None:
-    await session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == outbox_id, OutboxMessage.state == OutboxState.sending)
-        .values(
-            state=OutboxState.deferred,
-            next_attempt_at=retry_at,
-            updated_at=now,
-            lease_until=None,
-            last_code=code,
-            last_reply=reply,
+async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
+    """Write many outcomes with one executemany statement per kind. Only rows still in
+    "sending" change, so a late outcome cannot overwrite a newer state."""
+    by_state: dict[OutboxState, list[dict[str, Any]]] = {}
+    for o in outcomes:
+        by_state.setdefault(o.state, []).append(
+            {
+                "b_id": o.outbox_id,
+                "b_at": o.at,
+                "b_code": o.code,
+                "b_reply": o.reply,
+                "b_message_id": o.message_id,
+                "b_retry_at": o.retry_at or o.at,
+            }
         )
-    )
-
-
-async def mark_failed(
-    session: AsyncSession, outbox_id: int, now: datetime, code: int | None, reply: str
-) -> None:
-    await session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == outbox_id, OutboxMessage.state == OutboxState.sending)
-        .values(
-            state=OutboxState.failed,
-            updated_at=now,
-            lease_until=None,
-            last_code=code,
-            last_reply=reply,
+    for state, params in by_state.items():
+        values: dict[str, Any] = {
+            "state": state,
+            "updated_at": bindparam("b_at"),
+            "lease_until": None,
+            "last_code": bindparam("b_code"),
+            "last_reply": bindparam("b_reply"),
+        }
+        if state is OutboxState.sent:
+            values |= {"sent_at": bindparam("b_at"), "message_id": bindparam("b_message_id")}
+        elif state is OutboxState.deferred:
+            values["next_attempt_at"] = bindparam("b_retry_at")
+        stmt = (
+            update(_OUTBOX)
+            .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.state == OutboxState.sending)
+            .values(values)
         )
+        await session.execute(stmt, params)
+
+
+async def suppress_bouncing(
+    session: AsyncSession, subscriber_ids: set[int], threshold: int, now: datetime
+) -> list[int]:
+    """Suppress subscribers whose address has failed hard ``threshold`` times; their waiting
+    messages are cancelled and routing skips them from now on. Returns whom it suppressed."""
+    counts = await session.execute(
+        select(OutboxMessage.subscriber_id, func.count())
+        .where(
+            OutboxMessage.subscriber_id.in_(subscriber_ids),
+            OutboxMessage.state == OutboxState.failed,
+            OutboxMessage.last_code >= 500,
+            OutboxMessage.last_code < 600,
+        )
+        .group_by(OutboxMessage.subscriber_id)
     )
+    suppressed = [sid for sid, count in counts.all() if count >= threshold]
+    if suppressed:
+        await session.execute(
+            update(Subscriber)
+            .where(Subscriber.id.in_(suppressed), Subscriber.status == SubscriberStatus.active)
+            .values(status=SubscriberStatus.suppressed, updated_at=now)
+        )
+        await session.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.subscriber_id.in_(suppressed), OutboxMessage.state.in_(PENDING))
+            .values(state=OutboxState.cancelled, updated_at=now, last_reply="Adresse gesperrt")
+        )
+        await session.execute(
+            delete(BriefingQueue).where(BriefingQueue.subscriber_id.in_(suppressed))
+        )
+        session.add_all(
+            AuditEntry(
+                at=now,
+                actor="delivery",
+                action="subscriber.suppressed",
+                entity="subscriber",
+                entity_id=str(sid),
+                details={"hard_failures": threshold},
+            )
+            for sid in suppressed
+        )
+    return suppressed
 
 
 async def mark_cancelled(session: AsyncSession, outbox_id: int, now: datetime) -> None:

@@ -1,7 +1,9 @@
-"""The sender: claims due outbox rows, renders each message and hands it to SMTP.
+"""The delivery engine: claims due outbox rows, builds each message and sends it over a pool of
+reused SMTP connections, honouring the configured rate limits.
 
-Every outcome is written to the outbox right after the SMTP reply, so a crash repeats at most the
-message in flight; rows claimed by a crashed process come back when their lease expires.
+Outcomes are written back in small batches (every few milliseconds), so a crash repeats at most
+the messages in flight; rows claimed by a crashed process come back when their lease expires.
+A clean stop finishes the messages being sent and hands the others back.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ import contextlib
 import logging
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from aiolimiter import AsyncLimiter
 from sqlalchemy import select
 
 from ..config import Settings
 from ..db import Database, queries
-from ..db.models import Item, ItemStatus
+from ..db.models import Item, ItemStatus, OutboxState
 from ..errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from ..rendering import Prepared, Recipient, Renderer
 from .transport import SmtpTransport
@@ -25,49 +29,120 @@ from .transport import SmtpTransport
 logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=2)
+# Outcomes are written when this many are waiting, or after FLUSH_SECONDS at the latest.
+FLUSH_SECONDS = 0.05
+# How often the queued messages' items are checked for a cancellation.
+CANCEL_CHECK_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class Job:
+    """One message ready for SMTP."""
+
+    claimed: queries.Claimed
+    data: bytes
+    message_id: str
 
 
 class Sender:
-    """Delivers the outbox until :meth:`stop` is called."""
+    """Delivers the outbox until :meth:`stop`; :meth:`close` ends the connections."""
 
     def __init__(
         self,
         db: Database,
         settings: Settings,
         renderer: Renderer,
-        transport: SmtpTransport,
+        transports: Callable[[], SmtpTransport],
         clock: Callable[[], datetime],
     ) -> None:
         self.db = db
         self.settings = settings
         self.delivery = settings.delivery
         self.renderer = renderer
-        self.transport = transport
         self.clock = clock
         self.wake = asyncio.Event()
         self._stopping = False
         self._prepared: dict[tuple[int, str], Prepared] = {}
+        self._transports = [transports() for _ in range(self.delivery.connections)]
+        # A short queue: claimed messages wait little, so a cancellation or a stop finds most
+        # of a batch not yet sent.
+        self._jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=4 * self.delivery.connections)
+        self._queued_items: dict[int, int] = {}  # item id -> jobs of it waiting or sending
+        self._cancelled: set[int] = set()
+        self._outcomes: list[queries.Outcome] = []
+        self._unsent: list[int] = []
+        self._workers: list[asyncio.Task[None]] = []
+        self._flushing = asyncio.Lock()
+        self._limiters = [
+            AsyncLimiter(rate, period)
+            for rate, period in (
+                (self.delivery.rate_per_second, 1),
+                (self.delivery.rate_per_hour, 3600),
+            )
+            if rate
+        ]
+
+    # -- lifecycle ---------------------------------------------------------------------------
 
     def stop(self) -> None:
+        """Claim nothing more; messages being sent finish, the others are handed back."""
         self._stopping = True
         self.wake.set()
 
+    async def close(self) -> None:
+        """Wait for the connections' current messages, record everything, close connections."""
+        self._stopping = True
+        for _ in self._workers:
+            await self._jobs.put(None)
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        await self._flush()
+        for transport in self._transports:
+            await transport.close()
+
+    def _start_workers(self) -> None:
+        if not self._workers:
+            self._workers = [
+                asyncio.create_task(self._worker(t), name=f"smtp-{i}")
+                for i, t in enumerate(self._transports)
+            ]
+
     async def run(self) -> None:
         """Send until stopped; sleeps when nothing is due, wakes early on :attr:`wake`."""
-        while not self._stopping:
-            try:
-                handled = await self.run_once()
-            except Exception:
-                # A broken database connection or similar must not end delivery for good.
-                logger.exception("sender: batch failed; retrying shortly")
-                handled = 0
-            if handled == 0 and not self._stopping:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self.delivery.idle_poll_seconds)
-                self.wake.clear()
+        self._start_workers()
+        flusher = asyncio.create_task(self._flush_periodically(), name="outbox-recorder")
+        try:
+            while not self._stopping:
+                try:
+                    handled = await self._produce()
+                except Exception:
+                    # A broken database connection must not end delivery for good.
+                    logger.exception("sender: claiming a batch failed; retrying shortly")
+                    handled = 0
+                if handled == 0 and not self._stopping:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), self.delivery.idle_poll_seconds)
+                    self.wake.clear()
+        finally:
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await self.close()
 
     async def run_once(self) -> int:
-        """Claim one batch and deliver it; returns how many rows were handled."""
+        """Claim one batch, deliver it completely and record it; returns how many rows."""
+        self._start_workers()
+        handled = await self._produce()
+        await self._jobs.join()
+        await self._flush()
+        return handled
+
+    # -- producing ---------------------------------------------------------------------------
+
+    async def _produce(self) -> int:
+        """Claim a batch and queue its messages for the connections (waits while they are
+        busy, so at most about two batches are in flight)."""
         now = self.clock()
         async with self.db.transaction() as session:
             batch = await queries.claim_batch(
@@ -88,44 +163,39 @@ class Sender:
             briefings = await queries.digest_items(
                 session, [c.digest_id for c in batch if c.digest_id is not None], now
             )
-        pending = [c.id for c in batch]
-        try:
-            for claimed in batch:
-                if self._stopping:
-                    break
-                keys = topics.get(claimed.subscriber_id, [])
-                recipient = Recipient(
-                    email=claimed.email,
-                    name=claimed.name,
-                    organisation=claimed.organisation,
-                    topics=self.renderer.topic_list(keys),
-                )
-                if claimed.digest_id is not None and not briefings.get(claimed.digest_id):
-                    # Everything in it was cancelled after the briefing was built.
-                    async with self.db.transaction() as session:
-                        await queries.mark_cancelled(session, claimed.id, self.clock())
-                elif claimed.digest_id is not None:
+        for claimed in batch:
+            keys = topics.get(claimed.subscriber_id, [])
+            recipient = Recipient(
+                email=claimed.email,
+                name=claimed.name,
+                organisation=claimed.organisation,
+                topics=self.renderer.topic_list(keys),
+            )
+            prepared: Prepared | None = None
+            if claimed.digest_id is not None:
+                if briefings.get(claimed.digest_id):
                     prepared = self.renderer.prepare_briefing(
                         claimed.rhythm,
                         briefings[claimed.digest_id],
                         None if claimed.all_topics else keys,
                     )
-                    await self._deliver(claimed, prepared, recipient)
-                else:
-                    assert claimed.item_id is not None
-                    item = items[claimed.item_id]
-                    # A cancelled announcement stops sending; an event's cancellation notice
-                    # is itself a message about a cancelled item and goes out.
-                    if item.status is ItemStatus.cancelled:
-                        async with self.db.transaction() as session:
-                            await queries.mark_cancelled(session, claimed.id, self.clock())
-                    else:
-                        await self._deliver(claimed, self._prepare(item, claimed.notice), recipient)
-                pending.remove(claimed.id)
-        finally:
-            if pending:
-                async with self.db.transaction() as session:
-                    await queries.release(session, pending, self.clock())
+            else:
+                assert claimed.item_id is not None
+                item = items[claimed.item_id]
+                # A cancelled announcement stops sending; an event's cancellation notice is
+                # itself a message about a cancelled event and goes out.
+                if item.status is not ItemStatus.cancelled:
+                    prepared = self._prepare(item, claimed.notice)
+            if prepared is None:
+                self._record(queries.Outcome(claimed.id, OutboxState.cancelled, now))
+                continue
+            job = self._build(claimed, prepared, recipient)
+            if job is not None:
+                if claimed.item_id is not None:
+                    self._queued_items[claimed.item_id] = (
+                        self._queued_items.get(claimed.item_id, 0) + 1
+                    )
+                await self._jobs.put(job)
         return len(batch)
 
     def _prepare(self, item: Item, notice: str) -> Prepared:
@@ -137,51 +207,149 @@ class Sender:
             prepared = self._prepared[key] = self.renderer.prepare(item, notice)
         return prepared
 
-    async def _deliver(
+    def _build(
         self, claimed: queries.Claimed, prepared: Prepared, recipient: Recipient
-    ) -> None:
+    ) -> Job | None:
         message_id = self.renderer.message_id(claimed.id, claimed.subscriber_id)
         try:
             message = self.renderer.build(
                 prepared, recipient, message_id=message_id, date=self.clock()
             )
+            data = message.as_bytes()
         except ValueError as exc:
             logger.error("outbox %s: message cannot be built: %s", claimed.id, exc)
-            await self._record_failure(
+            self._failure(
                 claimed,
                 PermanentDeliveryError(recipient.email, None, f"Nachricht nicht erstellbar: {exc}"),
             )
-            return
-        try:
-            reply = await self.transport.send(
-                message, self.settings.mail.sender_address, recipient.email
-            )
-        except DeliveryError as exc:
-            await self._record_failure(claimed, exc)
-            return
-        now = self.clock()
-        async with self.db.transaction() as session:
-            await queries.mark_sent(session, claimed.id, now, message_id, 250, reply)
-        logger.debug("outbox %s sent to %s", claimed.id, recipient.email)
+            return None
+        return Job(claimed, data, message_id)
 
-    async def _record_failure(self, claimed: queries.Claimed, exc: DeliveryError) -> None:
+    # -- sending -----------------------------------------------------------------------------
+
+    async def _worker(self, transport: SmtpTransport) -> None:
+        while True:
+            job = await self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._stopping:
+                    self._unsent.append(job.claimed.id)
+                    continue
+                for limiter in self._limiters:
+                    await limiter.acquire()
+                if job.claimed.item_id in self._cancelled:
+                    self._record(
+                        queries.Outcome(job.claimed.id, OutboxState.cancelled, self.clock())
+                    )
+                    continue
+                await self._send(transport, job)
+            finally:
+                if job is not None and job.claimed.item_id is not None:
+                    left = self._queued_items.get(job.claimed.item_id, 1) - 1
+                    if left:
+                        self._queued_items[job.claimed.item_id] = left
+                    else:
+                        self._queued_items.pop(job.claimed.item_id, None)
+                self._jobs.task_done()
+
+    async def _send(self, transport: SmtpTransport, job: Job) -> None:
+        claimed = job.claimed
+        try:
+            reply = await transport.send(job.data, self.settings.mail.sender_address, claimed.email)
+        except DeliveryError as exc:
+            self._failure(claimed, exc)
+            return
+        outcome = queries.Outcome(
+            claimed.id,
+            OutboxState.sent,
+            self.clock(),
+            code=250,
+            reply=reply,
+            message_id=job.message_id,
+        )
+        self._record(outcome)
+
+    def _failure(self, claimed: queries.Claimed, exc: DeliveryError) -> None:
         now = self.clock()
         too_old = now - claimed.created_at > timedelta(hours=self.delivery.max_age_hours)
-        async with self.db.transaction() as session:
-            if isinstance(exc, TemporaryDeliveryError) and not too_old:
-                backoff = timedelta(
-                    seconds=self.delivery.retry_base_seconds * 2 ** (claimed.attempts - 1)
-                )
-                backoff = min(backoff, MAX_BACKOFF) * random.uniform(0.8, 1.2)  # noqa: S311
-                await queries.mark_deferred(
-                    session, claimed.id, now, now + backoff, exc.code, exc.reply
-                )
-                logger.warning(
-                    "outbox %s deferred until %s: %s",
+        if isinstance(exc, TemporaryDeliveryError) and not too_old:
+            backoff = timedelta(
+                seconds=self.delivery.retry_base_seconds * 2 ** max(claimed.attempts - 1, 0)
+            )
+            backoff = min(backoff, MAX_BACKOFF) * random.uniform(0.8, 1.2)  # noqa: S311
+            logger.warning(
+                "outbox %s deferred until %s: %s",
+                claimed.id,
+                (now + backoff).isoformat(timespec="seconds"),
+                exc,
+            )
+            self._record(
+                queries.Outcome(
                     claimed.id,
-                    (now + backoff).isoformat(timespec="seconds"),
-                    exc,
+                    OutboxState.deferred,
+                    now,
+                    code=exc.code,
+                    reply=exc.reply,
+                    retry_at=now + backoff,
                 )
-            else:
-                await queries.mark_failed(session, claimed.id, now, exc.code, exc.reply)
-                logger.warning("outbox %s failed: %s", claimed.id, exc)
+            )
+        else:
+            logger.warning("outbox %s failed: %s", claimed.id, exc)
+            hard = isinstance(exc, PermanentDeliveryError) and exc.code is not None
+            self._record(
+                queries.Outcome(
+                    claimed.id,
+                    OutboxState.failed,
+                    now,
+                    code=exc.code,
+                    reply=exc.reply,
+                    subscriber_id=claimed.subscriber_id if hard else None,
+                )
+            )
+
+    # -- recording ---------------------------------------------------------------------------
+
+    def _record(self, outcome: queries.Outcome) -> None:
+        self._outcomes.append(outcome)
+
+    async def _flush_periodically(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_check = loop.time()
+        while True:
+            await asyncio.sleep(FLUSH_SECONDS)
+            try:
+                if self._outcomes or self._unsent:
+                    await self._flush()
+                if self._queued_items and loop.time() >= next_check:
+                    next_check = loop.time() + CANCEL_CHECK_SECONDS
+                    async with self.db.transaction() as session:
+                        self._cancelled = await queries.cancelled_items(
+                            session, list(self._queued_items)
+                        )
+            except Exception:
+                logger.exception("recording delivery outcomes failed; retrying")
+
+    async def _flush(self) -> None:
+        """Write waiting outcomes (and hand back unsent messages) in one transaction."""
+        async with self._flushing:
+            outcomes, self._outcomes = self._outcomes, []
+            unsent, self._unsent = self._unsent, []
+            if not outcomes and not unsent:
+                return
+            try:
+                async with self.db.transaction() as session:
+                    await queries.record_outcomes(session, outcomes)
+                    bouncing = {o.subscriber_id for o in outcomes if o.subscriber_id is not None}
+                    if bouncing:
+                        await queries.suppress_bouncing(
+                            session,
+                            bouncing,
+                            self.delivery.suppress_after_hard_failures,
+                            self.clock(),
+                        )
+                    await queries.release(session, unsent, self.clock())
+            except BaseException:
+                self._outcomes[:0] = outcomes  # keep them for the next try
+                self._unsent[:0] = unsent
+                raise

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-from email.message import EmailMessage
 from types import TracebackType
 
 import aiosmtplib
@@ -72,14 +71,15 @@ class SmtpTransport:
             ) from exc
         return self._smtp
 
-    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
-        """Send one message to one recipient; returns the server's reply.
+    async def send(self, message: bytes, sender: str, recipient: str) -> str:
+        """Send one message (as bytes, headers included) to one recipient; returns the
+        server's reply.
 
         Raises :class:`TemporaryDeliveryError` or :class:`PermanentDeliveryError`.
         """
         smtp = await self._connected()
         try:
-            _, reply = await smtp.send_message(message, sender=sender, recipients=[recipient])
+            _, reply = await smtp.sendmail(sender, [recipient], message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             refusal = exc.recipients[0] if exc.recipients else None
             code = refusal.code if refusal else None
