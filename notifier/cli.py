@@ -9,19 +9,21 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from sqlalchemy import select
+from tqdm import tqdm
 
 from . import announcements as ann
 from .catcher import MailStore
 from .clock import utcnow
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .db import Database, queries
-from .db.models import ItemStatus, OutboxState, Role, SourceState
+from .db.models import Item, ItemStatus, OutboxState, Role, SourceState
 from .errors import ConfigError, NotFoundError, NotifierError
 from .organisations import LEVEL_LABELS, load_organisations
 from .rendering import german_datetime
@@ -46,6 +48,7 @@ STATE_LABELS = {
     OutboxState.failed: "fehlgeschlagen",
     OutboxState.cancelled: "abgesagt",
 }
+FINAL_STATES = (OutboxState.sent, OutboxState.failed, OutboxState.cancelled)
 ITEM_LABELS = {
     ItemStatus.scheduled: "geplant",
     ItemStatus.routed: "versendet",
@@ -270,9 +273,14 @@ def _print_audience(audience: ann.Audience) -> None:
 @main.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--dry-run", is_flag=True, help="Nur die Empfänger zählen, nichts planen.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Danach den Versand als Fortschrittsbalken verfolgen (der Dienst muss laufen).",
+)
 @click.pass_context
 @run_async
-async def announce(ctx: click.Context, file: Path, dry_run: bool) -> None:
+async def announce(ctx: click.Context, file: Path, dry_run: bool, follow: bool) -> None:
     """Mitteilung aus FILE (Markdown mit TOML-Kopf zwischen +++) planen."""
     settings = _settings(ctx)
     tz = settings.scheduler.tz
@@ -293,6 +301,10 @@ async def announce(ctx: click.Context, file: Path, dry_run: bool) -> None:
             return
         item = await ann.schedule(session, draft, actor=_actor(), now=now)
     click.echo(f"Geplant als Mitteilung Nr. {item.id}.")
+    if follow:
+        click.echo("Versand (wartet auf den Sendezeitpunkt und den laufenden Dienst):")
+        async with await _open(settings) as db:
+            await _follow(db, item.id)
 
 
 @main.group(invoke_without_command=True)
@@ -396,14 +408,78 @@ async def sources_poll(ctx: click.Context, name: str | None) -> None:
 
 
 @main.command()
+@click.option("--failures", default=10, show_default=True, help="So viele letzte Fehler zeigen.")
 @click.pass_context
 @run_async
-async def status(ctx: click.Context) -> None:
-    """Warteschlange nach Zustand."""
-    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+async def status(ctx: click.Context, failures: int) -> None:
+    """Warteschlange nach Zustand, aktuelle Senderate, letzte Fehler mit Antwort des Servers."""
+    settings = _settings(ctx)
+    tz = settings.scheduler.tz
+    now = utcnow()
+    async with await _open(settings) as db, db.transaction() as session:
         counts = await queries.outbox_counts(session)
+        rate = await queries.send_rate(session, now, timedelta(minutes=1))
+        recent = await queries.recent_failures(session, failures)
     for state in OutboxState:
         click.echo(f"{STATE_LABELS[state]:<15} {counts.get(state, 0)}")
+    click.echo(
+        f"Senderate (letzte Minute): {rate:.1f} Nachrichten/s ({round(rate * 60)} versandt)"
+    )
+    if recent:
+        click.echo("Letzte Fehler:")
+    for f in recent:
+        when = german_datetime(f.at, tz)
+        retry = (
+            f", nächster Versuch {german_datetime(f.next_attempt_at, tz)}"
+            if f.state is OutboxState.deferred
+            else ""
+        )
+        click.echo(
+            f"  {when}  {f.email}  {STATE_LABELS[f.state]} nach {f.attempts} Versuch(en){retry}: "
+            f"{f.code or '-'} {f.reply or ''}".rstrip()
+        )
+
+
+async def _follow(db: Database, item_id: int) -> None:
+    """A progress bar of an item's messages until none is waiting any more."""
+    bar: tqdm[None] | None = None
+    try:
+        while True:
+            async with db.transaction() as session:
+                item = await session.get(Item, item_id)
+                counts = await queries.outbox_counts(session, item_id)
+            if item is None:
+                raise NotFoundError(f"keine Mitteilung mit der Nummer {item_id}")
+            if item.status is ItemStatus.scheduled:
+                await asyncio.sleep(0.5)
+                continue
+            total = sum(counts.values())
+            done = sum(counts.get(s, 0) for s in FINAL_STATES)
+            if bar is None:
+                bar = tqdm(total=total, unit="Nachr.", desc=f"Mitteilung {item_id}")
+            bar.total = total
+            bar.n = done
+            bar.set_postfix_str(
+                ", ".join(f"{STATE_LABELS[s]} {n}" for s, n in counts.items() if n), refresh=False
+            )
+            bar.refresh()
+            if item.status is ItemStatus.cancelled or done >= total:
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+@announcements.command("follow")
+@click.argument("item_id", type=int, metavar="ID")
+@click.pass_context
+@run_async
+async def announcements_follow(ctx: click.Context, item_id: int) -> None:
+    """Den Versand der Mitteilung ID als Fortschrittsbalken verfolgen (Strg+C beendet nur das
+    Verfolgen, nicht den Versand)."""
+    async with await _open(_settings(ctx)) as db:
+        await _follow(db, item_id)
 
 
 def _mail_store(ctx: click.Context) -> MailStore:

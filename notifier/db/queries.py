@@ -579,3 +579,44 @@ async def organisation_count(session: AsyncSession) -> int:
 
 async def subscriber_count(session: AsyncSession) -> int:
     return int(await session.scalar(select(func.count()).select_from(Subscriber)) or 0)
+
+
+async def send_rate(session: AsyncSession, now: datetime, window: timedelta) -> float:
+    """Messages sent per second over the last ``window``."""
+    count = await session.scalar(
+        select(func.count())
+        .select_from(OutboxMessage)
+        .where(OutboxMessage.state == OutboxState.sent, OutboxMessage.sent_at > now - window)
+    )
+    return int(count or 0) / window.total_seconds()
+
+
+@dataclass(frozen=True)
+class Failure:
+    email: str
+    state: OutboxState
+    at: datetime
+    code: int | None
+    reply: str | None
+    attempts: int
+    next_attempt_at: datetime
+
+
+async def recent_failures(session: AsyncSession, limit: int) -> list[Failure]:
+    """The latest failed or deferred messages with the server's reply."""
+    rows = await session.execute(
+        select(
+            Subscriber.email,
+            OutboxMessage.state,
+            OutboxMessage.updated_at,
+            OutboxMessage.last_code,
+            OutboxMessage.last_reply,
+            OutboxMessage.attempts,
+            OutboxMessage.next_attempt_at,
+        )
+        .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
+        .where(OutboxMessage.state.in_([OutboxState.failed, OutboxState.deferred]))
+        .order_by(OutboxMessage.updated_at.desc(), OutboxMessage.id.desc())
+        .limit(limit)
+    )
+    return [Failure(*r) for r in rows.all()]
