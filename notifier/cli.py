@@ -422,9 +422,7 @@ async def status(ctx: click.Context, failures: int) -> None:
         recent = await queries.recent_failures(session, failures)
     for state in OutboxState:
         click.echo(f"{STATE_LABELS[state]:<15} {counts.get(state, 0)}")
-    click.echo(
-        f"Senderate (letzte Minute): {rate:.1f} Nachrichten/s ({round(rate * 60)} versandt)"
-    )
+    click.echo(f"Senderate (letzte Minute): {rate:.1f} Nachrichten/s ({round(rate * 60)} versandt)")
     if recent:
         click.echo("Letzte Fehler:")
     for f in recent:

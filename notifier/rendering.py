@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -26,6 +27,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from . import mime
 from .config import Settings
 from .db.models import Item, ItemKind, Rhythm
 from .sources.calendar import CalendarEvent, event_ics
@@ -71,6 +73,56 @@ class Recipient:
     organisation: str
     topics: Sequence[str]  # titles; empty: all topics
 
+    @property
+    def greeting(self) -> str:
+        return f"Guten Tag {self.name}," if self.name else "Guten Tag,"
+
+    @property
+    def topics_text(self) -> str:
+        if not self.topics:
+            return "zu allen Themen"
+        return (
+            "zum Thema " + self.topics[0]
+            if len(self.topics) == 1
+            else ("zu den Themen " + ", ".join(self.topics))
+        )
+
+
+# What the templates take from the recipient: the only parts of a message about an item that
+# differ between recipients.
+PERSONAL_FIELDS = ("greeting", "organisation", "topics_text")
+_TOKEN = re.compile(r"NOTIFIERFIELD(\d)X")
+
+
+@dataclass(frozen=True)
+class _Placeholder:
+    """A recipient whose fields are tokens, for rendering a message skeleton once."""
+
+    email: str = "placeholder@invalid"
+    name: str = "NOTIFIERFIELD0X"
+    greeting: str = "NOTIFIERFIELD0X"
+    organisation: str = "NOTIFIERFIELD1X"
+    topics_text: str = "NOTIFIERFIELD2X"
+
+
+def _split(rendered: str) -> list[str | int]:
+    """Alternate literal text and field indexes."""
+    parts: list[str | int] = []
+    for i, piece in enumerate(_TOKEN.split(rendered)):
+        parts.append(int(piece) if i % 2 else piece)
+    return parts
+
+
+def _html_text(value: str) -> str:
+    """Escape text as the HTML serializer of the CSS inliner does (so a skeleton filled in
+    equals the page rendered for the recipient)."""
+    return (
+        value.replace("&", "&amp;")
+        .replace("\xa0", "&nbsp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -80,6 +132,9 @@ class Prepared:
     subject: str
     context: dict[str, Any] = field(default_factory=dict)
     attachment: tuple[bytes, str] | None = None  # (iCalendar bytes, METHOD)
+    # Sent to many recipients: render once with placeholders, then fill in per recipient.
+    shared: bool = True
+    skeleton: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 class Renderer:
@@ -202,12 +257,14 @@ class Renderer:
             if i.kind is ItemKind.announcement
         }
         context = {"label": label, "groups": grouped, "events": events, "bodies": bodies}
-        return Prepared("briefing", subject, context)
+        return Prepared("briefing", subject, context, shared=False)
 
     # -- personalising -----------------------------------------------------------------------
 
-    def render(self, prepared: Prepared, recipient: Recipient) -> tuple[str, str]:
-        """The HTML (CSS inlined) and plain-text bodies for one recipient."""
+    def render_full(
+        self, prepared: Prepared, recipient: Recipient | _Placeholder
+    ) -> tuple[str, str]:
+        """The HTML (CSS inlined) and plain-text bodies, rendered straight from the templates."""
         context = {
             **prepared.context,
             "subject": prepared.subject,
@@ -218,10 +275,57 @@ class Renderer:
         text = self.env.get_template(f"{prepared.template}.txt").render(context)
         return self._inliner.inline(html), text
 
+    def render(self, prepared: Prepared, recipient: Recipient) -> tuple[str, str]:
+        """The HTML and plain-text bodies for one recipient.
+
+        A shared message is rendered (and its CSS inlined) once with placeholders; each
+        recipient's copy only fills in their fields, which is what makes bulk sending fast.
+        """
+        if not prepared.shared:
+            return self.render_full(prepared, recipient)
+        if "html" not in prepared.skeleton:
+            html, text = self.render_full(prepared, _Placeholder())
+            prepared.skeleton["html"], prepared.skeleton["text"] = _split(html), _split(text)
+        values = [getattr(recipient, f) for f in PERSONAL_FIELDS]
+        escaped = [_html_text(v) for v in values]
+        html = "".join(p if isinstance(p, str) else escaped[p] for p in prepared.skeleton["html"])
+        text = "".join(p if isinstance(p, str) else values[p] for p in prepared.skeleton["text"])
+        return html, text
+
     def message_id(self, outbox_id: int, subscriber_id: int) -> str:
         """A stable Message-ID per outbox row: a retried message keeps its identity."""
         digest = hashlib.sha256(f"{outbox_id}:{subscriber_id}".encode()).hexdigest()[:16]
         return f"<{outbox_id}.{digest}@{self.mail.domain}>"
+
+    def build_bytes(
+        self, prepared: Prepared, recipient: Recipient, *, message_id: str, date: datetime
+    ) -> bytes:
+        """The message as bytes, built the fast way (see :mod:`notifier.mime`); it parses to
+        the same headers and parts as :meth:`build`.
+
+        Raises ``ValueError`` if a header value would carry a line break (header injection).
+        """
+        shared = prepared.skeleton.get("headers")
+        if shared is None:
+            shared = mime.shared_headers(
+                subject=prepared.subject,
+                sender_name=self.mail.sender_name,
+                sender_address=self.mail.sender_address,
+                reply_to=self.mail.reply_to,
+                list_id=self.mail.list_id,
+                attachment=prepared.attachment,
+            )
+            prepared.skeleton["headers"] = shared
+        html, text = self.render(prepared, recipient)
+        return mime.personal_message(
+            shared,
+            to_name=recipient.name,
+            to_address=recipient.email,
+            message_id=message_id,
+            date=date,
+            text=text,
+            html=html,
+        )
 
     def build(
         self, prepared: Prepared, recipient: Recipient, *, message_id: str, date: datetime

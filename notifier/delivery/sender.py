@@ -212,10 +212,9 @@ class Sender:
     ) -> Job | None:
         message_id = self.renderer.message_id(claimed.id, claimed.subscriber_id)
         try:
-            message = self.renderer.build(
+            data = self.renderer.build_bytes(
                 prepared, recipient, message_id=message_id, date=self.clock()
             )
-            data = message.as_bytes()
         except ValueError as exc:
             logger.error("outbox %s: message cannot be built: %s", claimed.id, exc)
             self._failure(

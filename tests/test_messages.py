@@ -1,0 +1,144 @@
+"""The fast message path (skeleton rendering, pre-encoded headers) against the straightforward
+one (full template rendering, EmailMessage): same headers, same parts, same contents."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from typing import Any
+
+import icalendar
+import pytest
+
+from notifier.db.models import Item, ItemKind, Rhythm
+from notifier.rendering import Prepared, Recipient, Renderer
+
+from .conftest import Project
+
+NOW = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
+RECIPIENTS = [
+    Recipient("anna@kreis.example", "Anna Alle", "Eifelkreis Bitburg-Prüm", []),
+    Recipient("j@og.example", "Jürgen Größ", "Prüm", ["Mobilität"]),
+    Recipient(
+        "q@og.example", 'Ann "Q" O\'Neil & Söhne <GmbH>\xa0x', "A & B", ["Eifelleben", "Mobilität"]
+    ),
+    Recipient("n@og.example", "", "Bitburg", []),
+]
+
+
+def item(kind: ItemKind, **fields: Any) -> Item:
+    base: dict[str, Any] = {
+        "id": 7,
+        "kind": kind,
+        "subject": "Neue Sprechstunden in Prüm",
+        "topics": ["eifelleben"],
+        "scope": [],
+        "roles": [],
+        "send_at": NOW,
+        "body": "Die **Kümmerer** helfen & <b>gern</b>.",
+        "change_count": 0,
+        "all_day": False,
+        "event_cancelled": False,
+    }
+    base.update(fields)
+    return Item(**base)
+
+
+def normalised(data: bytes) -> tuple[Any, ...]:
+    msg = message_from_bytes(data, policy=policy.default)
+    headers = {
+        name: str(msg[name])
+        for name in (
+            "Subject",
+            "From",
+            "To",
+            "Reply-To",
+            "Message-ID",
+            "List-Id",
+            "Precedence",
+            "Auto-Submitted",
+            "MIME-Version",
+        )
+    }
+    parts = [
+        (p.get_content_type(), p.get_content(), p.get_filename(), p.get_param("method"))
+        for p in msg.walk()
+        if not p.is_multipart()
+    ]
+    return msg.get_content_type(), headers, msg["Date"].datetime, parts
+
+
+@pytest.fixture
+def renderer(project: Project) -> Renderer:
+    return Renderer(project.settings)
+
+
+def prepared_messages(renderer: Renderer) -> list[Prepared]:
+    event = item(
+        ItemKind.event,
+        subject="Smart-City-Beirat",
+        external_key="beirat@test",
+        starts_at=NOW + timedelta(days=3),
+        ends_at=NOW + timedelta(days=3, hours=2),
+        location="Kreisverwaltung",
+        body="Tagesordnung folgt.",
+    )
+    update = item(
+        ItemKind.update,
+        body="Kurz & knapp.",
+        link="https://example.org/a?b=1&c=2",
+        published_at=NOW,
+    )
+    return [
+        renderer.prepare(item(ItemKind.announcement)),
+        renderer.prepare(update),
+        renderer.prepare(event),
+        renderer.prepare(event, "reminder:1"),
+        renderer.prepare(event, "cancelled"),
+        renderer.prepare_briefing(
+            Rhythm.weekly, [item(ItemKind.announcement), update, event], None
+        ),
+    ]
+
+
+def test_fast_messages_equal_the_straightforward_ones(renderer: Renderer) -> None:
+    for prepared in prepared_messages(renderer):
+        for recipient in RECIPIENTS:
+            fast = renderer.build_bytes(prepared, recipient, message_id="<1.a@x.example>", date=NOW)
+            plain = renderer.build(prepared, recipient, message_id="<1.a@x.example>", date=NOW)
+            assert normalised(fast) == normalised(plain.as_bytes()), (prepared.subject, recipient)
+            assert max(len(line) for line in fast.split(b"\r\n")) <= 998
+            assert b"\n" not in fast.replace(b"\r\n", b"")  # CRLF only
+
+
+def test_the_skeleton_is_rendered_once_per_message_kind(renderer: Renderer) -> None:
+    prepared = renderer.prepare(item(ItemKind.announcement))
+    first = renderer.build_bytes(prepared, RECIPIENTS[0], message_id="<1@x>", date=NOW)
+    skeleton = prepared.skeleton["html"]
+    second = renderer.build_bytes(prepared, RECIPIENTS[1], message_id="<2@x>", date=NOW)
+    assert prepared.skeleton["html"] is skeleton
+    assert b"Anna Alle" in first and b"Anna Alle" not in second
+    assert "Guten Tag J=C3=BCrgen Gr=C3=B6=C3=9F," in second.decode()
+
+
+def test_event_attachment_survives_the_fast_path(renderer: Renderer) -> None:
+    cancelled = prepared_messages(renderer)[4]
+    data = renderer.build_bytes(cancelled, RECIPIENTS[0], message_id="<1@x>", date=NOW)
+    msg = message_from_bytes(data, policy=policy.default)
+    assert msg.get_content_type() == "multipart/mixed"
+    attachment = next(msg.iter_attachments())
+    assert attachment.get_filename() == "termin.ics"
+    calendar = icalendar.Calendar.from_ical(attachment.get_content())
+    assert str(calendar["METHOD"]) == "CANCEL"
+
+
+@pytest.mark.parametrize("name", ["Eve\r\nBcc: victim@example.org", "Eve\nX: y"])
+def test_fast_path_refuses_header_injection(renderer: Renderer, name: str) -> None:
+    prepared = renderer.prepare(item(ItemKind.announcement))
+    with pytest.raises(ValueError, match="CR or LF"):
+        renderer.build_bytes(
+            prepared, Recipient("x@example.org", name, "Bitburg", []), message_id="<1@x>", date=NOW
+        )
+    evil = renderer.prepare(item(ItemKind.announcement, subject="Hallo\r\nBcc: victim@example.org"))
+    with pytest.raises(ValueError, match="CR or LF"):
+        renderer.build_bytes(evil, RECIPIENTS[0], message_id="<1@x>", date=NOW)
