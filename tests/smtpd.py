@@ -2,13 +2,21 @@
 
 It records every message it accepts and can be told to refuse chosen recipients (4xx or 5xx) or
 to answer slowly, so tests see exactly what a mail server would see.
+
+It can also be hostile (every option is off by default): refuse chosen recipients only for their
+first few attempts (``transient``; a 421 reply also closes the connection, as real servers do),
+stall before storing a message (``stall``), and drop connections at random (``drop_rate``, drawn
+from a seeded ``random.Random``) at RCPT or in DATA before the message is stored. A stalled or
+dropped message is never stored, so none of this can create a duplicate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -38,6 +46,19 @@ class RecordingSMTP:
     # recipient address -> SMTP reply to RCPT, e.g. "550 5.1.1 Unbekannt" or "451 4.7.1 Später"
     refuse: dict[str, str] = field(default_factory=dict)
     delay: float = 0.0  # seconds to wait before accepting each message
+    # recipient address -> (reply, K): RCPT is answered with reply for the first K attempts
+    transient: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # recipient address -> K: its first K messages stall in DATA (before being stored) for
+    # stall_seconds, i.e. longer than the client waits; the message is never stored
+    stall: dict[str, int] = field(default_factory=dict)
+    stall_seconds: float = 5.0
+    # chance that a connection is dropped at RCPT, and again in DATA before storing
+    drop_rate: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    # what happened, per recipient address: RCPT commands seen, connections dropped, stalls
+    attempts: Counter[str] = field(default_factory=Counter)
+    drops: Counter[str] = field(default_factory=Counter)
+    stalls: Counter[str] = field(default_factory=Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
@@ -51,15 +72,38 @@ class RecordingSMTP:
         address: str,
         rcpt_options: list[str],
     ) -> str:
-        reply = self.refuse.get(address)
+        with self._lock:
+            self.attempts[address] += 1
+            attempt = self.attempts[address]
+        reply, times = self.transient.get(address, ("", 0))
+        if attempt <= times:
+            if reply.startswith("421"):
+                # "Service not available, closing transmission channel": close after replying.
+                asyncio.get_running_loop().call_soon(server.transport.close)
+            return reply
+        reply = self.refuse.get(address, "")
         if reply:
             return reply
+        if self.drop_rate and self.rng.random() < self.drop_rate:
+            return await self._drop(server, address)
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Session, envelope: Envelope) -> str:
         if self.delay:
             await asyncio.sleep(self.delay)
+        for address in envelope.rcpt_tos:
+            with self._lock:
+                stalled = self.stalls[address] < self.stall.get(address, 0)
+                if stalled:
+                    self.stalls[address] += 1
+            if stalled:
+                # The client gives up first and closes the connection, which cancels this
+                # handler; should it not, the message is refused rather than stored.
+                await asyncio.sleep(self.stall_seconds)
+                return "451 4.4.2 Zu langsam"
+        if self.drop_rate and self.rng.random() < self.drop_rate:
+            return await self._drop(server, *envelope.rcpt_tos)
         with self._lock:
             self.received.append(
                 Received(
@@ -70,6 +114,14 @@ class RecordingSMTP:
                 )
             )
         return "250 2.0.0 Ok: queued"
+
+    async def _drop(self, server: Any, *addresses: str) -> str:
+        """Reset the connection without an answer; aiosmtpd then cancels this handler."""
+        with self._lock:
+            self.drops.update(addresses)
+        server.transport.abort()
+        await asyncio.sleep(3600)
+        return "421 4.4.2 Verbindung verloren"  # not reached: the handler is cancelled
 
     def start(self) -> RecordingSMTP:
         ready = threading.Event()

@@ -105,7 +105,7 @@ def test_scheduled_announcement_reaches_exactly_the_audience(project: Project, s
     assert "<strong>Digitalen Kümmerer</strong>" in html
     assert "<b>uns</b>" not in html and "&lt;b&gt;uns&lt;/b&gt;" in html  # raw HTML is escaped
     assert "Impressum" in text and "https://www.eifelkreis-verbindet.de/impressum/" in html
-    assert "für Schönecken zu den Themen Eifelleben" in text
+    assert "für Schönecken zum Thema Eifelleben" in text
     assert 'style="' in html and "<style" not in html  # CSS inlined
     assert 'lang="de"' in html
 
