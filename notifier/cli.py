@@ -27,7 +27,7 @@ from .db.models import Item, ItemStatus, OutboxState, Role, SourceState
 from .errors import ConfigError, NotFoundError, NotifierError
 from .organisations import LEVEL_LABELS, load_organisations
 from .rendering import german_datetime
-from .service import Service, prepare_database
+from .service import ROLES, Service, prepare_database
 from .sources.poller import SourcePoller, http_client, item_counts, source_kind
 from .subscribers import export_subscribers, import_subscribers
 
@@ -128,16 +128,29 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
 
 
 @main.command()
+@click.option(
+    "--only",
+    type=click.Choice(ROLES),
+    help="Nur diesen Teil des Dienstes betreiben (weitere Prozesse desselben Dienstes).",
+)
+@click.option("--smtp", "smtp", hidden=True, help="HOST:PORT statt [smtp] (für Sendeprozesse).")
+@click.option("--parent", type=int, hidden=True, help="Beenden, wenn dieser Prozess endet.")
 @click.pass_context
 @run_async
-async def run(ctx: click.Context) -> None:
+async def run(ctx: click.Context, only: str | None, smtp: str | None, parent: int | None) -> None:
     """Den Dienst starten (Planer, Versand, ggf. Mail-Catcher) bis Strg+C."""
     settings = _settings(ctx)
-    service = Service(settings)
+    override = None
+    if smtp:
+        host, _, port = smtp.rpartition(":")
+        override = (host, int(port))
+    service = Service(
+        settings, roles=(only,) if only else ROLES, smtp_override=override, parent_pid=parent
+    )
     task = asyncio.create_task(service.run())
     ready = asyncio.create_task(service.ready.wait())
     await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
-    if service.ready.is_set():
+    if service.ready.is_set() and parent is None:
         click.echo(f"notifier läuft. Konfiguration: {settings.base_dir}")
         click.echo(f"  Datenbank:   {settings.database_url.split('@')[-1]}")
         if service.catcher is not None:

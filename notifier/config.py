@@ -106,6 +106,7 @@ class DeliverySettings(_Section):
     max_age_hours: Annotated[float, Field(gt=0)] = 72.0
     idle_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
     connections: Annotated[int, Field(ge=1, le=100)] = 4
+    processes: Annotated[int, Field(ge=1, le=32)] = 1
     rate_per_second: Annotated[float, Field(ge=0)] = 0.0  # 0: no limit
     rate_per_hour: Annotated[float, Field(ge=0)] = 0.0  # 0: no limit
     suppress_after_hard_failures: Annotated[int, Field(ge=1)] = 3
@@ -213,6 +214,7 @@ class Settings(_Section):
     topics: Annotated[list[Topic], Field(min_length=1)]
     # Where the file lives; relative paths in it are resolved against this folder.
     base_dir: Path = Path()
+    config_file: Path | None = None
 
     @field_validator("topics")
     @classmethod
@@ -319,9 +321,11 @@ def load_settings(
             node = child
         node[parts[-1]] = value
         from_env[".".join(parts)] = ENV_PREFIX + "__".join(p.upper() for p in parts)
-    if "base_dir" in raw:
-        raise ConfigError(shown, "base_dir", "unknown key")
+    for internal in ("base_dir", "config_file"):
+        if internal in raw:
+            raise ConfigError(shown, internal, "unknown key")
     raw["base_dir"] = file.resolve().parent
+    raw["config_file"] = file.resolve()
 
     try:
         return Settings.model_validate(raw)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 
@@ -15,6 +17,7 @@ from .clock import utcnow
 from .config import Settings
 from .db import Database
 from .delivery import Sender, SmtpTransport
+from .errors import NotifierError
 from .rendering import Renderer
 from .scheduling import Scheduler
 from .sources.poller import SourcePoller, http_client
@@ -30,15 +33,35 @@ async def prepare_database(db: Database, settings: Settings) -> None:
         await sync_topics(session, settings.topics)
 
 
-class Service:
-    """The whole service: database, catcher (if enabled), sender and scheduler."""
+ROLES = ("sender", "scheduler")
 
-    def __init__(self, settings: Settings, clock: Callable[[], datetime] = utcnow) -> None:
+
+class Service:
+    """The service: database, catcher (if enabled), sender and scheduler.
+
+    ``roles`` selects the parts (both by default). With ``[delivery] processes`` above one, the
+    full service starts that many sender processes in all (itself included), so sending uses
+    every core; they share the outbox through the database.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        roles: Sequence[str] = ROLES,
+        smtp_override: tuple[str, int] | None = None,
+        parent_pid: int | None = None,
+    ) -> None:
         self.settings = settings
         self.clock = clock
+        self.roles = tuple(roles)
+        self.smtp_override = smtp_override
+        self.parent_pid = parent_pid
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
         self.catcher: MailCatcher | None = None
+        self.helpers: list[asyncio.subprocess.Process] = []
 
     def stop(self) -> None:
         self.stopped.set()
@@ -52,12 +75,17 @@ class Service:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     loop.add_signal_handler(sig, self.stop)
                     stack.callback(loop.remove_signal_handler, sig)
+            if self.parent_pid is not None:
+                watch = asyncio.create_task(self._watch_parent(self.parent_pid))
+                stack.callback(watch.cancel)
             db = await stack.enter_async_context(
                 Database(settings.database_url, echo=settings.database.echo)
             )
             await prepare_database(db, settings)
             host, port, tls = settings.smtp.host, settings.smtp.port, settings.smtp.tls
-            if settings.smtp.catcher:
+            if self.smtp_override is not None:
+                (host, port), tls = self.smtp_override, "none"
+            elif settings.smtp.catcher:
                 self.catcher = await stack.enter_async_context(
                     MailCatcher(
                         settings.path(settings.catcher.directory),
@@ -66,30 +94,30 @@ class Service:
                     )
                 )
                 host, port, tls = self.catcher.host, self.catcher.port, "none"
-            sender = Sender(
-                db,
-                settings,
-                Renderer(settings),
-                lambda: SmtpTransport(settings.smtp, host=host, port=port, tls=tls),
-                self.clock,
-            )
-            sender_task = asyncio.create_task(sender.run(), name="sender")
-
-            async def stop_sender() -> None:
-                sender.stop()
-                # The message in flight may finish; after 10 s it is abandoned (its lease brings
-                # it back at the next start).
-                with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                    await asyncio.wait_for(sender_task, timeout=10)
-
-            stack.push_async_callback(stop_sender)
-            client = await stack.enter_async_context(http_client())
-            poller = SourcePoller(db, settings, client, self.clock)
-            scheduler = Scheduler(db, settings, self.clock, sender.wake.set, poller)
-            scheduler.start()
-            stack.push_async_callback(scheduler.aclose)
+            wake: Callable[[], None] = lambda: None  # noqa: E731
+            if "sender" in self.roles:
+                sender = Sender(
+                    db,
+                    settings,
+                    Renderer(settings),
+                    lambda: SmtpTransport(settings.smtp, host=host, port=port, tls=tls),
+                    self.clock,
+                )
+                sender_task = asyncio.create_task(sender.run(), name="sender")
+                stack.push_async_callback(self._stop_sender, sender, sender_task)
+                wake = sender.wake.set
+                if self.roles == ROLES and settings.delivery.processes > 1:
+                    await self._start_helpers(settings.delivery.processes - 1, host, port)
+                    stack.push_async_callback(self._stop_helpers)
+            if "scheduler" in self.roles:
+                client = await stack.enter_async_context(http_client())
+                poller = SourcePoller(db, settings, client, self.clock)
+                scheduler = Scheduler(db, settings, self.clock, wake, poller)
+                scheduler.start()
+                stack.push_async_callback(scheduler.aclose)
             logger.info(
-                "notifier running: database %s, SMTP %s:%d%s",
+                "notifier running (%s): database %s, SMTP %s:%d%s",
+                ", ".join(self.roles),
                 db.engine.url.render_as_string(hide_password=True),
                 host,
                 port,
@@ -99,3 +127,55 @@ class Service:
             await self.stopped.wait()
             logger.info("notifier stopping")
         logger.info("notifier stopped")
+
+    @staticmethod
+    async def _stop_sender(sender: Sender, task: asyncio.Task[None]) -> None:
+        sender.stop()
+        # The messages on the wire may finish; after 10 s they are abandoned (their lease
+        # brings them back at the next start).
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+            await asyncio.wait_for(task, timeout=10)
+
+    async def _start_helpers(self, count: int, host: str, port: int) -> None:
+        if self.settings.config_file is None:
+            raise NotifierError("[delivery] processes > 1 needs the service started from a file")
+        # The catcher (or an override) is this process's: the helpers send to the same port.
+        smtp_args: list[str] = []
+        if self.catcher is not None or self.smtp_override is not None:
+            smtp_args = ["--smtp", f"{host}:{port}"]
+        for _ in range(count):
+            self.helpers.append(
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "notifier",
+                    "--config",
+                    str(self.settings.config_file),
+                    "run",
+                    "--only",
+                    "sender",
+                    "--parent",
+                    str(os.getpid()),
+                    *smtp_args,
+                )
+            )
+        logger.info("started %d more sender processes", count)
+
+    async def _stop_helpers(self) -> None:
+        for proc in self.helpers:
+            if proc.returncode is None:
+                proc.terminate()
+        for proc in self.helpers:
+            try:
+                await asyncio.wait_for(proc.wait(), timeout=15)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+
+    async def _watch_parent(self, parent: int) -> None:
+        """A helper process ends when the process that started it is gone (even by SIGKILL)."""
+        # No event announces a parent's death (it may die by SIGKILL): polling it is.
+        while os.getppid() == parent:  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+        logger.warning("parent process %d is gone; stopping", parent)
+        self.stop()

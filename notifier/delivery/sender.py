@@ -215,8 +215,8 @@ class Sender:
             data = self.renderer.build_bytes(
                 prepared, recipient, message_id=message_id, date=self.clock()
             )
-        except ValueError as exc:
-            logger.error("outbox %s: message cannot be built: %s", claimed.id, exc)
+        except Exception as exc:  # a template or data error: this message cannot be made
+            logger.exception("outbox %s: message cannot be built", claimed.id)
             self._failure(
                 claimed,
                 PermanentDeliveryError(recipient.email, None, f"Nachricht nicht erstellbar: {exc}"),
