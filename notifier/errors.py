@@ -78,4 +78,12 @@ class TemporaryDeliveryError(DeliveryError, ConnectionError):
 
 
 class PermanentDeliveryError(DeliveryError):
-    """A failure that retrying cannot fix (5xx reply for this recipient)."""
+    """A failure that retrying cannot fix (a 5xx reply). ``bounced`` is true when the server
+    refused the recipient's address itself (at RCPT), which is what counts towards suppressing
+    it; a refused message content does not."""
+
+    def __init__(
+        self, recipient: str, code: int | None, reply: str, *, bounced: bool = False
+    ) -> None:
+        super().__init__(recipient, code, reply)
+        self.bounced = bounced

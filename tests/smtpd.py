@@ -7,7 +7,8 @@ It can also be hostile (every option is off by default): refuse chosen recipient
 first few attempts (``transient``; a 421 reply also closes the connection, as real servers do),
 stall before storing a message (``stall``), and drop connections at random (``drop_rate``, drawn
 from a seeded ``random.Random``) at RCPT or in DATA before the message is stored. A stalled or
-dropped message is never stored, so none of this can create a duplicate.
+dropped message is never stored, so none of this can create a duplicate. ``refuse_sender`` answers
+MAIL FROM with the given reply.
 """
 
 from __future__ import annotations
@@ -55,15 +56,32 @@ class RecordingSMTP:
     # chance that a connection is dropped at RCPT, and again in DATA before storing
     drop_rate: float = 0.0
     rng: random.Random = field(default_factory=lambda: random.Random(0))
-    # what happened, per recipient address: RCPT commands seen, connections dropped, stalls
+    # e.g. "553 5.7.1 Absender nicht erlaubt": the reply to every MAIL FROM
+    refuse_sender: str = ""
+    # what happened: RCPT commands and stalls per recipient address, drops per stage
     attempts: Counter[str] = field(default_factory=Counter)
-    drops: Counter[str] = field(default_factory=Counter)
     stalls: Counter[str] = field(default_factory=Counter)
+    drops: Counter[str] = field(default_factory=Counter)  # "RCPT" / "DATA" -> connections dropped
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
 
     # aiosmtpd handler hooks
+    async def handle_MAIL(
+        self,
+        server: Any,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self.refuse_sender:
+            return self.refuse_sender
+        # What aiosmtpd does itself when there is no hook.
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
+
     async def handle_RCPT(
         self,
         server: Any,
@@ -85,7 +103,7 @@ class RecordingSMTP:
         if reply:
             return reply
         if self.drop_rate and self.rng.random() < self.drop_rate:
-            return await self._drop(server, address)
+            return await self._drop(server, "RCPT")
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -103,7 +121,7 @@ class RecordingSMTP:
                 await asyncio.sleep(self.stall_seconds)
                 return "451 4.4.2 Zu langsam"
         if self.drop_rate and self.rng.random() < self.drop_rate:
-            return await self._drop(server, *envelope.rcpt_tos)
+            return await self._drop(server, "DATA")
         with self._lock:
             self.received.append(
                 Received(
@@ -115,10 +133,10 @@ class RecordingSMTP:
             )
         return "250 2.0.0 Ok: queued"
 
-    async def _drop(self, server: Any, *addresses: str) -> str:
-        """Reset the connection without an answer; aiosmtpd then cancels this handler."""
+    async def _drop(self, server: Any, stage: str) -> str:
+        """Drop the connection without an answer; aiosmtpd then cancels this handler."""
         with self._lock:
-            self.drops.update(addresses)
+            self.drops[stage] += 1
         server.transport.abort()
         await asyncio.sleep(3600)
         return "421 4.4.2 Verbindung verloren"  # not reached: the handler is cancelled

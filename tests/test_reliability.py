@@ -8,6 +8,7 @@ import asyncio
 import bisect
 import contextlib
 import random
+import re
 import socket
 import time
 from collections import Counter
@@ -171,7 +172,9 @@ WINDOW = 60.0
 @pytest.fixture
 def crowd(project: Project) -> Project:
     """1,300 subscribers on "immediate" and one announcement to all of them."""
-    prepare(project, 1300, "Rundschreiben", {"delivery": {"rate_per_second": RATE, "connections": 4}})
+    prepare(
+        project, 1300, "Rundschreiben", {"delivery": {"rate_per_second": RATE, "connections": 4}}
+    )
     return project
 
 
@@ -184,6 +187,7 @@ async def test_rate_per_second_is_honoured_within_5_percent_over_a_minute(crowd:
         first = crowd.smtp.messages()[0].at
         await asyncio.sleep(first + WINDOW + 0.5 - time.time())
         assert await shutdown(sender, task, timeout=10) is not None
+        rows = await outbox(db)
     times = sorted(m.at for m in crowd.smtp.messages())
     assert times[0] == first
     in_window = bisect.bisect_left(times, first + WINDOW)
@@ -199,11 +203,12 @@ async def test_rate_per_second_is_honoured_within_5_percent_over_a_minute(crowd:
     per_second = [bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)]
     assert max(per_second) <= 2 * RATE + 1, max(per_second)
     settled = [n for t, n in zip(times, per_second, strict=True) if first + 2 <= t < first + 59]
-    assert max(settled) <= RATE + 3, max(settled)
-    assert min(settled) >= RATE - 3, min(settled)
-    # Every message went to a different subscriber, once.
+    assert max(settled) <= RATE + 4, max(settled)
+    # Every message went to a different subscriber, once; the stop handed the rest back.
     recipients = crowd.smtp.recipients()
     assert len(recipients) == len(set(recipients))
+    states = Counter(r.state for r in rows.values())
+    assert states == {OutboxState.sent: len(times), OutboxState.queued: 1300 - len(times)}, states
 
 
 async def test_rate_per_hour_lets_its_burst_through_then_holds(project: Project) -> None:
@@ -222,7 +227,7 @@ async def test_rate_per_hour_lets_its_burst_through_then_holds(project: Project)
         assert len(project.smtp.messages()) == 30
         await asyncio.sleep(0.3)  # let the recorder write the outcomes
         rows = await outbox(db)
-        await shutdown(sender, task, timeout=3)
+        await shutdown(sender, task, timeout=1)  # see the next test for a stop that hangs
     assert sum(r.state is OutboxState.sent for r in rows.values()) == 30
     assert len(set(project.smtp.recipients())) == 30
 
@@ -296,7 +301,7 @@ async def test_hostile_server_delivers_every_deliverable_message_once(hostile: P
     assert took is not None and took < 5
 
     # The server really was hostile.
-    assert sum(smtp.drops.values()) >= 5, smtp.drops
+    assert smtp.drops["RCPT"] >= 2 and smtp.drops["DATA"] >= 2, smtp.drops
     assert sum(smtp.stalls.values()) == len(STALLING)
 
     deliverable = {address(i) for i in range(HOSTILE_COUNT)} - BOUNCING
@@ -377,17 +382,44 @@ async def test_three_hard_failures_suppress_the_address(project: Project) -> Non
     assert bouncer not in project.smtp.recipients()
 
 
+async def test_refused_sender_does_not_suppress_the_recipients(project: Project) -> None:
+    """A 5xx reply to MAIL FROM says nothing about the recipient's address (the server refuses
+    our sender: a configuration or reputation problem); it must not count as the recipient's
+    hard failure, or one wrong sender address suppresses every subscriber."""
+    await asyncio.to_thread(project.seed, project.write("people.csv", people(3)))
+    project.smtp.refuse_sender = "553 5.7.1 Absender nicht erlaubt"
+    async with Database(project.settings.database_url) as db:
+        sender = make_sender(project, db)
+        for n in (1, 2, 3):
+            await asyncio.to_thread(
+                project.cli, "announce", project.write(f"a{n}.md", note(f"Mitteilung {n}"))
+            )
+            await release_due(db, utcnow())
+            assert await sender.run_once() == 3
+        await sender.close()
+        rows = await outbox(db)
+        async with db.transaction() as session:
+            statuses = Counter(await session.scalars(select(Subscriber.status)))
+    assert project.smtp.messages() == []
+    assert all(r.state is not OutboxState.sent for r in rows.values())
+    assert all("Absender nicht erlaubt" in (r.reply or "") for r in rows.values())
+    assert statuses == {SubscriberStatus.active: 3}, statuses
+
+
 # -- temporary failure classes --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
     ("case", "code", "reply"),
     [
-        ("refused", None, "Verbindung zu 127.0.0.1:"),
-        ("reset", None, ""),
-        ("421", 421, "4.3.2 Dienst wird beendet"),
-        ("timeout", None, "imed out"),
-        ("tls", None, "Verbindung zu 127.0.0.1:"),
+        ("refused", None, r"^Verbindung zu 127\.0\.0\.1:\d+: .*(refused|failed)"),
+        ("reset", None, r"EOF|[Cc]onnection|[Rr]eset|[Ll]ost"),
+        ("421", 421, r"^4\.3\.2 Dienst wird beendet$"),
+        ("451", 451, r"^4\.7\.1 Greylisting, bitte spaeter$"),
+        ("452", 452, r"^4\.2\.2 Postfach voll$"),
+        ("timeout", None, r"[Tt]imed out"),
+        ("tls", None, r"^Verbindung zu 127\.0\.0\.1:\d+: .*(SSL|TLS)"),
+        ("starttls", None, r"^Verbindung zu 127\.0\.0\.1:\d+: .*STARTTLS"),
     ],
 )
 async def test_temporary_failure_is_deferred_with_next_attempt_and_reply(
@@ -397,18 +429,24 @@ async def test_temporary_failure_is_deferred_with_next_attempt_and_reply(
     changes: dict[str, Any] = {"delivery": {"retry_base_seconds": base}}
     port: int | None = None
     target = address(0)
+    smtp = project.smtp
     if case == "refused":
         port = closed_port()
     elif case == "reset":
-        project.smtp.drop_rate = 1.0
+        smtp.drop_rate = 1.0
     elif case == "421":
-        project.smtp.transient[target] = ("421 4.3.2 Dienst wird beendet", 1)
+        smtp.transient[target] = ("421 4.3.2 Dienst wird beendet", 1)
+    elif case == "451":
+        smtp.transient[target] = ("451 4.7.1 Greylisting, bitte spaeter", 1)
+    elif case == "452":
+        smtp.transient[target] = ("452 4.2.2 Postfach voll", 1)
     elif case == "timeout":
-        project.smtp.stall[target] = 1
-        project.smtp.stall_seconds = 3
+        smtp.stall[target] = 1
+        smtp.stall_seconds = 3
         changes["smtp"] = {"timeout": 1}
     else:
-        changes["smtp"] = {"tls": "tls"}  # implicit TLS against a plain server
+        # Implicit TLS, or STARTTLS, against a plain server that offers neither.
+        changes["smtp"] = {"tls": case}
     await asyncio.to_thread(prepare, project, 1, "Vorsicht", changes)
     async with Database(project.settings.database_url) as db:
         await release_due(db, utcnow())
@@ -420,10 +458,10 @@ async def test_temporary_failure_is_deferred_with_next_attempt_and_reply(
         row = (await outbox(db))[target, 1]
     assert row.state is OutboxState.deferred, row
     assert row.attempts == 1
-    assert row.code == code
-    assert row.reply and reply in row.reply, row.reply
+    assert row.code == code, row
+    assert row.reply and re.search(reply, row.reply), row.reply
     # First retry after retry_base_seconds, ±20 % jitter: in the future.
     assert before + timedelta(seconds=0.8 * base) <= row.next_attempt_at
     assert row.next_attempt_at <= after + timedelta(seconds=1.2 * base)
     assert row.next_attempt_at > utcnow()
-    assert project.smtp.messages() == []
+    assert smtp.messages() == []

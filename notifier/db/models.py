@@ -236,6 +236,8 @@ class OutboxMessage(Base):
     last_code: Mapped[int | None]
     last_reply: Mapped[str | None] = mapped_column(Text)
     message_id: Mapped[str | None] = mapped_column(String(300))
+    # The server refused the address itself (5xx at RCPT); counts towards suppression.
+    bounced: Mapped[bool] = mapped_column(default=False)
 
 
 class BriefingQueue(Base):

@@ -447,7 +447,7 @@ class Outcome:
     reply: str | None = None
     message_id: str | None = None
     retry_at: datetime | None = None
-    # Set for a hard (5xx) failure: the subscriber whose address bounced.
+    # Set when the server refused the recipient's address (5xx at RCPT): whose address bounced.
     subscriber_id: int | None = None
 
 
@@ -475,6 +475,7 @@ async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) ->
                 "b_reply": o.reply,
                 "b_message_id": o.message_id,
                 "b_retry_at": o.retry_at or o.at,
+                "b_bounced": o.subscriber_id is not None,
             }
         )
     for state, params in by_state.items():
@@ -487,6 +488,8 @@ async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) ->
         }
         if state is OutboxState.sent:
             values |= {"sent_at": bindparam("b_at"), "message_id": bindparam("b_message_id")}
+        elif state is OutboxState.failed:
+            values["bounced"] = bindparam("b_bounced")
         elif state is OutboxState.deferred:
             values["next_attempt_at"] = bindparam("b_retry_at")
         stmt = (
@@ -507,8 +510,7 @@ async def suppress_bouncing(
         .where(
             OutboxMessage.subscriber_id.in_(subscriber_ids),
             OutboxMessage.state == OutboxState.failed,
-            OutboxMessage.last_code >= 500,
-            OutboxMessage.last_code < 600,
+            OutboxMessage.bounced == true(),
         )
         .group_by(OutboxMessage.subscriber_id)
     )

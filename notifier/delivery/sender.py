@@ -62,6 +62,7 @@ class Sender:
         self.clock = clock
         self.wake = asyncio.Event()
         self._stopping = False
+        self._stop_event = asyncio.Event()
         self._prepared: dict[tuple[int, str], Prepared] = {}
         self._transports = [transports() for _ in range(self.delivery.connections)]
         # A short queue: claimed messages wait little, so a cancellation or a stop finds most
@@ -87,11 +88,18 @@ class Sender:
     def stop(self) -> None:
         """Claim nothing more; messages being sent finish, the others are handed back."""
         self._stopping = True
+        self._stop_event.set()
         self.wake.set()
 
     async def close(self) -> None:
         """Wait for the connections' current messages, record everything, close connections."""
-        self._stopping = True
+        self.stop()
+        while not self._jobs.empty():  # waiting messages go back to the outbox
+            job = self._jobs.get_nowait()
+            if job is not None:
+                self._unsent.append(job.claimed.id)
+                self._forget(job)
+            self._jobs.task_done()
         for _ in self._workers:
             await self._jobs.put(None)
         if self._workers:
@@ -114,6 +122,14 @@ class Sender:
         flusher = asyncio.create_task(self._flush_periodically(), name="outbox-recorder")
         try:
             while not self._stopping:
+                if not all(limiter.has_capacity() for limiter in self._limiters):
+                    # Claim nothing that would wait behind an exhausted limit (and outlive its
+                    # lease): wait until the limit lets messages through again.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(
+                            self._stop_event.wait(), self.delivery.idle_poll_seconds
+                        )
+                    continue
                 try:
                     handled = await self._produce()
                 except Exception:
@@ -232,11 +248,9 @@ class Sender:
             try:
                 if job is None:
                     return
-                if self._stopping:
+                if not await self._may_send():
                     self._unsent.append(job.claimed.id)
                     continue
-                for limiter in self._limiters:
-                    await limiter.acquire()
                 if job.claimed.item_id in self._cancelled:
                     self._record(
                         queries.Outcome(job.claimed.id, OutboxState.cancelled, self.clock())
@@ -244,13 +258,37 @@ class Sender:
                     continue
                 await self._send(transport, job)
             finally:
-                if job is not None and job.claimed.item_id is not None:
-                    left = self._queued_items.get(job.claimed.item_id, 1) - 1
-                    if left:
-                        self._queued_items[job.claimed.item_id] = left
-                    else:
-                        self._queued_items.pop(job.claimed.item_id, None)
+                if job is not None:
+                    self._forget(job)
                 self._jobs.task_done()
+
+    def _forget(self, job: Job) -> None:
+        item_id = job.claimed.item_id
+        if item_id is not None:
+            left = self._queued_items.get(item_id, 1) - 1
+            if left:
+                self._queued_items[item_id] = left
+            else:
+                self._queued_items.pop(item_id, None)
+
+    async def _may_send(self) -> bool:
+        """Wait for every rate limit; False if a stop came first (the message goes back)."""
+        for limiter in self._limiters:
+            if self._stopping:
+                return False
+            if limiter.has_capacity():
+                await limiter.acquire()
+                continue
+            acquire = asyncio.ensure_future(limiter.acquire())
+            stopped = asyncio.ensure_future(self._stop_event.wait())
+            await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not acquire.done():
+                acquire.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await acquire
+                return False
+        return not self._stopping
 
     async def _send(self, transport: SmtpTransport, job: Job) -> None:
         claimed = job.claimed
@@ -295,7 +333,7 @@ class Sender:
             )
         else:
             logger.warning("outbox %s failed: %s", claimed.id, exc)
-            hard = isinstance(exc, PermanentDeliveryError) and exc.code is not None
+            hard = isinstance(exc, PermanentDeliveryError) and exc.bounced
             self._record(
                 queries.Outcome(
                     claimed.id,

@@ -84,7 +84,14 @@ class SmtpTransport:
             refusal = exc.recipients[0] if exc.recipients else None
             code = refusal.code if refusal else None
             text = refusal.message if refusal else str(exc)
-            raise _classified(recipient, code, text) from exc
+            raise _classified(recipient, code, text, bounced=True) from exc
+        except aiosmtplib.SMTPSenderRefused as exc:
+            # Our envelope sender was refused: nothing to hold against the recipient. Retried
+            # (and logged) until the configuration is fixed or the message is too old.
+            await self._reset_after(exc)
+            raise TemporaryDeliveryError(
+                recipient, exc.code, f"Absender abgelehnt: {exc.message}"
+            ) from exc
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset_after(exc)
             raise _classified(recipient, exc.code, exc.message) from exc
@@ -116,8 +123,8 @@ class SmtpTransport:
 
 
 def _classified(
-    recipient: str, code: int | None, reply: str
+    recipient: str, code: int | None, reply: str, *, bounced: bool = False
 ) -> TemporaryDeliveryError | PermanentDeliveryError:
     if code is not None and 500 <= code < 600:
-        return PermanentDeliveryError(recipient, code, reply)
+        return PermanentDeliveryError(recipient, code, reply, bounced=bounced)
     return TemporaryDeliveryError(recipient, code, reply)
