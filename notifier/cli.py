@@ -16,7 +16,6 @@ from typing import Any, TypeVar
 
 import click
 from sqlalchemy import select
-from tqdm import tqdm
 
 from . import announcements as ann
 from .catcher import MailStore
@@ -28,7 +27,6 @@ from .errors import ConfigError, NotFoundError, NotifierError
 from .organisations import LEVEL_LABELS, load_organisations
 from .rendering import german_datetime
 from .service import ROLES, Service, prepare_database
-from .sources.poller import SourcePoller, http_client, item_counts, source_kind
 from .subscribers import export_subscribers, import_subscribers
 
 T = TypeVar("T")
@@ -376,6 +374,8 @@ async def sources_list(ctx: click.Context) -> None:
     if not settings.sources.all:
         click.echo("Keine Quellen konfiguriert ([[sources.feed]] / [[sources.calendar]]).")
         return
+    from .sources.poller import item_counts, source_kind
+
     async with await _open(settings) as db, db.transaction() as session:
         states = {s.name: s for s in await session.scalars(select(SourceState))}
         counts = await item_counts(session)
@@ -397,6 +397,8 @@ async def sources_list(ctx: click.Context) -> None:
 @run_async
 async def sources_poll(ctx: click.Context, name: str | None) -> None:
     """Quelle NAME (ohne NAME: alle) jetzt abrufen; Neues versendet der laufende Dienst."""
+    from .sources.poller import SourcePoller, http_client
+
     settings = _settings(ctx)
     chosen = [s for s in settings.sources.all if name is None or s.name == name]
     if not chosen:
@@ -453,6 +455,8 @@ async def status(ctx: click.Context, failures: int) -> None:
 
 async def _follow(db: Database, item_id: int) -> None:
     """A progress bar of an item's messages until none is waiting any more."""
+    from tqdm import tqdm
+
     bar: tqdm[None] | None = None
     try:
         while True:

@@ -30,7 +30,6 @@ from markupsafe import Markup
 from . import mime
 from .config import Settings
 from .db.models import Item, ItemKind, Rhythm
-from .sources.calendar import CalendarEvent, event_ics
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
 _POLICY = policy.SMTP.clone(max_line_length=998)
@@ -197,6 +196,9 @@ class Renderer:
     def event_ics(self, item: Item, method: str) -> bytes:
         """The calendar file of an event item (METHOD PUBLISH or CANCEL)."""
         assert item.starts_at is not None
+        # Imported here: iCalendar support is only loaded once an event is sent.
+        from .sources.calendar import CalendarEvent, event_ics
+
         event = CalendarEvent(
             key=item.external_key or f"item-{item.id}",
             uid=item.external_key or f"item-{item.id}",

@@ -19,8 +19,6 @@ from .db import Database
 from .delivery import Sender, SmtpTransport
 from .errors import NotifierError
 from .rendering import Renderer
-from .scheduling import Scheduler
-from .sources.poller import SourcePoller, http_client
 from .topics import sync_topics
 
 logger = logging.getLogger(__name__)
@@ -81,7 +79,8 @@ class Service:
             db = await stack.enter_async_context(
                 Database(settings.database_url, echo=settings.database.echo)
             )
-            await prepare_database(db, settings)
+            if self.parent_pid is None:  # a helper's parent has prepared the database
+                await prepare_database(db, settings)
             host, port, tls = settings.smtp.host, settings.smtp.port, settings.smtp.tls
             if self.smtp_override is not None:
                 (host, port), tls = self.smtp_override, "none"
@@ -110,6 +109,10 @@ class Service:
                     await self._start_helpers(settings.delivery.processes - 1, host, port)
                     stack.push_async_callback(self._stop_helpers)
             if "scheduler" in self.roles:
+                # Imported here: a sender-only process does without feeds, calendars and jobs.
+                from .scheduling import Scheduler
+                from .sources.poller import SourcePoller, http_client
+
                 client = await stack.enter_async_context(http_client())
                 poller = SourcePoller(db, settings, client, self.clock)
                 scheduler = Scheduler(db, settings, self.clock, wake, poller)

@@ -13,8 +13,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Connection, event
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -90,6 +88,10 @@ class Database:
 
     async def migrate(self) -> None:
         """Apply every pending Alembic migration (idempotent)."""
+
+        # Imported here: processes that only send never migrate and need not load Alembic.
+        from alembic import command
+        from alembic.config import Config
 
         def upgrade(connection: Connection) -> None:
             cfg = Config()
