@@ -104,7 +104,7 @@ class DeliverySettings(_Section):
     lease_seconds: Annotated[float, Field(gt=0)] = 300.0
     retry_base_seconds: Annotated[float, Field(gt=0)] = 60.0
     max_age_hours: Annotated[float, Field(gt=0)] = 72.0
-    idle_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
+    idle_poll_seconds: Annotated[float, Field(gt=0, le=60)] = 0.25
     connections: Annotated[int, Field(ge=1, le=100)] = 4
     processes: Annotated[int, Field(ge=1, le=32)] = 1
     rate_per_second: Annotated[float, Field(ge=0)] = 0.0  # 0: no limit

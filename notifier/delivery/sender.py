@@ -65,9 +65,12 @@ class Sender:
         self._stop_event = asyncio.Event()
         self._prepared: dict[tuple[int, str], Prepared] = {}
         self._transports = [transports() for _ in range(self.delivery.connections)]
-        # A short queue: claimed messages wait little, so a cancellation or a stop finds most
-        # of a batch not yet sent.
-        self._jobs: asyncio.Queue[Job | None] = asyncio.Queue(maxsize=4 * self.delivery.connections)
+        # Room for a whole batch: the next claim (a database round trip, perhaps waiting for
+        # another process's transaction) happens while the connections still have work.
+        # Waiting messages are checked for cancellation and handed back on a stop.
+        self._jobs: asyncio.Queue[Job | None] = asyncio.Queue(
+            maxsize=max(self.delivery.batch_size, 4 * self.delivery.connections)
+        )
         self._queued_items: dict[int, int] = {}  # item id -> jobs of it waiting or sending
         self._cancelled: set[int] = set()
         self._outcomes: list[queries.Outcome] = []
