@@ -197,13 +197,13 @@ async def test_rate_per_second_is_honoured_within_5_percent_over_a_minute(crowd:
     # for a message acquired just before the window closes and stored just after).
     assert in_window <= RATE + nominal + 1, in_window
     assert 0.95 * nominal <= in_window <= 1.05 * nominal, in_window
-    # No second carries far more than the rate. The burst can only happen once, at the start
-    # (the sender never idles here): the first second may carry the burst and one second's
-    # worth; after that a 1-s window holds the rate, give or take the loop's scheduling jitter.
+    # No second carries far more than the rate. The first second may carry the burst and one
+    # second's worth; after that a 1-s window holds about the rate: a leaky bucket that drained a
+    # little while the sender fetched its next batch lets that little through at once.
     per_second = [bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)]
     assert max(per_second) <= 2 * RATE + 1, max(per_second)
     settled = [n for t, n in zip(times, per_second, strict=True) if first + 2 <= t < first + 59]
-    assert max(settled) <= RATE + 4, max(settled)
+    assert max(settled) <= RATE * 1.25 + 1, max(settled)
     # Every message went to a different subscriber, once; the stop handed the rest back.
     recipients = crowd.smtp.recipients()
     assert len(recipients) == len(set(recipients))
