@@ -77,6 +77,16 @@ class Sender:
         self._unsent: list[int] = []
         self._workers: list[asyncio.Task[None]] = []
         self._flushing = asyncio.Lock()
+        # Under a rate limit, claim no more than can go out well within a lease, so no claimed
+        # message outlives its lease waiting (another process would take it over).
+        self._claim_size = self.delivery.batch_size
+        lease = self.delivery.lease_seconds
+        for rate, period in (
+            (self.delivery.rate_per_second, 1),
+            (self.delivery.rate_per_hour, 3600),
+        ):
+            if rate:
+                self._claim_size = min(self._claim_size, max(1, int(rate * lease / period / 4)))
         self._limiters = [
             AsyncLimiter(rate, period)
             for rate, period in (
@@ -167,7 +177,7 @@ class Sender:
             batch = await queries.claim_batch(
                 session,
                 now,
-                self.delivery.batch_size,
+                self._claim_size,
                 timedelta(seconds=self.delivery.lease_seconds),
             )
             if not batch:
