@@ -45,6 +45,9 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=10000")
+        # 1 MiB of page cache per connection (SQLite's default is 2 MiB): the hot pages are
+        # few (the outbox index, the latest rows), and a sender holds several connections.
+        cursor.execute("PRAGMA cache_size=-1024")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
