@@ -63,7 +63,8 @@ class Sender:
         self.wake = asyncio.Event()
         self._stopping = False
         self._stop_event = asyncio.Event()
-        self._prepared: dict[tuple[int, str], Prepared] = {}
+        # Prepared messages by item, notice and version: an event that changed is prepared anew.
+        self._prepared: dict[tuple[int, str, int, str | None], Prepared] = {}
         self._transports = [transports() for _ in range(self.delivery.connections)]
         # Room for a whole batch: the next claim (a database round trip, perhaps waiting for
         # another process's transaction) happens while the connections still have work.
@@ -228,7 +229,7 @@ class Sender:
         return len(batch)
 
     def _prepare(self, item: Item, notice: str) -> Prepared:
-        key = (item.id, notice)
+        key = (item.id, notice, item.change_count, item.content_hash)
         prepared = self._prepared.get(key)
         if prepared is None:
             if len(self._prepared) > 256:
