@@ -33,6 +33,17 @@ def latest_slot(trigger: CronTrigger, after: datetime, now: datetime) -> datetim
     return latest
 
 
+def next_briefing_slot(settings: Settings, after: datetime) -> datetime | None:
+    """The first cron slot of any rhythm after ``after``."""
+    slots = [
+        settings.briefings.trigger(r.value, settings.scheduler.tz).get_next_fire_time(
+            None, after + _TICK
+        )
+        for r in RHYTHMS
+    ]
+    return min((s for s in slots if s is not None), default=None)
+
+
 async def run_due_briefings(db: Database, settings: Settings, now: datetime) -> dict[Rhythm, int]:
     """Build the briefings whose slot has come; returns how many per rhythm."""
     built: dict[Rhythm, int] = {}

@@ -16,7 +16,7 @@ from datetime import datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from .briefings import run_due_briefings, send_due_reminders
+from .briefings import next_briefing_slot, run_due_briefings, send_due_reminders
 from .config import CalendarSource, FeedSource, Settings
 from .db import Database
 from .routing import release_due
@@ -46,6 +46,9 @@ class Scheduler:
         tz = settings.scheduler.tz
         self.scheduler = AsyncIOScheduler(timezone=tz)
         self._running: set[asyncio.Task[None]] = set()
+        # The next briefing slot of any rhythm: until then the check needs no database (every
+        # SQLite transaction takes the write lock the senders need).
+        self._next_briefing: datetime | None = None
         checks: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             ("release-due-items", self.release_due_items),
             ("briefings", self.briefings),
@@ -96,8 +99,14 @@ class Scheduler:
         await self._guarded("releasing due items", work)
 
     async def briefings(self) -> None:
+        now = self.clock()
+        if self._next_briefing is not None and now < self._next_briefing:
+            return
+
         async def work() -> bool:
-            return any((await run_due_briefings(self.db, self.settings, self.clock())).values())
+            built = await run_due_briefings(self.db, self.settings, now)
+            self._next_briefing = next_briefing_slot(self.settings, now)
+            return any(built.values())
 
         await self._guarded("building briefings", work)
 
