@@ -22,37 +22,15 @@ from .catcher import MailStore
 from .clock import utcnow
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .db import Database, queries
-from .db.models import Item, ItemStatus, OutboxState, Role, SourceState
+from .db.models import Item, ItemStatus, OutboxState, SourceState
 from .errors import ConfigError, NotFoundError, NotifierError
+from .labels import FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS
 from .organisations import LEVEL_LABELS, load_organisations
 from .rendering import german_datetime
 from .service import ROLES, Service, prepare_database
 from .subscribers import export_subscribers, import_subscribers
 
 T = TypeVar("T")
-
-ROLE_LABELS = {
-    Role.staff: "Mitarbeitende",
-    Role.mayor: "Bürgermeister/innen",
-    Role.deputy_mayor: "Beigeordnete",
-    Role.council_member: "Ratsmitglieder",
-    Role.project_office: "Projektbüro",
-}
-STATE_LABELS = {
-    OutboxState.queued: "wartend",
-    OutboxState.sending: "im Versand",
-    OutboxState.sent: "versandt",
-    OutboxState.deferred: "zurückgestellt",
-    OutboxState.failed: "fehlgeschlagen",
-    OutboxState.cancelled: "abgesagt",
-}
-FINAL_STATES = (OutboxState.sent, OutboxState.failed, OutboxState.cancelled)
-ITEM_LABELS = {
-    ItemStatus.scheduled: "geplant",
-    ItemStatus.routed: "versendet",
-    ItemStatus.cancelled: "abgesagt",
-    ItemStatus.recorded: "erfasst",
-}
 
 
 def _actor() -> str:
@@ -161,6 +139,11 @@ async def run(ctx: click.Context, only: str | None, smtp: str | None, parent: in
             click.echo(
                 f"  SMTP:        {settings.smtp.host}:{settings.smtp.port} ({settings.smtp.tls})"
             )
+        if service.web_port is not None:
+            click.echo(
+                f"  Web:         http://{settings.web.host}:{service.web_port}/anmelden "
+                f"(Projektbüro: /buero, API: /api/v1/docs)"
+            )
         click.echo("Beenden mit Strg+C.")
     ready.cancel()
     await task
@@ -173,6 +156,87 @@ async def migrate(ctx: click.Context) -> None:
     """Datenbankschema anlegen bzw. aktualisieren."""
     async with await _open(_settings(ctx)):
         click.echo("Datenbank ist auf dem neuesten Stand.")
+
+
+@main.group()
+def users() -> None:
+    """Anmeldungen des Projektbüros für die Web-Oberfläche."""
+
+
+@users.command("add")
+@click.argument("name")
+@click.option("--email", default="", help="Adresse für Test-E-Mails aus der Oberfläche.")
+@click.password_option(
+    "--password",
+    prompt="Passwort",
+    confirmation_prompt="Passwort wiederholen",
+    help="Wird abgefragt (ohne Anzeige), wenn nicht angegeben.",
+)
+@click.pass_context
+@run_async
+async def users_add(ctx: click.Context, name: str, email: str, password: str) -> None:
+    """Eine Anmeldung NAME anlegen; das Passwort wird mit argon2 gehasht gespeichert."""
+    from .accounts import add_user
+
+    if email:
+        from .selfservice import check_email
+
+        email = check_email(email)
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        await add_user(session, name, password, email=email, actor=_actor(), now=utcnow())
+    click.echo(f"Anmeldung {name!r} angelegt.")
+
+
+@users.command("list")
+@click.pass_context
+@run_async
+async def users_list(ctx: click.Context) -> None:
+    """Die Anmeldungen mit letzter Anmeldung."""
+    from .db.models import User
+
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        rows = (await session.scalars(select(User).order_by(User.name))).all()
+    tz = _settings(ctx).scheduler.tz
+    for user in rows:
+        last = german_datetime(user.last_login_at, tz) if user.last_login_at else "nie"
+        state = "aktiv" if user.active else "deaktiviert"
+        click.echo(f"{user.name:<24} {user.email or '–':<36} {state:<12} zuletzt: {last}")
+
+
+@main.group()
+def tokens() -> None:
+    """Zugangsschlüssel (Bearer-Token) für die JSON-API."""
+
+
+@tokens.command("add")
+@click.argument("name")
+@click.pass_context
+@run_async
+async def tokens_add(ctx: click.Context, name: str) -> None:
+    """Einen Token NAME anlegen; er wird nur dieses eine Mal angezeigt."""
+    from .accounts import add_token
+
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        token = await add_token(session, name, actor=_actor(), now=utcnow())
+    click.echo(token)
+    click.echo(
+        f"Token {name!r} angelegt. Er wird nicht gespeichert und nur jetzt angezeigt; "
+        "verwenden Sie ihn als 'Authorization: Bearer …'.",
+        err=True,
+    )
+
+
+@tokens.command("revoke")
+@click.argument("name")
+@click.pass_context
+@run_async
+async def tokens_revoke(ctx: click.Context, name: str) -> None:
+    """Den Token NAME sperren."""
+    from .accounts import revoke_token
+
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        await revoke_token(session, name, actor=_actor(), now=utcnow())
+    click.echo(f"Token {name!r} gesperrt.")
 
 
 @main.group()

@@ -76,6 +76,15 @@ class MailSettings(_Section):
             raise ValueError("must be a single line")
         return value
 
+    @field_validator("public_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/\-]*)?", value):
+            raise ValueError(
+                "must be an http:// or https:// address such as https://newsletter.example.org"
+            )
+        return value.rstrip("/")
+
     @property
     def domain(self) -> str:
         return self.message_id_domain or self.sender_address.rpartition("@")[2]
@@ -182,6 +191,39 @@ class SourcesSettings(_Section):
         return [*self.feed, *self.calendar]
 
 
+class WebSettings(_Section):
+    """The web application (preference centre, office console, JSON API)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    # Signs personal links and session cookies. Empty: a random key is made once and kept in
+    # ``secret_key_file``. Several processes or machines must share one key.
+    secret_key: SecretStr = SecretStr("")
+    secret_key_file: str = "var/secret.key"  # noqa: S105 (a path)
+    # How long a sign-up's confirmation link and a preferences link stay valid.
+    confirm_hours: Annotated[float, Field(gt=0)] = 48.0
+    link_days: Annotated[float, Field(gt=0)] = 365.0
+    # Sign-ups from these e-mail domains are confirmed by the subscriber alone; others wait,
+    # after their confirmation, for the project office's approval. Empty: every domain.
+    allowed_domains: list[str] = []
+    consent_version: str = "2026-11"
+    consent_text: str = (
+        "Ich willige ein, dass der Eifelkreis Bitburg-Prüm meine Angaben speichert, um mir "
+        "Informationen von EIFELKREIS VERBINDET per E-Mail zu senden. Ich kann die Einwilligung "
+        "jederzeit über den Link in jeder E-Mail widerrufen."
+    )
+    # Office logins: after this many failures in a row the account waits lockout_minutes.
+    login_max_failures: Annotated[int, Field(ge=1)] = 5
+    login_lockout_minutes: Annotated[float, Field(gt=0)] = 15.0
+    session_hours: Annotated[float, Field(gt=0)] = 12.0
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [d.strip().lower().lstrip("@") for d in value if d.strip()]
+
+
 class PathSettings(_Section):
     templates: str = "templates"
 
@@ -209,6 +251,7 @@ class Settings(_Section):
     scheduler: SchedulerSettings = SchedulerSettings()
     delivery: DeliverySettings = DeliverySettings()
     paths: PathSettings = PathSettings()
+    web: WebSettings = WebSettings()
     briefings: BriefingSettings = BriefingSettings()
     sources: SourcesSettings = SourcesSettings()
     topics: Annotated[list[Topic], Field(min_length=1)]

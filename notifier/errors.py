@@ -46,6 +46,15 @@ class InputError(NotifierError):
         super().__init__("\n".join([head, *(f"  {p}" for p in problems)]))
 
 
+class FieldError(NotifierError, ValueError):
+    """One input field (of a form, an API request or a command's argument) was refused."""
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
 class NotFoundError(NotifierError, LookupError):
     """A record named by the caller (announcement id, mail number …) does not exist."""
 

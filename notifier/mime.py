@@ -87,11 +87,13 @@ def personal_message(
     date: datetime,
     text: str,
     html: str,
+    unsubscribe_url: str = "",
 ) -> bytes:
-    """One recipient's message as bytes (CRLF line ends).
+    """One recipient's message as bytes (CRLF line ends). With an ``unsubscribe_url`` it
+    carries ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 8058 one-click).
 
-    Raises ``ValueError`` if the name, address or Message-ID carries a line break."""
-    for value in (to_name, to_address, message_id):
+    Raises ``ValueError`` if the name, address, Message-ID or URL carries a line break."""
+    for value in (to_name, to_address, message_id, unsubscribe_url):
         if "\r" in value or "\n" in value:
             raise ValueError("address parts cannot contain CR or LF")
     to = formataddr((to_name, to_address), charset="utf-8")
@@ -112,6 +114,11 @@ def personal_message(
     personal = (
         f"To: {to}\r\nDate: {format_datetime(date)}\r\nMessage-ID: {message_id}\r\n"
     ).encode("ascii")
+    if unsubscribe_url:
+        personal += (
+            f"List-Unsubscribe: <{unsubscribe_url}>\r\n"
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
+        ).encode("ascii")
     if shared.attachment is None:
         content_type = f'Content-Type: multipart/alternative; boundary="{alternative}"\r\n\r\n'
         return shared.head + personal + content_type.encode() + body

@@ -71,6 +71,10 @@ class Recipient:
     name: str
     organisation: str
     topics: Sequence[str]  # titles; empty: all topics
+    # The signed personal links (see notifier.links); empty in a message without them.
+    preferences_url: str = ""
+    unsubscribe_url: str = ""
+    confirm_url: str = ""  # only in the confirmation of a sign-up
 
     @property
     def greeting(self) -> str:
@@ -89,7 +93,7 @@ class Recipient:
 
 # What the templates take from the recipient: the only parts of a message about an item that
 # differ between recipients.
-PERSONAL_FIELDS = ("greeting", "organisation", "topics_text")
+PERSONAL_FIELDS = ("greeting", "organisation", "topics_text", "preferences_url", "unsubscribe_url")
 _TOKEN = re.compile(r"NOTIFIERFIELD(\d)X")
 
 
@@ -102,6 +106,8 @@ class _Placeholder:
     greeting: str = "NOTIFIERFIELD0X"
     organisation: str = "NOTIFIERFIELD1X"
     topics_text: str = "NOTIFIERFIELD2X"
+    preferences_url: str = "NOTIFIERFIELD3X"
+    unsubscribe_url: str = "NOTIFIERFIELD4X"
 
 
 def _split(rendered: str) -> list[str | int]:
@@ -261,6 +267,18 @@ class Renderer:
         context = {"label": label, "groups": grouped, "events": events, "bodies": bodies}
         return Prepared("briefing", subject, context, shared=False)
 
+    def prepare_service(self, notice: str) -> Prepared:
+        """A service message to one person: ``confirm`` (the double opt-in link of a sign-up)
+        or ``links`` (the personal preferences link, for someone who signed up again)."""
+        subjects = {
+            "confirm": f"Bitte bestätigen Sie Ihre Anmeldung bei {self.mail.sender_name}",
+            "links": f"Ihr persönlicher Link zu {self.mail.sender_name}",
+        }
+        if notice not in subjects:
+            raise ValueError(f"unknown service message {notice!r}")
+        context = {"confirm_hours": self.settings.web.confirm_hours}
+        return Prepared(f"service_{notice}", subjects[notice], context, shared=False)
+
     # -- personalising -----------------------------------------------------------------------
 
     def render_full(
@@ -327,6 +345,7 @@ class Renderer:
             date=date,
             text=text,
             html=html,
+            unsubscribe_url=recipient.unsubscribe_url,
         )
 
     def build(
@@ -346,6 +365,9 @@ class Renderer:
         msg["Date"] = rfc2822_date(date)
         msg["Message-ID"] = message_id
         msg["List-Id"] = f"{self.mail.sender_name} <{self.mail.list_id}>"
+        if recipient.unsubscribe_url:
+            msg["List-Unsubscribe"] = f"<{recipient.unsubscribe_url}>"
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
         msg["Precedence"] = "bulk"
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")

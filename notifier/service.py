@@ -31,11 +31,11 @@ async def prepare_database(db: Database, settings: Settings) -> None:
         await sync_topics(session, settings.topics)
 
 
-ROLES = ("sender", "scheduler")
+ROLES = ("sender", "scheduler", "web")
 
 
 class Service:
-    """The service: database, catcher (if enabled), sender and scheduler.
+    """The service: database, catcher (if enabled), sender, scheduler and web application.
 
     ``roles`` selects the parts (both by default). With ``[delivery] processes`` above one, the
     full service starts that many sender processes in all (itself included), so sending uses
@@ -59,6 +59,7 @@ class Service:
         self.ready = asyncio.Event()
         self.stopped = asyncio.Event()
         self.catcher: MailCatcher | None = None
+        self.web_port: int | None = None  # where the web application listens, once ready
         self.helpers: list[asyncio.subprocess.Process] = []
 
     def stop(self) -> None:
@@ -118,6 +119,24 @@ class Service:
                 scheduler = Scheduler(db, settings, self.clock, wake, poller)
                 scheduler.start()
                 stack.push_async_callback(scheduler.aclose)
+            if "web" in self.roles and settings.web.enabled:
+                # Imported here: a sender-only process does without FastAPI and uvicorn.
+                from .catcher import MailStore
+                from .web import WebServer, create_app
+
+                app = create_app(
+                    settings,
+                    db,
+                    self.clock,
+                    wake=wake,
+                    mails=MailStore(settings.path(settings.catcher.directory))
+                    if settings.smtp.catcher
+                    else None,
+                )
+                web = await stack.enter_async_context(
+                    WebServer(app, settings.web.host, settings.web.port)
+                )
+                self.web_port = web.port
             logger.info(
                 "notifier running (%s): database %s, SMTP %s:%d%s",
                 ", ".join(self.roles),

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import tomli_w
 from click.testing import CliRunner, Result
@@ -61,6 +64,7 @@ class Project:
                     "timeout": 5,
                 },
                 "catcher": {"port": 0},
+                "web": {"port": 0},
                 "scheduler": {"poll_seconds": 0.2},
                 "delivery": {"idle_poll_seconds": 0.2, "retry_base_seconds": 1},
                 "paths": {"templates": str(REPO / "templates")},
@@ -181,6 +185,71 @@ def service(project: Project) -> Iterator[Callable[[], Running]]:
             running.proc.kill()
             running.proc.wait()
         running.close()
+
+
+def free_port() -> int:
+    """A port that is free now (for a server whose address must be known before it starts,
+    such as the web application, whose links name it)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Web:
+    """A real ``notifier run`` with its web application on loopback, and an HTTP client."""
+
+    def __init__(self, project: Project, running: Running, base: str) -> None:
+        self.project = project
+        self.running = running
+        self.base = base
+        self.client = httpx.Client(base_url=base, follow_redirects=False, timeout=15)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    def csrf(self, path: str, client: httpx.Client | None = None) -> str:
+        """GET a page and return the CSRF token of its form (the session cookie is kept)."""
+        page = (client or self.client).get(path)
+        assert page.status_code == 200, self.running.output[-4000:]
+        found = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert found is not None, page.text
+        return found.group(1)
+
+    def link(self, text: str, kind: str) -> str:
+        """The first personal link of a kind (``bestaetigen``, ``einstellungen``, ``abmelden``)
+        in a message's text, as a path."""
+        found = re.search(re.escape(self.base) + rf"(/{kind}/[A-Za-z0-9_.\-]+)", text)
+        assert found is not None, f"no /{kind}/ link in:\n{text}"
+        return found.group(1)
+
+
+@pytest.fixture
+def web(project: Project) -> Iterator[Callable[..., Web]]:
+    """Start ``notifier run`` with the web application on a free loopback port; the config's
+    ``[mail] public_base_url`` points there, so links in e-mails lead to it."""
+    started: list[Web] = []
+
+    def start(config: dict[str, Any] | None = None, seed: bool = True) -> Web:
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        project.write_config(
+            _merge({"web": {"port": port}, "mail": {"public_base_url": base}}, config or {})
+        )
+        if seed:
+            project.seed()
+        running = project.spawn("run")
+        instance = Web(project, running, base)
+        started.append(instance)
+        running.wait_for_line("Beenden mit Strg+C")
+        return instance
+
+    yield start
+    for instance in started:
+        instance.client.close()
+        if instance.running.proc.poll() is None:
+            instance.running.stop()
+        instance.running.close()
 
 
 @pytest.fixture

@@ -76,6 +76,9 @@ class SubscriberStatus(enum.StrEnum):
     active = "active"
     unsubscribed = "unsubscribed"
     suppressed = "suppressed"
+    pending = "pending"  # signed up on the web, not yet confirmed (double opt-in)
+    held = "held"  # confirmed, waiting for the project office (address outside allowed_domains)
+    paused = "paused"  # keeps the subscription, receives nothing until resumed
 
 
 class ItemKind(enum.StrEnum):
@@ -152,6 +155,8 @@ class Subscriber(Base):
     )
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+    # Part of every personal link: raising it revokes all links sent so far.
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
 
     organisation: Mapped[Organisation] = relationship()
     subscriptions: Mapped[list[Subscription]] = relationship(
@@ -309,3 +314,48 @@ class AuditEntry(Base):
     entity: Mapped[str] = mapped_column(String(60))
     entity_id: Mapped[str | None] = mapped_column(String(100))
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class Consent(Base):
+    """A sign-up's consent: what was agreed to, when, from where, and when it was confirmed."""
+
+    __tablename__ = "consents"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    subscriber_id: Mapped[int] = mapped_column(
+        ForeignKey("subscribers.id", ondelete="CASCADE"), index=True
+    )
+    text_version: Mapped[str] = mapped_column(String(40))
+    text: Mapped[str] = mapped_column(Text)
+    requested_at: Mapped[datetime]
+    ip: Mapped[str] = mapped_column(String(45))
+    confirmed_at: Mapped[datetime | None]
+
+
+class User(Base):
+    """A login of the project office (``notifier users add``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    email: Mapped[str] = mapped_column(String(320), default="")
+    password_hash: Mapped[str] = mapped_column(String(200))
+    active: Mapped[bool] = mapped_column(default=True)
+    created_at: Mapped[datetime]
+    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
+    locked_until: Mapped[datetime | None]
+    last_login_at: Mapped[datetime | None]
+
+
+class ApiToken(Base):
+    """A bearer token of the JSON API (``notifier tokens add``); only its hash is kept."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]

@@ -370,6 +370,7 @@ class Claimed:
     organisation: str
     all_topics: bool
     rhythm: Rhythm
+    version: int  # the subscriber's token_version, signed into the personal links
 
 
 async def claim_batch(
@@ -413,6 +414,7 @@ async def claim_batch(
             Organisation.name,
             Subscriber.all_topics,
             Subscriber.rhythm,
+            Subscriber.token_version,
         )
         .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
         .join(Organisation, Organisation.id == Subscriber.organisation_id)

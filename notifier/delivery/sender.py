@@ -23,6 +23,7 @@ from ..config import Settings
 from ..db import Database, queries
 from ..db.models import Item, ItemStatus, OutboxState
 from ..errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
+from ..links import Links
 from ..rendering import Prepared, Recipient, Renderer
 from .transport import SmtpTransport
 
@@ -59,6 +60,7 @@ class Sender:
         self.settings = settings
         self.delivery = settings.delivery
         self.renderer = renderer
+        self.links = Links(settings)
         self.clock = clock
         self.wake = asyncio.Event()
         self._stopping = False
@@ -195,13 +197,33 @@ class Sender:
             )
         for claimed in batch:
             keys = topics.get(claimed.subscriber_id, [])
-            recipient = Recipient(
-                email=claimed.email,
-                name=claimed.name,
-                organisation=claimed.organisation,
-                topics=self.renderer.topic_list(keys),
-            )
             prepared: Prepared | None = None
+            if claimed.item_id is None and claimed.digest_id is None:
+                # A service message (confirmation of a sign-up, the personal links): no
+                # unsubscribe links, the subscription may not exist yet.
+                recipient = Recipient(
+                    email=claimed.email,
+                    name=claimed.name,
+                    organisation=claimed.organisation,
+                    topics=self.renderer.topic_list(keys),
+                    confirm_url=self.links.confirm_url(claimed.subscriber_id, claimed.version),
+                    preferences_url=self.links.personal_urls(
+                        claimed.subscriber_id, claimed.version
+                    )[0],
+                )
+                prepared = self.renderer.prepare_service(claimed.notice)
+            else:
+                preferences, unsubscribe = self.links.personal_urls(
+                    claimed.subscriber_id, claimed.version
+                )
+                recipient = Recipient(
+                    email=claimed.email,
+                    name=claimed.name,
+                    organisation=claimed.organisation,
+                    topics=self.renderer.topic_list(keys),
+                    preferences_url=preferences,
+                    unsubscribe_url=unsubscribe,
+                )
             if claimed.digest_id is not None:
                 if briefings.get(claimed.digest_id):
                     prepared = self.renderer.prepare_briefing(
@@ -209,8 +231,7 @@ class Sender:
                         briefings[claimed.digest_id],
                         None if claimed.all_topics else keys,
                     )
-            else:
-                assert claimed.item_id is not None
+            elif claimed.item_id is not None:
                 item = items[claimed.item_id]
                 # A cancelled announcement stops sending; an event's cancellation notice is
                 # itself a message about a cancelled event and goes out.

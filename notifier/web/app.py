@@ -1,0 +1,271 @@
+"""The web application: public pages (sign-up, preferences, unsubscribe), the project office's
+console and the JSON API, served by ``notifier run`` (see :mod:`notifier.web.server`).
+
+Pages are rendered on the server from ``templates/web`` and work without JavaScript. Every form
+carries a CSRF token bound to the visitor's session (a signed, HttpOnly, SameSite cookie); the
+one exception is the RFC 8058 one-click unsubscribe, which the signed link itself authorises.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException
+from starlette.middleware.sessions import SessionMiddleware
+
+from ..catcher import MailStore
+from ..config import Settings
+from ..db import Database
+from ..links import Links, secret_key
+from ..rendering import german_date, german_datetime
+
+logger = logging.getLogger(__name__)
+
+CSRF_FIELD = "csrf_token"
+
+
+@dataclass
+class WebContext:
+    """What the request handlers share: one per application."""
+
+    settings: Settings
+    db: Database
+    links: Links
+    clock: Callable[[], datetime]
+    templates: Jinja2Templates
+    # Wakes the sender when a request queued a message (a sign-up's confirmation).
+    wake: Callable[[], None] = lambda: None
+    # The built-in mail catcher's store (only with [smtp] catcher = true).
+    mails: MailStore | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def context_of(request: Request) -> WebContext:
+    ctx: WebContext = request.app.state.ctx
+    return ctx
+
+
+# -- CSRF ------------------------------------------------------------------------------------
+
+
+def csrf_token(request: Request) -> str:
+    """This session's CSRF token (made on first use)."""
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = request.session["csrf"] = secrets.token_urlsafe(32)
+    return token
+
+
+async def checked_form(request: Request) -> FormData:
+    """The submitted form, after checking its CSRF token; a missing or wrong one is 403."""
+    form = await request.form()
+    sent = form.get(CSRF_FIELD)
+    expected = request.session.get("csrf")
+    if not (
+        isinstance(sent, str)
+        and isinstance(expected, str)
+        and hmac.compare_digest(sent.encode(), expected.encode())
+    ):
+        raise HTTPException(
+            403,
+            "Das Formular ist abgelaufen oder stammt nicht von dieser Seite. Bitte laden Sie die "
+            "Seite neu und senden Sie es noch einmal.",
+        )
+    return form
+
+
+# -- rendering -------------------------------------------------------------------------------
+
+
+def page(
+    request: Request, template: str, context: dict[str, Any] | None = None, status: int = 200
+) -> Response:
+    """A page from ``templates/web`` with what every page needs (CSRF token, settings)."""
+    ctx = context_of(request)
+    values = {
+        "request": request,
+        "csrf_field": CSRF_FIELD,
+        "csrf_token": csrf_token(request),
+        "mail": ctx.settings.mail,
+        "office_user": request.session.get("user_name"),
+        **(context or {}),
+    }
+    return ctx.templates.TemplateResponse(request, template, values, status_code=status)
+
+
+def _templates(settings: Settings) -> Jinja2Templates:
+    env = Environment(
+        loader=FileSystemLoader(settings.path(settings.paths.templates) / "web"),
+        autoescape=select_autoescape(["html"]),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    tz = settings.scheduler.tz
+    env.filters["datum_zeit"] = lambda value: german_datetime(value, tz) if value else "–"
+    env.filters["datum"] = lambda value: german_date(value, tz) if value else "–"
+    return Jinja2Templates(env=env)
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+_TITLES = {
+    400: "Ungültige Anfrage",
+    403: "Nicht erlaubt",
+    404: "Seite nicht gefunden",
+    405: "Nicht erlaubt",
+    410: "Link nicht mehr gültig",
+    422: "Ungültige Angaben",
+    429: "Zu viele Versuche",
+    500: "Interner Fehler",
+}
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if _is_api(request):
+        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+    detail = exc.detail if exc.detail != _default_detail(exc.status_code) else None
+    return page(
+        request,
+        "error.html",
+        {"title": _TITLES.get(exc.status_code, "Fehler"), "detail": detail},
+        status=exc.status_code,
+    )
+
+
+def _default_detail(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+async def _validation_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    if _is_api(request):
+        errors = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        return JSONResponse({"detail": errors}, 422)
+    return page(
+        request,
+        "error.html",
+        {"title": _TITLES[422], "detail": "Die Anfrage enthielt ungültige Angaben."},
+        status=422,
+    )
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    logger.error("error in %s %s", request.method, request.url.path, exc_info=exc)
+    if _is_api(request):
+        return JSONResponse({"detail": "Interner Fehler"}, 500)
+    return page(
+        request,
+        "error.html",
+        {"title": _TITLES[500], "detail": "Bitte versuchen Sie es später noch einmal."},
+        status=500,
+    )
+
+
+# -- the application -------------------------------------------------------------------------
+
+_SECURITY_HEADERS = {
+    # Personal links carry their token in the path: never pass it on in a Referer.
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "SAMEORIGIN",
+    "Content-Security-Policy": (
+        "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+        "frame-src 'self'; frame-ancestors 'self'; form-action 'self'; base-uri 'none'"
+    ),
+}
+
+
+def create_app(
+    settings: Settings,
+    db: Database,
+    clock: Callable[[], datetime],
+    *,
+    wake: Callable[[], None] = lambda: None,
+    mails: MailStore | None = None,
+) -> FastAPI:
+    """The ASGI application of one service."""
+    from . import api, office, public
+
+    app = FastAPI(
+        title="notifier",
+        summary="EIFELKREIS VERBINDET: Benachrichtigungsdienst",
+        docs_url="/api/v1/docs",
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
+    key = secret_key(settings)
+    app.state.ctx = WebContext(
+        settings=settings,
+        db=db,
+        links=Links(settings, key),
+        clock=clock,
+        templates=_templates(settings),
+        wake=wake,
+        mails=mails,
+    )
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=key.decode(),
+        session_cookie="notifier_session",
+        max_age=int(settings.web.session_hours * 3600),
+        same_site="lax",
+        https_only=settings.mail.public_base_url.startswith("https://"),
+    )
+
+    @app.middleware("http")
+    async def _headers(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        response = await call_next(request)
+        for name, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if request.url.path.startswith(("/einstellungen/", "/abmelden/", "/bestaetigen/")):
+            response.headers["Cache-Control"] = "no-store"
+        return response
+
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _server_error)
+    static = Path(settings.path(settings.paths.templates)) / "web" / "static"
+    app.mount("/static", StaticFiles(directory=static), name="static")
+    app.include_router(public.router)
+    app.include_router(office.router, prefix="/buero")
+    app.include_router(api.router, prefix="/api/v1")
+
+    @app.get("/", include_in_schema=False)
+    async def _home() -> RedirectResponse:
+        return RedirectResponse("/anmelden", 303)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def _health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,7 @@
+"""The project office's console under ``/buero`` (login required)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+router = APIRouter(include_in_schema=False)

@@ -1,0 +1,67 @@
+"""Serving the web application with uvicorn inside the service's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from types import TracebackType
+
+import uvicorn
+from starlette.types import ASGIApp
+
+from ..errors import NotifierError
+
+logger = logging.getLogger(__name__)
+
+
+class WebServer:
+    """``async with WebServer(app, host, port) as web``: listening until the block ends.
+
+    The socket is bound here (a taken port is a clear error, port 0 picks a free one:
+    :attr:`port` tells which); the service keeps its own signal handling.
+    """
+
+    def __init__(self, app: ASGIApp, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self._config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            server_header=False,
+            timeout_graceful_shutdown=5,
+        )
+        self._server = uvicorn.Server(self._config)
+        self._socket: socket.socket | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> WebServer:
+        try:
+            self._socket = socket.create_server((self.host, self.port))
+        except OSError as exc:
+            raise NotifierError(
+                f"Web-Oberfläche: {self.host}:{self.port} ist nicht verfügbar ({exc.strerror})"
+            ) from exc
+        self.port = self._socket.getsockname()[1]
+        self._config.load()
+        self._server.lifespan = self._config.lifespan_class(self._config)
+        await self._server.startup(sockets=[self._socket])
+        self._task = asyncio.create_task(self._server.main_loop(), name="web")
+        logger.info("web application on http://%s:%d", self.host, self.port)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._server.shutdown(sockets=[self._socket] if self._socket else None)
