@@ -12,6 +12,7 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +80,12 @@ class Project:
 
     def cli(self, *args: str | Path, ok: bool = True) -> Result:
         """Run ``notifier --config … ARGS`` in-process, as a user would type it."""
-        result = CliRunner().invoke(main, ["--config", str(self.config), *map(str, args)])
+        # In a thread of its own: the command runs its own event loop, which cannot start in a
+        # thread that already runs one (an async test, or Playwright's).
+        with ThreadPoolExecutor(1) as pool:
+            result = pool.submit(
+                CliRunner().invoke, main, ["--config", str(self.config), *map(str, args)]
+            ).result()
         if ok:
             assert result.exit_code == 0, (
                 f"exit {result.exit_code}: {result.output}{result.exception!r}"
