@@ -110,6 +110,9 @@ class _Placeholder:
     unsubscribe_url: str = "NOTIFIERFIELD4X"
 
 
+_UNLINKED = _Placeholder(preferences_url="", unsubscribe_url="")
+
+
 def _split(rendered: str) -> list[str | int]:
     """Alternate literal text and field indexes."""
     parts: list[str | int] = []
@@ -303,13 +306,17 @@ class Renderer:
         """
         if not prepared.shared:
             return self.render_full(prepared, recipient)
-        if "html" not in prepared.skeleton:
-            html, text = self.render_full(prepared, _Placeholder())
-            prepared.skeleton["html"], prepared.skeleton["text"] = _split(html), _split(text)
+        # One skeleton with the personal links (every bulk message), one without.
+        kind = "linked" if recipient.unsubscribe_url else "plain"
+        skeleton = prepared.skeleton.get(kind)
+        if skeleton is None:
+            placeholder = _Placeholder() if recipient.unsubscribe_url else _UNLINKED
+            html, text = self.render_full(prepared, placeholder)
+            skeleton = prepared.skeleton[kind] = (_split(html), _split(text))
         values = [getattr(recipient, f) for f in PERSONAL_FIELDS]
         escaped = [_html_text(v) for v in values]
-        html = "".join(p if isinstance(p, str) else escaped[p] for p in prepared.skeleton["html"])
-        text = "".join(p if isinstance(p, str) else values[p] for p in prepared.skeleton["text"])
+        html = "".join(p if isinstance(p, str) else escaped[p] for p in skeleton[0])
+        text = "".join(p if isinstance(p, str) else values[p] for p in skeleton[1])
         return html, text
 
     def message_id(self, outbox_id: int, subscriber_id: int) -> str:

@@ -18,7 +18,14 @@ from .conftest import Project
 NOW = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
 RECIPIENTS = [
     Recipient("anna@kreis.example", "Anna Alle", "Eifelkreis Bitburg-Prüm", []),
-    Recipient("j@og.example", "Jürgen Größ", "Prüm", ["Mobilität"]),
+    Recipient(
+        "j@og.example",
+        "Jürgen Größ",
+        "Prüm",
+        ["Mobilität"],
+        preferences_url="https://newsletter.example/einstellungen/WzEsMF0.aXs.sig-_x",
+        unsubscribe_url="https://newsletter.example/abmelden/WzEsMF0.aXs.sig-_x",
+    ),
     Recipient(
         "q@og.example", 'Ann "Q" O\'Neil & Söhne <GmbH>\xa0x', "A & B", ["Eifelleben", "Mobilität"]
     ),
@@ -113,12 +120,30 @@ def test_fast_messages_equal_the_straightforward_ones(renderer: Renderer) -> Non
 
 def test_the_skeleton_is_rendered_once_per_message_kind(renderer: Renderer) -> None:
     prepared = renderer.prepare(item(ItemKind.announcement))
-    first = renderer.build_bytes(prepared, RECIPIENTS[0], message_id="<1@x>", date=NOW)
-    skeleton = prepared.skeleton["html"]
-    second = renderer.build_bytes(prepared, RECIPIENTS[1], message_id="<2@x>", date=NOW)
-    assert prepared.skeleton["html"] is skeleton
-    assert b"Anna Alle" in first and b"Anna Alle" not in second
-    assert "Guten Tag J=C3=BCrgen Gr=C3=B6=C3=9F," in second.decode()
+    first = renderer.build_bytes(prepared, RECIPIENTS[1], message_id="<1@x>", date=NOW)
+    skeleton = prepared.skeleton["linked"]
+    other = Recipient(
+        "anna@kreis.example",
+        "Anna Alle",
+        "Eifelkreis Bitburg-Prüm",
+        [],
+        preferences_url="https://newsletter.example/einstellungen/OTHER.token",
+        unsubscribe_url="https://newsletter.example/abmelden/OTHER.token",
+    )
+    second = renderer.build_bytes(prepared, other, message_id="<2@x>", date=NOW)
+    assert prepared.skeleton["linked"] is skeleton
+    assert b"Anna Alle" in second and b"Anna Alle" not in first
+    assert "Guten Tag J=C3=BCrgen Gr=C3=B6=C3=9F," in first.decode()
+    for data, recipient in ((first, RECIPIENTS[1]), (second, other)):
+        msg = message_from_bytes(data, policy=policy.default)
+        assert msg["List-Unsubscribe"] == f"<{recipient.unsubscribe_url}>"
+        assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+        for part in ("plain", "html"):
+            body = msg.get_body((part,))
+            assert body is not None
+            content = body.get_content()
+            assert recipient.preferences_url in content
+            assert recipient.unsubscribe_url in content
 
 
 def test_event_attachment_survives_the_fast_path(renderer: Renderer) -> None:

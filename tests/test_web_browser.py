@@ -55,7 +55,9 @@ def test_sign_up_to_unsubscribe_in_a_browser(
     page.get_by_label("wöchentlich", exact=False).check()
     page.locator("#consent").check()
     page.get_by_role("button", name="Anmelden").click()
-    assert page.get_by_role("heading", name=re.compile("Bitte prüfen Sie Ihr Postfach")).is_visible()
+    assert page.get_by_role(
+        "heading", name=re.compile("Bitte prüfen Sie Ihr Postfach")
+    ).is_visible()
     assert_accessible(page, "Anmeldung abgeschickt")
 
     text = _catcher_mail(
