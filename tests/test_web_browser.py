@@ -93,6 +93,14 @@ def test_sign_up_to_unsubscribe_in_a_browser(
     page.get_by_role("button", name="Jetzt abmelden").click()
     assert page.get_by_role("heading", name="Sie sind abgemeldet").is_visible()
     assert_accessible(page, "Abgemeldet")
+
+    # On a phone: the sign-up form fits the screen (no sideways scrolling) and stays usable.
+    page.set_viewport_size({"width": 360, "height": 740})
+    page.goto(site.url("/anmelden"))
+    assert page.evaluate("document.documentElement.scrollWidth") <= 360
+    box = page.get_by_label("E-Mail-Adresse").bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360
+    assert_accessible(page, "Anmeldung auf dem Telefon")
     with sqlite3.connect(project.root / "var" / "test.db") as db:
         assert db.execute(
             "SELECT status FROM subscribers WHERE email = 'erika@og-bettingen.example'"
