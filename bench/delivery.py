@@ -719,6 +719,8 @@ def make_project(folder: Path, port: int, delivery: dict[str, Any]) -> Project:
     config["catcher"] = {**config.get("catcher", {}), "directory": str(folder / "mails")}
     config["paths"] = {**config.get("paths", {}), "templates": str(REPO / "templates")}
     config["scheduler"] = {**config.get("scheduler", {}), "poll_seconds": 0.2}
+    if "web" in config:  # the web application runs as it does by default, on a free port
+        config["web"] = {**config["web"], "port": 0}
     wanted = dict(delivery)
     for key, value in config.get("delivery", {}).items():
         if key.startswith("rate_") and value:

@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 async def release_due(db: Database, now: datetime) -> list[tuple[int, int]]:
     """Route every scheduled item whose time has come; returns (item id, recipients) pairs."""
-    async with db.transaction() as session:
+    async with db.reading() as session:  # checked every poll: takes no write lock
         due = await queries.due_items(session, now)
     routed: list[tuple[int, int]] = []
     for item_id in due:

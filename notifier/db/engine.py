@@ -6,24 +6,26 @@ is disposed on exit. Migrations (Alembic) are applied with :meth:`Database.migra
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+READ_ONLY = "notifier_read_only"  # execution option of Database.reading()
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -34,8 +36,8 @@ def _sqlite_file(url: str) -> Path | None:
     return None
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    @event.listens_for(engine.sync_engine, "connect")
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event below issue BEGIN itself (pysqlite's own handling
         # would start transactions lazily and deferred).
@@ -50,12 +52,16 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA cache_size=-1024")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         # IMMEDIATE takes the write lock up front: a transaction that reads and then writes
         # cannot fail half-way with "database is locked" when another process (the CLI beside
         # the running service) wrote in between; busy_timeout makes it wait instead.
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A read-only transaction (Database.reading) takes no lock: WAL readers never wait.
+        if connection.get_execution_options().get(READ_ONLY):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Database:
@@ -68,8 +74,17 @@ class Database:
             file.parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_async_engine(url, echo=echo)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        # SQLite: short write transactions run whole in a worker thread (see write()).
+        self._sync_engine: Engine | None = None
         if self.is_sqlite:
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine.sync_engine)
+        if self.is_sqlite and file is not None:  # (an in-memory database is per connection)
+            self._sync_engine = create_engine(
+                self.engine.url.set(drivername="sqlite+pysqlite"),
+                echo=echo,
+                connect_args={"check_same_thread": False},
+            )
+            _configure_sqlite(self._sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     async def __aenter__(self) -> Database:
@@ -82,12 +97,45 @@ class Database:
         tb: TracebackType | None,
     ) -> None:
         await self.engine.dispose()
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
+
+    async def write(self, work: Callable[[Connection], T]) -> T:
+        """Run ``work(connection)`` (synchronous SQLAlchemy Core) in one write transaction.
+
+        For the hot, short writes of delivery (claiming, recording outcomes). On SQLite the
+        whole transaction runs in a worker thread, from BEGIN IMMEDIATE to COMMIT, without
+        waiting for the event loop in between: the database's single write lock is held for
+        the statements only, not for as long as a busy loop takes to come back (which made
+        the other sender processes wait). Elsewhere it runs on the async engine.
+        """
+        sync_engine = self._sync_engine
+        if sync_engine is None:
+            async with self.engine.begin() as connection:
+                return await connection.run_sync(work)
+
+        def run() -> T:
+            with sync_engine.begin() as connection:
+                return work(connection)
+
+        return await asyncio.to_thread(run)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """A session inside one transaction: committed on success, rolled back on any error."""
         async with self.sessions() as session, session.begin():
             yield session
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncSession]:
+        """A session inside one read-only transaction: a consistent snapshot that, on SQLite,
+        takes no write lock (so it never waits for, nor holds up, another process's writes).
+        Anything written in it is rolled back; loaded objects stay usable afterwards."""
+        async with self.sessions() as session:
+            await session.connection(execution_options={READ_ONLY: True})
+            yield session
+            # Closing the session (not rolling it back) ends the transaction and keeps the
+            # loaded objects' state.
 
     async def migrate(self) -> None:
         """Apply every pending Alembic migration (idempotent)."""

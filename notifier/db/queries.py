@@ -12,6 +12,7 @@ from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Connection,
     Select,
     Table,
     and_,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     exists,
     false,
     func,
+    insert,
     literal,
     or_,
     select,
@@ -355,6 +357,19 @@ async def cancel_item(session: AsyncSession, item_id: int, now: datetime) -> int
 
 
 @dataclass(frozen=True)
+class ClaimedRow:
+    """One claimed outbox row as the claim returns it."""
+
+    id: int
+    attempts: int
+    created_at: datetime
+    item_id: int | None
+    digest_id: int | None
+    notice: str
+    subscriber_id: int
+
+
+@dataclass(frozen=True)
 class Claimed:
     """One claimed outbox row with what rendering needs."""
 
@@ -373,55 +388,89 @@ class Claimed:
     version: int  # the subscriber's token_version, signed into the personal links
 
 
-async def claim_batch(
-    session: AsyncSession, now: datetime, limit: int, lease: timedelta
-) -> list[Claimed]:
+def claim_batch(
+    connection: Connection, now: datetime, limit: int, lease: timedelta
+) -> list[ClaimedRow]:
     """Take up to ``limit`` due messages (queued, deferred and due, or sending with an expired
-    lease) and mark them sending until ``now + lease``."""
+    lease) and mark them sending until ``now + lease``.
+
+    One statement, so the write transaction around it is short: what rendering needs besides
+    the row is read afterwards, outside it (:func:`describe_claimed`).
+    """
     due = or_(
         and_(OutboxMessage.state.in_(PENDING), OutboxMessage.next_attempt_at <= now),
         and_(OutboxMessage.state == OutboxState.sending, OutboxMessage.lease_until < now),
     )
     ids = select(OutboxMessage.id).where(due).order_by(OutboxMessage.id).limit(limit)
-    if session.get_bind().dialect.name == "postgresql":
+    if connection.dialect.name == "postgresql":
         ids = ids.with_for_update(skip_locked=True)
-    claimed = list(
-        await session.scalars(
-            update(OutboxMessage)
-            .where(OutboxMessage.id.in_(ids.scalar_subquery()))
-            .values(
-                state=OutboxState.sending,
-                lease_until=now + lease,
-                updated_at=now,
-                attempts=OutboxMessage.attempts + 1,
-            )
-            .returning(OutboxMessage.id)
+    rows = connection.execute(
+        update(OutboxMessage)
+        .where(OutboxMessage.id.in_(ids.scalar_subquery()))
+        .values(
+            state=OutboxState.sending,
+            lease_until=now + lease,
+            updated_at=now,
+            attempts=OutboxMessage.attempts + 1,
         )
-    )
-    if not claimed:
-        return []
-    rows = await session.execute(
-        select(
+        .returning(
             OutboxMessage.id,
             OutboxMessage.attempts,
             OutboxMessage.created_at,
             OutboxMessage.item_id,
             OutboxMessage.digest_id,
             OutboxMessage.notice,
-            Subscriber.id,
-            Subscriber.email,
-            Subscriber.name,
-            Organisation.name,
-            Subscriber.all_topics,
-            Subscriber.rhythm,
-            Subscriber.token_version,
+            OutboxMessage.subscriber_id,
         )
-        .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
-        .join(Organisation, Organisation.id == Subscriber.organisation_id)
-        .where(OutboxMessage.id.in_(claimed))
-        .order_by(OutboxMessage.id)
     )
-    return [Claimed(*tuple(row)) for row in rows.all()]
+    claimed = [
+        ClaimedRow(
+            id=row.id,
+            attempts=row.attempts,
+            created_at=row.created_at,
+            item_id=row.item_id,
+            digest_id=row.digest_id,
+            notice=row.notice,
+            subscriber_id=row.subscriber_id,
+        )
+        for row in rows.all()
+    ]
+    return sorted(claimed, key=lambda r: r.id)
+
+
+async def describe_claimed(session: AsyncSession, rows: Sequence[ClaimedRow]) -> list[Claimed]:
+    """The claimed rows with their recipients (a read; no lock needed)."""
+    if not rows:
+        return []
+    recipients: dict[int, tuple[Any, ...]] = {
+        row[0]: tuple(row[1:])
+        for row in await session.execute(
+            select(
+                Subscriber.id,
+                Subscriber.email,
+                Subscriber.name,
+                Organisation.name,
+                Subscriber.all_topics,
+                Subscriber.rhythm,
+                Subscriber.token_version,
+            )
+            .join(Organisation, Organisation.id == Subscriber.organisation_id)
+            .where(Subscriber.id.in_({r.subscriber_id for r in rows}))
+        )
+    }
+    return [
+        Claimed(
+            r.id,
+            r.attempts,
+            r.created_at,
+            r.item_id,
+            r.digest_id,
+            r.notice,
+            r.subscriber_id,
+            *recipients[r.subscriber_id],
+        )
+        for r in rows
+    ]
 
 
 async def subscriber_topics(
@@ -464,7 +513,7 @@ async def cancelled_items(session: AsyncSession, item_ids: Sequence[int]) -> set
     return set(rows)
 
 
-async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) -> None:
+def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None:
     """Write many outcomes with one executemany statement per kind. Only rows still in
     "sending" change, so a late outcome cannot overwrite a newer state."""
     by_state: dict[OutboxState, list[dict[str, Any]]] = {}
@@ -499,15 +548,15 @@ async def record_outcomes(session: AsyncSession, outcomes: Sequence[Outcome]) ->
             .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.state == OutboxState.sending)
             .values(values)
         )
-        await session.execute(stmt, params)
+        connection.execute(stmt, params)
 
 
-async def suppress_bouncing(
-    session: AsyncSession, subscriber_ids: set[int], threshold: int, now: datetime
+def suppress_bouncing(
+    connection: Connection, subscriber_ids: set[int], threshold: int, now: datetime
 ) -> list[int]:
     """Suppress subscribers whose address has failed hard ``threshold`` times; their waiting
     messages are cancelled and routing skips them from now on. Returns whom it suppressed."""
-    counts = await session.execute(
+    counts = connection.execute(
         select(OutboxMessage.subscriber_id, func.count())
         .where(
             OutboxMessage.subscriber_id.in_(subscriber_ids),
@@ -518,29 +567,30 @@ async def suppress_bouncing(
     )
     suppressed = [sid for sid, count in counts.all() if count >= threshold]
     if suppressed:
-        await session.execute(
+        connection.execute(
             update(Subscriber)
             .where(Subscriber.id.in_(suppressed), Subscriber.status == SubscriberStatus.active)
             .values(status=SubscriberStatus.suppressed, updated_at=now)
         )
-        await session.execute(
+        connection.execute(
             update(OutboxMessage)
             .where(OutboxMessage.subscriber_id.in_(suppressed), OutboxMessage.state.in_(PENDING))
             .values(state=OutboxState.cancelled, updated_at=now, last_reply="Adresse gesperrt")
         )
-        await session.execute(
-            delete(BriefingQueue).where(BriefingQueue.subscriber_id.in_(suppressed))
-        )
-        session.add_all(
-            AuditEntry(
-                at=now,
-                actor="delivery",
-                action="subscriber.suppressed",
-                entity="subscriber",
-                entity_id=str(sid),
-                details={"hard_failures": threshold},
-            )
-            for sid in suppressed
+        connection.execute(delete(BriefingQueue).where(BriefingQueue.subscriber_id.in_(suppressed)))
+        connection.execute(
+            insert(AuditEntry),
+            [
+                {
+                    "at": now,
+                    "actor": "delivery",
+                    "action": "subscriber.suppressed",
+                    "entity": "subscriber",
+                    "entity_id": str(sid),
+                    "details": {"hard_failures": threshold},
+                }
+                for sid in suppressed
+            ],
         )
     return suppressed
 
@@ -553,10 +603,10 @@ async def mark_cancelled(session: AsyncSession, outbox_id: int, now: datetime) -
     )
 
 
-async def release(session: AsyncSession, outbox_ids: Sequence[int], now: datetime) -> None:
+def release(connection: Connection, outbox_ids: Sequence[int], now: datetime) -> None:
     """Hand claimed but unsent messages back (clean shutdown): queued, attempt not counted."""
     if outbox_ids:
-        await session.execute(
+        connection.execute(
             update(OutboxMessage)
             .where(OutboxMessage.id.in_(outbox_ids), OutboxMessage.state == OutboxState.sending)
             .values(

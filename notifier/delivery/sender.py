@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from aiolimiter import AsyncLimiter
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 
 from ..config import Settings
 from ..db import Database, queries
@@ -34,6 +34,8 @@ MAX_BACKOFF = timedelta(hours=2)
 FLUSH_SECONDS = 0.05
 # How often the queued messages' items are checked for a cancellation.
 CANCEL_CHECK_SECONDS = 0.5
+# While a batch is being built, the loop gets a turn after this many messages.
+YIELD_EVERY = 25
 
 
 @dataclass(frozen=True)
@@ -176,15 +178,15 @@ class Sender:
         """Claim a batch and queue its messages for the connections (waits while they are
         busy, so at most about two batches are in flight)."""
         now = self.clock()
-        async with self.db.transaction() as session:
-            batch = await queries.claim_batch(
-                session,
-                now,
-                self._claim_size,
-                timedelta(seconds=self.delivery.lease_seconds),
-            )
-            if not batch:
-                return 0
+        lease = timedelta(seconds=self.delivery.lease_seconds)
+        rows = await self.db.write(
+            lambda connection: queries.claim_batch(connection, now, self._claim_size, lease)
+        )
+        if not rows:
+            return 0
+        # The rows are ours (leased): what they need is read without holding the write lock.
+        async with self.db.reading() as session:
+            batch = await queries.describe_claimed(session, rows)
             topics = await queries.subscriber_topics(
                 session, [c.subscriber_id for c in batch if not c.all_topics]
             )
@@ -195,7 +197,11 @@ class Sender:
             briefings = await queries.digest_items(
                 session, [c.digest_id for c in batch if c.digest_id is not None], now
             )
-        for claimed in batch:
+        for index, claimed in enumerate(batch):
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                # Let the connections and the other tasks (whose transactions may hold the
+                # database's write lock while they wait for the loop) run in between.
+                await asyncio.sleep(0)
             keys = topics.get(claimed.subscriber_id, [])
             prepared: Prepared | None = None
             if claimed.item_id is None and claimed.digest_id is None:
@@ -395,7 +401,7 @@ class Sender:
                     await self._flush()
                 if self._queued_items and loop.time() >= next_check:
                     next_check = loop.time() + CANCEL_CHECK_SECONDS
-                    async with self.db.transaction() as session:
+                    async with self.db.reading() as session:
                         self._cancelled = await queries.cancelled_items(
                             session, list(self._queued_items)
                         )
@@ -409,18 +415,18 @@ class Sender:
             unsent, self._unsent = self._unsent, []
             if not outcomes and not unsent:
                 return
+            bouncing = {o.subscriber_id for o in outcomes if o.subscriber_id is not None}
+            now = self.clock()
+            threshold = self.delivery.suppress_after_hard_failures
+
+            def record(connection: Connection) -> None:
+                queries.record_outcomes(connection, outcomes)
+                if bouncing:
+                    queries.suppress_bouncing(connection, bouncing, threshold, now)
+                queries.release(connection, unsent, now)
+
             try:
-                async with self.db.transaction() as session:
-                    await queries.record_outcomes(session, outcomes)
-                    bouncing = {o.subscriber_id for o in outcomes if o.subscriber_id is not None}
-                    if bouncing:
-                        await queries.suppress_bouncing(
-                            session,
-                            bouncing,
-                            self.delivery.suppress_after_hard_failures,
-                            self.clock(),
-                        )
-                    await queries.release(session, unsent, self.clock())
+                await self.db.write(record)
             except BaseException:
                 self._outcomes[:0] = outcomes  # keep them for the next try
                 self._unsent[:0] = unsent
