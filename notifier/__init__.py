@@ -3,7 +3,8 @@
 The public surface: load settings, run the service, and the error types callers can catch.
 """
 
-from .config import Settings, load_settings
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     ConfigError,
     DeliveryError,
@@ -14,7 +15,10 @@ from .errors import (
     StateError,
     TemporaryDeliveryError,
 )
-from .service import Service
+
+if TYPE_CHECKING:
+    from .config import Settings, load_settings
+    from .service import Service
 
 __all__ = [
     "ConfigError",
@@ -29,3 +33,17 @@ __all__ = [
     "TemporaryDeliveryError",
     "load_settings",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: a process that only sends (``python -m notifier.delivery``)
+    # does without the service's other parts, which saves memory in every such process.
+    if name == "Service":
+        from .service import Service
+
+        return Service
+    if name in ("Settings", "load_settings"):
+        from . import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.ext.asyncio import (
     AsyncSession,
     async_sessionmaker,
@@ -26,6 +27,27 @@ T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "notifier_read_only"  # execution option of Database.reading()
+
+
+_REVISION = re.compile(r'^revision(?:: str)? = "(\w+)"', re.M)
+_DOWN = re.compile(r'^down_revision(?:: str \| None)? = (?:"(\w+)"|None)', re.M)
+
+
+def head_revision() -> str | None:
+    """The newest migration's id, read from the files (None if that is not clear: Alembic
+    then decides)."""
+    revisions: set[str] = set()
+    downs: set[str] = set()
+    for path in (MIGRATIONS / "versions").glob("*.py"):
+        text = path.read_text("utf-8")
+        revision, down = _REVISION.search(text), _DOWN.search(text)
+        if revision is None or down is None:
+            return None
+        revisions.add(revision.group(1))
+        if down.group(1):
+            downs.add(down.group(1))
+    heads = revisions - downs
+    return heads.pop() if len(heads) == 1 else None
 
 
 def _sqlite_file(url: str) -> Path | None:
@@ -72,7 +94,9 @@ class Database:
         file = _sqlite_file(url)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_async_engine(url, echo=echo)
+        self.engine = create_async_engine(
+            url, echo=echo, connect_args={"cached_statements": 16} if url.startswith("sqlite") else {}
+        )
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         # SQLite: short write transactions run whole in a worker thread (see write()).
         self._sync_engine: Engine | None = None
@@ -82,7 +106,7 @@ class Database:
             self._sync_engine = create_engine(
                 self.engine.url.set(drivername="sqlite+pysqlite"),
                 echo=echo,
-                connect_args={"check_same_thread": False},
+                connect_args={"check_same_thread": False, "cached_statements": 16},
             )
             _configure_sqlite(self._sync_engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -139,6 +163,8 @@ class Database:
 
     async def migrate(self) -> None:
         """Apply every pending Alembic migration (idempotent)."""
+        if await self._at_head():
+            return  # Alembic (about 10 MB once imported) is not needed by this process
 
         # Imported here: processes that only send never migrate and need not load Alembic.
         from alembic import command
@@ -152,4 +178,21 @@ class Database:
 
         async with self.engine.begin() as connection:
             await connection.run_sync(upgrade)
+
+    async def _at_head(self) -> bool:
+        head = head_revision()
+        if head is None:
+            return False
+        async with self.engine.connect() as connection:
+            has_table = await connection.run_sync(
+                lambda sync: inspect(sync).has_table("alembic_version")
+            )
+            if not has_table:
+                return False
+            current = (
+                (await connection.execute(text("SELECT version_num FROM alembic_version")))
+                .scalars()
+                .all()
+            )
+        return current == [head]
         logger.debug("database migrated: %s", self.engine.url.render_as_string(hide_password=True))
