@@ -95,7 +95,9 @@ class Database:
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
         self.engine = create_async_engine(
-            url, echo=echo, connect_args={"cached_statements": 16} if url.startswith("sqlite") else {}
+            url,
+            echo=echo,
+            connect_args={"cached_statements": 16} if url.startswith("sqlite") else {},
         )
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         # SQLite: short write transactions run whole in a worker thread (see write()).

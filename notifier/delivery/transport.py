@@ -7,6 +7,7 @@ else (4xx replies, lost connections, timeouts, TLS trouble) is temporary.
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 from types import TracebackType
 
@@ -16,6 +17,9 @@ from ..config import SmtpSettings
 from ..errors import PermanentDeliveryError, TemporaryDeliveryError
 
 logger = logging.getLogger(__name__)
+
+# An address that needs neither quoting nor SMTPUTF8 (what import and sign-up let through).
+_PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\Z")
 
 
 class SmtpTransport:
@@ -79,8 +83,12 @@ class SmtpTransport:
         """
         smtp = await self._connected()
         try:
-            _, reply = await smtp.sendmail(sender, [recipient], message)
+            if _PLAIN_ADDRESS.match(sender) and _PLAIN_ADDRESS.match(recipient):
+                reply = await self._transaction(smtp, message, sender, recipient)
+            else:  # e.g. a non-ASCII mailbox: aiosmtplib's general path decides
+                _, reply = await smtp.sendmail(sender, [recipient], message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            await self._reset_after(None)
             refusal = exc.recipients[0] if exc.recipients else None
             code = refusal.code if refusal else None
             text = refusal.message if refusal else str(exc)
@@ -100,11 +108,34 @@ class SmtpTransport:
             raise TemporaryDeliveryError(recipient, None, str(exc) or type(exc).__name__) from exc
         return reply
 
-    async def _reset_after(self, exc: aiosmtplib.SMTPResponseException) -> None:
+    @staticmethod
+    async def _transaction(
+        smtp: aiosmtplib.SMTP, message: bytes, sender: str, recipient: str
+    ) -> str:
+        """MAIL, RCPT and DATA for one recipient, as ``sendmail`` does them, for addresses
+        already validated on the way in (plain ASCII, nothing to quote) and a message that
+        already has CRLF line ends: this skips parsing both addresses again and measuring
+        the message twice for SIZE, which took about a tenth of a sender's time."""
+        if smtp.is_ehlo_or_helo_needed:
+            await smtp.ehlo()
+        options = [b"SIZE=%d" % len(message)] if smtp.supports_extension("size") else []
+        response = await smtp.execute_command(
+            b"MAIL", b"FROM:<" + sender.encode("ascii") + b">", *options
+        )
+        if response.code != 250:
+            raise aiosmtplib.SMTPSenderRefused(response.code, response.message, sender)
+        response = await smtp.execute_command(b"RCPT", b"TO:<" + recipient.encode("ascii") + b">")
+        if response.code not in (250, 251):
+            raise aiosmtplib.SMTPRecipientsRefused(
+                [aiosmtplib.SMTPRecipientRefused(response.code, response.message, recipient)]
+            )
+        return (await smtp.data(message)).message
+
+    async def _reset_after(self, exc: aiosmtplib.SMTPResponseException | None) -> None:
         # A refused message leaves the session usable after RSET; a 421 means the server closes.
         if self._smtp is None:
             return
-        if exc.code == 421 or not self._smtp.is_connected:
+        if (exc is not None and exc.code == 421) or not self._smtp.is_connected:
             await self.close()
             return
         try:
