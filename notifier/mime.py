@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
 from email.headerregistry import Address
@@ -32,11 +32,33 @@ def _header(name: str, value: str | Address) -> bytes:
     return folded
 
 
-def _qp(text: str) -> bytes:
+def _qp(text: str, lines: dict[str, bytes] | None = None) -> bytes:
+    """Quoted-printable with CRLF line ends.
+
+    With ``lines`` (a cache shared by the copies of one message) each line is encoded once:
+    quoted-printable encodes every line on its own, so the lines that are the same for every
+    recipient (nearly all of them) are looked up instead of encoded again.
+    """
     # A text part ends with a line break, as EmailMessage.set_content makes it.
     if not text.endswith("\n"):
         text += "\n"
-    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    if lines is None:
+        return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    parts: list[bytes] = []
+    for line in text[:-1].split("\n"):
+        encoded = lines.get(line)
+        if encoded is None:
+            encoded = binascii.b2a_qp((line + "\n").encode("utf-8"), istext=True)
+            encoded = encoded.replace(b"\n", b"\r\n")
+            if len(lines) < _QP_CACHE_LINES:
+                lines[line] = encoded
+        parts.append(encoded)
+    return b"".join(parts)
+
+
+# Lines kept per message: the shared lines come first; personal lines (a greeting) may fill
+# the rest, which bounds the memory a long send can take.
+_QP_CACHE_LINES = 2000
 
 
 @dataclass(frozen=True)
@@ -45,6 +67,8 @@ class SharedHeaders:
 
     head: bytes
     attachment: bytes | None  # a whole MIME part, without its boundary line
+    # Quoted-printable lines of the bodies, shared by every copy (see _qp).
+    qp_lines: dict[str, bytes] = field(default_factory=dict, compare=False)
 
 
 def shared_headers(
@@ -103,11 +127,11 @@ def personal_message(
             f"--{alternative}\r\n".encode(),
             b'Content-Type: text/plain; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            _qp(text),
+            _qp(text, shared.qp_lines),
             f"\r\n--{alternative}\r\n".encode(),
             b'Content-Type: text/html; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            _qp(html),
+            _qp(html, shared.qp_lines),
             f"\r\n--{alternative}--\r\n".encode(),
         ]
     )

@@ -167,3 +167,15 @@ def test_fast_path_refuses_header_injection(renderer: Renderer, name: str) -> No
     evil = renderer.prepare(item(ItemKind.announcement, subject="Hallo\r\nBcc: victim@example.org"))
     with pytest.raises(ValueError, match="CR or LF"):
         renderer.build_bytes(evil, RECIPIENTS[0], message_id="<1@x>", date=NOW)
+
+
+def test_line_by_line_quoted_printable_equals_the_whole(renderer: Renderer) -> None:
+    from notifier.mime import _qp
+
+    cache: dict[str, bytes] = {}
+    for prepared in prepared_messages(renderer):
+        for recipient in RECIPIENTS:
+            html, text = renderer.render(prepared, recipient)
+            for body in (html, text, text.rstrip("\n"), "x" * 200 + " \n\n" + "ä" * 90):
+                assert _qp(body, cache) == _qp(body)
+    assert cache  # the shared lines were kept
