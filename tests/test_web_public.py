@@ -174,6 +174,15 @@ def test_unsubscribing_stops_messages_not_yet_sent(
     assert (state, reply) == ("cancelled", "abgemeldet")
 
 
+def _preferences_of(project: Project, email: str) -> tuple[int, str]:
+    """A subscriber's id and the path of their preferences page."""
+    with _db(project) as db:
+        subscriber_id: int = db.execute(
+            "SELECT id FROM subscribers WHERE email = ?", (email,)
+        ).fetchone()[0]
+    return subscriber_id, f"/einstellungen/{_personal_token(project, subscriber_id, 0)}"
+
+
 def _personal_token(project: Project, subscriber_id: int, version: int) -> str:
     from notifier.links import PERSONAL, Links
 
@@ -301,11 +310,7 @@ def test_forms_refuse_missing_or_wrong_csrf_tokens(
         ).fetchone() == (0,)
     assert foreign.status_code == 403
 
-    with _db(project) as db:
-        peter = db.execute(
-            "SELECT id FROM subscribers WHERE email = 'peter.meyer@bitburg.example'"
-        ).fetchone()[0]
-    path = f"/einstellungen/{_personal_token(project, peter, 0)}"
+    peter, path = _preferences_of(project, "peter.meyer@bitburg.example")
     change = {
         "name": "Hacked",
         "organisation": "Bitburg",
@@ -349,11 +354,7 @@ def test_line_breaks_in_any_field_that_reaches_a_message_are_refused(
         assert db.execute(
             "SELECT count(*) FROM subscribers WHERE status = 'pending'"
         ).fetchone() == (0,)
-    with _db(project) as db:
-        peter = db.execute(
-            "SELECT id FROM subscribers WHERE email = 'peter.meyer@bitburg.example'"
-        ).fetchone()[0]
-    path = f"/einstellungen/{_personal_token(project, peter, 0)}"
+    _, path = _preferences_of(project, "peter.meyer@bitburg.example")
     evil = {
         "name": "Peter\r\nBcc: victim@example.org",
         "organisation": "Bitburg",
@@ -372,11 +373,7 @@ def test_a_paused_subscriber_receives_nothing_until_resumed(
     web: Callable[..., Web], project: Project
 ) -> None:
     site = web()
-    with _db(project) as db:
-        peter = db.execute(
-            "SELECT id FROM subscribers WHERE email = 'peter.meyer@bitburg.example'"
-        ).fetchone()[0]
-    path = f"/einstellungen/{_personal_token(project, peter, 0)}"
+    _, path = _preferences_of(project, "peter.meyer@bitburg.example")
     paused = site.client.post(path, data={"action": "pause", "csrf_token": site.csrf(path)})
     assert paused.status_code == 200 and "Der Empfang ist pausiert" in paused.text
     _announce(project, "Erste Mitteilung")

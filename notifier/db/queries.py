@@ -370,16 +370,9 @@ class ClaimedRow:
 
 
 @dataclass(frozen=True)
-class Claimed:
+class Claimed(ClaimedRow):
     """One claimed outbox row with what rendering needs."""
 
-    id: int
-    attempts: int
-    created_at: datetime
-    item_id: int | None
-    digest_id: int | None
-    notice: str
-    subscriber_id: int
     email: str
     name: str
     organisation: str
@@ -442,9 +435,16 @@ async def describe_claimed(session: AsyncSession, rows: Sequence[ClaimedRow]) ->
     """The claimed rows with their recipients (a read; no lock needed)."""
     if not rows:
         return []
-    recipients: dict[int, tuple[Any, ...]] = {
-        row[0]: tuple(row[1:])
-        for row in await session.execute(
+    recipients: dict[int, dict[str, Any]] = {
+        sid: {
+            "email": email,
+            "name": name,
+            "organisation": organisation,
+            "all_topics": all_topics,
+            "rhythm": rhythm,
+            "version": version,
+        }
+        for sid, email, name, organisation, all_topics, rhythm, version in await session.execute(
             select(
                 Subscriber.id,
                 Subscriber.email,
@@ -458,19 +458,7 @@ async def describe_claimed(session: AsyncSession, rows: Sequence[ClaimedRow]) ->
             .where(Subscriber.id.in_({r.subscriber_id for r in rows}))
         )
     }
-    return [
-        Claimed(
-            r.id,
-            r.attempts,
-            r.created_at,
-            r.item_id,
-            r.digest_id,
-            r.notice,
-            r.subscriber_id,
-            *recipients[r.subscriber_id],
-        )
-        for r in rows
-    ]
+    return [Claimed(**vars(r), **recipients[r.subscriber_id]) for r in rows]
 
 
 async def subscriber_topics(

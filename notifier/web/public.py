@@ -112,7 +112,7 @@ def _values_from(form: FormData) -> dict[str, Any]:
 @router.get("/anmelden")
 async def signup_form(request: Request) -> Response:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         context = await _form_context(request, session)
     values = {"rhythm": "immediate", "all_topics": True, "topics": [], "role": ""}
     return page(
@@ -189,7 +189,7 @@ async def confirm_form(request: Request, token: str) -> Response:
     ctx = context_of(request)
     try:
         target = _target(request, CONFIRM, token)
-        async with ctx.db.transaction() as session:
+        async with ctx.db.reading() as session:
             sub = await selfservice.subscriber_for(session, target)
     except LinkError as exc:
         return _link_problem(request, exc)
@@ -223,7 +223,7 @@ async def preferences_form(request: Request, token: str) -> Response:
     ctx = context_of(request)
     try:
         target = _target(request, PERSONAL, token)
-        async with ctx.db.transaction() as session:
+        async with ctx.db.reading() as session:
             sub = await selfservice.subscriber_for(session, target)
             context = await _form_context(request, session)
     except LinkError as exc:
@@ -310,7 +310,7 @@ async def unsubscribe_form(request: Request, token: str) -> Response:
     ctx = context_of(request)
     try:
         target = _target(request, PERSONAL, token, expires=False)
-        async with ctx.db.transaction() as session:
+        async with ctx.db.reading() as session:
             sub = await selfservice.subscriber_for(session, target)
     except LinkError as exc:
         return _link_problem(request, exc)
