@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, time, timedelta, tzinfo
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, case, delete, exists, func, or_, select, true, update
@@ -40,6 +40,18 @@ class DayFigures:
     sent: int
     deferred: int  # still deferred, last tried that day
     failed: int
+
+
+def day_bounds(now: datetime, tz: tzinfo, days: int) -> list[tuple[datetime, datetime]]:
+    """[start, end) of the last ``days`` days in the zone ``tz``, today first."""
+    today = now.astimezone(tz).date()
+    bounds = []
+    for back in range(days):
+        day = today - timedelta(days=back)
+        start = datetime.combine(day, time(), tzinfo=tz)
+        end = datetime.combine(day + timedelta(days=1), time(), tzinfo=tz)
+        bounds.append((start, end))
+    return bounds
 
 
 async def daily_figures(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
-from datetime import datetime, time, timedelta
 from email.message import EmailMessage
 from typing import Any
 
@@ -119,18 +118,6 @@ async def logout(request: Request) -> Response:
 # -- dashboard -------------------------------------------------------------------------------
 
 
-def _day_bounds(now: datetime, tz: Any, days: int) -> list[tuple[datetime, datetime]]:
-    """[start, end) of the last ``days`` days in the office's zone, today first."""
-    today = now.astimezone(tz).date()
-    bounds = []
-    for back in range(days):
-        day = today - timedelta(days=back)
-        start = datetime.combine(day, time(), tzinfo=tz)
-        end = datetime.combine(day + timedelta(days=1), time(), tzinfo=tz)
-        bounds.append((start, end))
-    return bounds
-
-
 @router.get("")
 async def dashboard(request: Request, user: CurrentUser) -> Response:
     ctx = context_of(request)
@@ -140,7 +127,7 @@ async def dashboard(request: Request, user: CurrentUser) -> Response:
         scheduled = await reports.scheduled_announcements(session)
         recent = await reports.recent_source_items(session)
         briefings = await reports.recent_briefings(session)
-        days = await reports.daily_figures(session, _day_bounds(now, tz, DAYS_SHOWN))
+        days = await reports.daily_figures(session, reports.day_bounds(now, tz, DAYS_SHOWN))
         totals = await queries.outbox_counts(session)
         failures = await queries.recent_failures(session, 5)
         states = await reports.source_states(session)
