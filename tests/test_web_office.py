@@ -125,6 +125,7 @@ def test_login_dashboard_catcher_and_logout(web: Callable[..., Web], project: Pr
     assert site.client.get("/buero").status_code == 303
     again = _login(site, next="/buero/abonnenten?status=held")
     assert again.headers["location"] == "/buero/abonnenten?status=held"
+    assert len(_audit(project, "login")) == 2
 
 
 def test_login_brute_force_locks_the_account(web: Callable[..., Web], project: Project) -> None:
@@ -188,6 +189,7 @@ def test_announcement_compose_preview_schedule_edit_deliver_cancel(
     item_id = int(detail_path.rsplit("/", 1)[1])
     detail = site.client.get(scheduled.headers["location"])
     assert "Die Mitteilung ist geplant" in detail.text and ">geplant<" in detail.text
+    assert "<dd>der ganze Kreis</dd>" in detail.text
     assert "<strong>6</strong> Personen erhalten" in detail.text
     with _db(project) as db:
         assert db.execute(
@@ -479,19 +481,20 @@ def test_subscribers_search_edit_approve_deactivate_import_export(
         "neu@og.example,Neu,mayor,Speicher,,immediate\n"
         "kaputt,Ohne Adresse,mayor,Speicher,,immediate\n"
         "zwei@og.example,Zwei,kaiser,Atlantis,,sometimes\n"
+        'drei@og.example,"Eve\nBcc: alle@example.org",mayor,Speicher,,immediate\n'
     )
     file = project.write("schlecht.csv", bad)
     cli = project.cli("subscribers", "import", file, ok=False)
     assert cli.exit_code == 1
     reasons = re.findall(r"Zeile (\d+), Spalte '(\w+)': (.+)", cli.output)
-    assert len(reasons) == 4
+    assert len(reasons) == 5
     answer = site.client.post(
         "/buero/abonnenten/import",
         data={"csrf_token": site.csrf("/buero/abonnenten/import")},
         files={"file": ("schlecht.csv", bad.encode())},
     )
     assert answer.status_code == 422
-    assert "4 Fehler in schlecht.csv: nichts wurde gespeichert." in answer.text
+    assert "5 Fehler in schlecht.csv: nichts wurde gespeichert." in answer.text
     for line, column, reason in reasons:
         escaped = reason.replace("'", "&#39;").replace('"', "&#34;")
         assert f"<td>{line}</td><td>{column}</td><td>{escaped}</td>" in answer.text, reason

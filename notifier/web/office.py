@@ -15,6 +15,7 @@ from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 
+from .. import audit
 from ..accounts import check_login
 from ..catcher import CaughtMail
 from ..db import queries, reports
@@ -82,6 +83,11 @@ async def login(request: Request) -> Response:
         )
         user = result.user
         user_id, user_name = (user.id, user.name) if user is not None else (0, "")
+        if user is not None:
+            client = request.client.host if request.client else "unbekannt"
+            await audit.record(
+                session, f"office:{user_name}", "login", "user", user_id, {"ip": client}
+            )
     if user is not None:
         # A new session for the logged-in user: nothing of the anonymous one carries over.
         request.session.clear()

@@ -19,7 +19,7 @@ from ..db import queries, reports
 from ..db.models import Item, ItemStatus, OutboxState
 from ..errors import DeliveryError, NotFoundError, StateError
 from ..labels import ITEM_LABELS, ROLE_LABELS, STATE_LABELS
-from ..organisations import LEVEL_LABELS
+from ..organisations import LEVEL_LABELS, organisation_index
 from .app import checked_form, context_of
 from .officekit import (
     CurrentUser,
@@ -363,6 +363,8 @@ async def announcement(
         rows = await reports.deliveries(
             session, item_id, state=state, limit=PAGE_SIZE + 1, offset=(page_no - 1) * PAGE_SIZE
         )
+        by_key, _ = await organisation_index(session)
+        scope = [by_key[k].name if k in by_key else k for k in item.scope]
         audience = None
         if item.status is ItemStatus.scheduled:
             audience = _audience_rows(await ann.audience(session, item))
@@ -386,6 +388,7 @@ async def announcement(
         {
             "title": f"Mitteilung Nr. {item_id}",
             "item": item,
+            "scope": scope,
             "status": ITEM_LABELS[item.status],
             "counts": [(s.value, STATE_LABELS[s], counts.get(s, 0)) for s in OutboxState],
             "total": sum(counts.values()),
