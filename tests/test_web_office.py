@@ -16,7 +16,7 @@ import httpx
 
 from notifier.catcher import MailStore
 
-from .conftest import Project, Web
+from .conftest import REPO, Project, Web
 
 USER, PASSWORD, EMAIL = "buero", "ein-langes-passwort", "buero@kreis.example"
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -63,7 +63,19 @@ def _audit(project: Project, action: str) -> list[tuple[str, str | None]]:
 
 
 def test_login_dashboard_catcher_and_logout(web: Callable[..., Web], project: Project) -> None:
-    site = _start(web, project, {"smtp": {"catcher": True}, "catcher": {"directory": "var/mails"}})
+    feeds = [
+        {"name": "projekt-news", "url": str(REPO / "examples" / "news.xml")},
+        {"name": "kaputt", "url": "fehlt.xml"},
+    ]
+    site = _start(
+        web,
+        project,
+        {
+            "smtp": {"catcher": True},
+            "catcher": {"directory": "var/mails"},
+            "sources": {"feed": feeds},
+        },
+    )
     # Every page of the console sends a visitor without login to the login page.
     for path in ("/buero", "/buero/mitteilungen", "/buero/abonnenten", "/buero/mails/1/html"):
         answer = site.client.get(path)
@@ -83,8 +95,19 @@ def test_login_dashboard_catcher_and_logout(web: Callable[..., Web], project: Pr
     cookie = answer.headers["set-cookie"]
     assert "httponly" in cookie.lower() and "samesite=lax" in cookie.lower()
 
-    dashboard = site.client.get("/buero")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        dashboard = site.client.get("/buero")
+        if "Digitale Hochwassermelder" in dashboard.text and "Fehler:" in dashboard.text:
+            break
+        time.sleep(0.2)
     assert dashboard.status_code == 200
+    # Source health: the broken source shows its error, the other its items (only recorded).
+    assert re.search(r"<td>kaputt</td><td>Feed</td><td>0</td>.*?Fehler: ", dashboard.text, re.S)
+    assert re.search(
+        r"<td>projekt-news</td><td>Feed</td><td>2</td>.*?in Ordnung", dashboard.text, re.S
+    )
+    assert "Digitale Hochwassermelder: alle 32 Sensoren melden" in dashboard.text
     for heading in (
         "Geplante Mitteilungen",
         "Versand der letzten 7 Tage",
@@ -190,6 +213,11 @@ def test_announcement_compose_preview_schedule_edit_deliver_cancel(
     detail = site.client.get(scheduled.headers["location"])
     assert "Die Mitteilung ist geplant" in detail.text and ">geplant<" in detail.text
     assert "<dd>der ganze Kreis</dd>" in detail.text
+    stored = site.client.get(f"{detail_path}/email")
+    assert stored.status_code == 200, stored.text
+    assert stored.headers["content-security-policy"].startswith("default-src 'none'")
+    assert "Digitale Kümmerer: neue Sprechstunden" in stored.text
+    assert f'src="{detail_path}/email" sandbox' in detail.text
     assert "<strong>6</strong> Personen erhalten" in detail.text
     with _db(project) as db:
         assert db.execute(

@@ -145,7 +145,7 @@ async def dashboard(request: Request, user: CurrentUser) -> Response:
         {
             "name": s.name,
             "kind": "Feed" if source_kind(s) == "feed" else "Kalender",
-            "items": counts.get(s.name, 0),
+            "count": counts.get(s.name, 0),
             "state": states.get(s.name),
         }
         for s in ctx.settings.sources.all
