@@ -146,6 +146,15 @@ def test_login_dashboard_catcher_and_logout(web: Callable[..., Web], project: Pr
     out = site.client.post("/buero/abmelden", data={"csrf_token": site.csrf("/buero")})
     assert out.status_code == 303
     assert site.client.get("/buero").status_code == 303
+    token = site.csrf("/buero/anmelden")
+    late = site.client.post(
+        "/buero/mitteilungen/neu", data={**ANNOUNCEMENT, "action": "planen", "csrf_token": token}
+    )
+    assert (late.status_code, late.headers["location"]) == (303, "/buero/anmelden")
+    with _db(project) as db:
+        assert db.execute("SELECT count(*) FROM items WHERE kind = 'announcement'").fetchone() == (
+            0,
+        )
     again = _login(site, next="/buero/abonnenten?status=held")
     assert again.headers["location"] == "/buero/abonnenten?status=held"
     assert len(_audit(project, "login")) == 2
@@ -203,6 +212,11 @@ def test_announcement_compose_preview_schedule_edit_deliver_cancel(
     assert httpx.get(site.url(frame.group(1))).status_code == 303
     with _db(project) as db:
         assert db.execute("SELECT count(*) FROM items").fetchone() == (0,)
+    # A test the server refuses is reported with its reply.
+    project.smtp.refuse[EMAIL] = "550 5.7.1 Nicht erlaubt"
+    refused = _post(site, form, {**ANNOUNCEMENT, "action": "test"})
+    assert "Die Test-E-Mail wurde nicht angenommen: 550 5.7.1 Nicht erlaubt" in refused.text
+    assert project.smtp.messages() == []
 
     scheduled = _post(
         site, form, {**ANNOUNCEMENT, "send_at": _later(), "important": "1", "action": "planen"}

@@ -44,8 +44,10 @@ class OfficeRoute(APIRoute):
             try:
                 return await handler(request)
             except LoginRequired:
+                if request.method != "GET":  # a form sent after the session ended
+                    return RedirectResponse("/buero/anmelden", 303)
                 target = request.url.path
-                if request.method == "GET" and request.url.query:
+                if request.url.query:
                     target += "?" + request.url.query
                 return RedirectResponse("/buero/anmelden?weiter=" + quote(target, safe=""), 303)
 
