@@ -15,7 +15,7 @@ from fastapi.responses import RedirectResponse
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 
-from .. import audit, console
+from .. import audit, console, subscriber_admin
 from ..db import reports
 from ..db.models import Role, Subscriber, SubscriberStatus
 from ..errors import InputError, StateError
@@ -297,8 +297,8 @@ async def subscriber_save(request: Request, subscriber_id: int, user: CurrentUse
         if not values["all_topics"] and not topics:
             errors["topics"] = "Bitte mindestens ein Thema oder „alle Themen“ wählen."
         try:
-            checked = console.check_subscriber(
-                console.SubscriberInput(
+            checked = subscriber_admin.check_subscriber(
+                subscriber_admin.SubscriberInput(
                     email=values["email"],
                     name=values["name"],
                     organisation=unit.key if unit is not None else "",
@@ -310,7 +310,7 @@ async def subscriber_save(request: Request, subscriber_id: int, user: CurrentUse
                 units=by_key,
             )
             if not errors:
-                await console.change_subscriber(
+                await subscriber_admin.change_subscriber(
                     session, sub, checked, actor=user.actor, now=ctx.clock()
                 )
         except console.FieldErrors as exc:
@@ -337,7 +337,9 @@ async def subscriber_status(request: Request, subscriber_id: int, user: CurrentU
     try:
         async with ctx.db.transaction() as session:
             sub = await _subscriber(session, subscriber_id)
-            await console.set_status(session, sub, wanted, actor=user.actor, now=ctx.clock())
+            await subscriber_admin.set_status(
+                session, sub, wanted, actor=user.actor, now=ctx.clock()
+            )
     except StateError as exc:
         return await _edit_page(request, user, subscriber_id, problem=str(exc), status=409)
     if back == "liste":
