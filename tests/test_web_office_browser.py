@@ -111,6 +111,14 @@ def test_office_compose_preview_schedule_and_follow_in_a_browser(
     expect(page.get_by_role("status")).to_have_text("Die Änderungen sind gespeichert.")
     page.goto(site.url("/buero/abonnenten/import"))
     assert_accessible(page, "Import")
+    bad = b"email,name,role,organisation,topics,rhythm\nkaputt,Ohne Adresse,mayor,Speicher,,daily\n"
+    page.get_by_label("CSV-Datei").set_input_files(
+        files=[{"name": "liste.csv", "mimeType": "text/csv", "buffer": bad}]
+    )
+    page.get_by_role("button", name="Hochladen und importieren").click()
+    errors = page.get_by_role("table", name="Fehler in liste.csv")
+    expect(errors.get_by_role("row", name=re.compile("^2 email "))).to_be_visible()
+    assert_accessible(page, "Import mit Fehlern")
 
     # Keyboard only: the skip link comes first; logout ends the session.
     page.keyboard.press("Tab")
