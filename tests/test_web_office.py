@@ -258,7 +258,10 @@ def test_announcement_compose_preview_schedule_edit_deliver_cancel(
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         state = site.client.get(detail_path)
-        if "<strong>1</strong> fehlgeschlagen" in state.text:
+        if (
+            "<strong>1</strong> fehlgeschlagen" in state.text
+            and "<strong>5</strong> versandt" in state.text
+        ):
             break
         time.sleep(0.2)
     assert "<strong>5</strong> versandt" in state.text, state.text

@@ -266,7 +266,7 @@ async def create_announcement(
 @router.get("/announcements", response_model=list[AnnouncementOut])
 async def list_announcements(request: Request, actor: Actor) -> list[AnnouncementOut]:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         rows = await ann.list_announcements(session)
         return [await _announcement_out(session, item) for item, _ in rows]
 
@@ -281,7 +281,7 @@ async def _announcement(session: AsyncSession, item_id: int) -> Item:
 @router.get("/announcements/{item_id}", response_model=AnnouncementOut)
 async def get_announcement(request: Request, item_id: int, actor: Actor) -> AnnouncementOut:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         return await _announcement_out(session, await _announcement(session, item_id))
 
 
@@ -322,7 +322,7 @@ async def deliveries(
 ) -> list[DeliveryOut]:
     """The delivery state of every recipient (failures first)."""
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         await _announcement(session, item_id)
         rows = await reports.deliveries(session, item_id, state=state, limit=limit, offset=offset)
     return [
@@ -357,7 +357,7 @@ class OutboxOut(BaseModel):
 async def outbox(request: Request, actor: Actor) -> OutboxOut:
     ctx = context_of(request)
     bounds = reports.day_bounds(ctx.clock(), ctx.settings.scheduler.tz, 7)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         counts = await queries.outbox_counts(session)
         days = await reports.daily_figures(session, bounds)
     return OutboxOut(

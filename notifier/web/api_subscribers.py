@@ -71,7 +71,7 @@ async def list_subscribers(
     ctx = context_of(request)
     if topic is not None and topic not in ctx.settings.topic_keys:
         raise invalid({"topic": f"Unbekanntes Thema {topic}"}, "query")
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         path = None
         if organisation:
             by_key, by_name = await organisation_index(session)
@@ -95,7 +95,7 @@ async def _subscriber(session: AsyncSession, subscriber_id: int) -> Subscriber:
 @router.get("/subscribers/{subscriber_id}", response_model=SubscriberOut)
 async def get_subscriber(request: Request, subscriber_id: int, actor: Actor) -> SubscriberOut:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         return _subscriber_out(await _subscriber(session, subscriber_id))
 
 

@@ -129,7 +129,7 @@ async def dashboard(request: Request, user: CurrentUser) -> Response:
     ctx = context_of(request)
     now = ctx.clock()
     tz = ctx.settings.scheduler.tz
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         scheduled = await reports.scheduled_announcements(session)
         recent = await reports.recent_source_items(session)
         briefings = await reports.recent_briefings(session)

@@ -133,7 +133,7 @@ async def _form_page(
     status: int = 200,
 ) -> Response:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         choices, _ = await units(session)
     return office_page(
         request,
@@ -161,7 +161,7 @@ async def _form_page(
 @router.get("/mitteilungen")
 async def announcement_list(request: Request, user: CurrentUser) -> Response:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         rows = await ann.list_announcements(session)
     listed = [
         {
@@ -202,7 +202,7 @@ async def compose(request: Request, user: CurrentUser) -> Response:
 @router.get("/mitteilungen/{item_id}/bearbeiten")
 async def edit_form(request: Request, item_id: int, user: CurrentUser) -> Response:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         item = await _announcement(session, item_id)
     if item.status is not ItemStatus.scheduled:
         raise HTTPException(
@@ -356,7 +356,7 @@ async def announcement(
     ctx = context_of(request)
     state = OutboxState.__members__.get(zustand)
     page_no = max(seite, 1)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         item = await _announcement(session, item_id)
         counts = await queries.outbox_counts(session, item_id)
         waiting = await queries.briefing_queue_count(session, item_id)
@@ -412,7 +412,7 @@ async def announcement(
 @router.get("/mitteilungen/{item_id}/email")
 async def announcement_email(request: Request, item_id: int, user: CurrentUser) -> Response:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         item = await _announcement(session, item_id)
         recipient = await console.sample_recipient(session, item, renderer(ctx), ctx.links)
     return mail_frame(console.render(renderer(ctx), item, recipient).html)

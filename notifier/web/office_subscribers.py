@@ -59,7 +59,7 @@ async def subscriber_list(
 ) -> Response:
     ctx = context_of(request)
     page_no = max(seite, 1)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         choices, by_key = await units(session)
         unit = unit_by_label(choices, organisation) if organisation.strip() else None
         problem = ""
@@ -248,7 +248,7 @@ async def _edit_page(
     status: int = 200,
 ) -> Response:
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         sub = await _subscriber(session, subscriber_id)
         choices, _ = await units(session)
     label = next((u.label for u in choices if u.id == sub.organisation_id), "")

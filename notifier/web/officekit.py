@@ -75,7 +75,7 @@ async def current_user(request: Request) -> OfficeUser:
     if not isinstance(user_id, int):
         raise LoginRequired
     ctx = context_of(request)
-    async with ctx.db.transaction() as session:
+    async with ctx.db.reading() as session:
         user = await session.get(User, user_id)
     if user is None or not user.active:
         request.session.clear()
