@@ -145,6 +145,20 @@ def test_mail_catcher_pages_on_a_phone(
     page.get_by_label("Text (Markdown)").fill("Ein *kurzer* Text.")
     page.get_by_role("button", name="Test an mich senden").click()
     expect(page.get_by_role("status")).to_have_text(f"Die Test-E-Mail ist an {EMAIL} verschickt.")
+    # Scheduled for later, it can be edited and cancelled.
+    page.get_by_label("Versandzeitpunkt").fill("2030-01-07T09:00")
+    page.get_by_role("button", name="Planen").click()
+    expect(page.get_by_role("status")).to_contain_text("Die Mitteilung ist geplant")
+    page.get_by_role("link", name="Bearbeiten").click()
+    expect(page.get_by_role("heading", name=re.compile("Mitteilung bearbeiten"))).to_be_visible()
+    assert page.get_by_label("Versandzeitpunkt").input_value() == "2030-01-07T09:00"
+    assert_accessible(page, "Mitteilung bearbeiten")
+    page.get_by_label("Betreff").fill("Probe für das Handy, geändert")
+    page.get_by_role("button", name="Änderungen speichern").click()
+    expect(page.get_by_role("status")).to_have_text("Die Änderungen sind gespeichert.")
+    page.get_by_role("button", name="Mitteilung absagen").click()
+    expect(page.get_by_role("status")).to_contain_text("Die Mitteilung ist abgesagt")
+    expect(page.locator("#zustand")).to_have_text("abgesagt")
     for path in ("/buero", "/buero/mitteilungen/neu", "/buero/abonnenten"):
         page.goto(site.url(path))
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
