@@ -155,6 +155,8 @@ class Service:
                     if settings.smtp.catcher
                     else None,
                 )
+                # Test messages from the office go where this service sends (the catcher too).
+                app.state.ctx.extra["smtp"] = (host, port, tls)
                 web = await stack.enter_async_context(
                     WebServer(app, settings.web.host, settings.web.port)
                 )

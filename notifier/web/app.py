@@ -217,7 +217,8 @@ def create_app(
     app = FastAPI(
         title="notifier",
         summary="EIFELKREIS VERBINDET: Benachrichtigungsdienst",
-        docs_url="/api/v1/docs",
+        # No Swagger UI: it loads from a CDN, which the CSP and a closed network block.
+        docs_url=None,
         redoc_url=None,
         openapi_url="/api/v1/openapi.json",
     )

@@ -1,7 +1,251 @@
-"""The project office's console under ``/buero`` (login required)."""
+"""The project office's console under ``/buero`` (login required): login and logout, the
+dashboard, the mail catcher's messages and the frames that show e-mails as they arrive. The
+announcement and subscriber pages live in :mod:`.office_announcements` and
+:mod:`.office_subscribers`; all share one router whose routes require a login."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import asyncio
+import re
+import secrets
+from email.message import EmailMessage
+from typing import Any
 
-router = APIRouter(include_in_schema=False)
+from fastapi import Request, Response
+from fastapi.responses import RedirectResponse
+from starlette.exceptions import HTTPException
+
+from .. import audit
+from ..accounts import check_login
+from ..catcher import CaughtMail
+from ..db import queries, reports
+from ..db.models import OutboxState, SubscriberStatus
+from ..errors import NotFoundError
+from ..labels import ITEM_LABELS, STATE_LABELS
+from ..sources.poller import item_counts, source_kind
+from .app import checked_form, context_of, page
+from .officekit import (
+    CurrentUser,
+    field,
+    mail_frame,
+    office_page,
+    preview_html,
+    router,
+)
+
+__all__ = ["router"]
+
+# A failed login waits this long before the answer: guessing gets slow even before the lock.
+FAILED_LOGIN_DELAY = 0.5
+DAYS_SHOWN = 7
+
+
+def _next_page(value: str) -> str:
+    """Only a page of the console is a target after login (no open redirect)."""
+    if (
+        value.startswith("/buero")
+        and not value.startswith("/buero/anmelden")
+        and re.fullmatch(r"/buero[A-Za-z0-9/_\-.?=&%]*", value)
+    ):
+        return value
+    return "/buero"
+
+
+# -- login -----------------------------------------------------------------------------------
+
+
+@router.get("/anmelden")
+async def login_form(request: Request, weiter: str = "", abgemeldet: str = "") -> Response:
+    if isinstance(request.session.get("user_id"), int):
+        return RedirectResponse(_next_page(weiter), 303)
+    return page(
+        request,
+        "office/login.html",
+        {
+            "name": "",
+            "error": "",
+            "next": _next_page(weiter),
+            "message": "Sie sind abgemeldet." if abgemeldet else "",
+        },
+    )
+
+
+@router.post("/anmelden")
+async def login(request: Request) -> Response:
+    ctx = context_of(request)
+    form = await checked_form(request)
+    name = field(form, "name").strip()[:100]
+    target = _next_page(field(form, "next"))
+    now = ctx.clock()
+    async with ctx.db.transaction() as session:
+        result = await check_login(
+            session, name, field(form, "password"), settings=ctx.settings.web, now=now
+        )
+        user = result.user
+        user_id, user_name = (user.id, user.name) if user is not None else (0, "")
+        if user is not None:
+            client = request.client.host if request.client else "unbekannt"
+            await audit.record(
+                session, f"office:{user_name}", "login", "user", user_id, {"ip": client}
+            )
+    if user is not None:
+        # A new session for the logged-in user: nothing of the anonymous one carries over.
+        request.session.clear()
+        request.session.update(
+            {"user_id": user_id, "user_name": user_name, "csrf": secrets.token_urlsafe(32)}
+        )
+        return RedirectResponse(target, 303)
+    await asyncio.sleep(FAILED_LOGIN_DELAY)
+    if result.locked_until is not None:
+        until = result.locked_until.astimezone(ctx.settings.scheduler.tz).strftime("%H:%M")
+        error = (
+            "Zu viele fehlgeschlagene Anmeldungen: Die Anmeldung ist bis "
+            f"{until} Uhr gesperrt. Bitte versuchen Sie es danach noch einmal."
+        )
+        status = 429
+    else:
+        error = "Name oder Passwort ist nicht richtig."
+        status = 401
+    return page(
+        request,
+        "office/login.html",
+        {"name": name, "error": error, "next": target, "message": ""},
+        status=status,
+    )
+
+
+@router.post("/abmelden")
+async def logout(request: Request) -> Response:
+    await checked_form(request)
+    request.session.clear()
+    return RedirectResponse("/buero/anmelden?abgemeldet=1", 303)
+
+
+# -- dashboard -------------------------------------------------------------------------------
+
+
+@router.get("")
+async def dashboard(request: Request, user: CurrentUser) -> Response:
+    ctx = context_of(request)
+    now = ctx.clock()
+    tz = ctx.settings.scheduler.tz
+    async with ctx.db.reading() as session:
+        scheduled = await reports.scheduled_announcements(session)
+        recent = await reports.recent_source_items(session)
+        briefings = await reports.recent_briefings(session)
+        days = await reports.daily_figures(session, reports.day_bounds(now, tz, DAYS_SHOWN))
+        totals = await queries.outbox_counts(session)
+        failures = await queries.recent_failures(session, 5)
+        states = await reports.source_states(session)
+        counts = await item_counts(session)
+        held, _ = await reports.search_subscribers(
+            session, reports.SubscriberFilter(status=SubscriberStatus.held), limit=0, offset=0
+        )
+    sources = [
+        {
+            "name": s.name,
+            "kind": "Feed" if source_kind(s) == "feed" else "Kalender",
+            "count": counts.get(s.name, 0),
+            "state": states.get(s.name),
+        }
+        for s in ctx.settings.sources.all
+    ]
+    return office_page(
+        request,
+        user,
+        "office/dashboard.html",
+        {
+            "title": "Übersicht",
+            "scheduled": scheduled,
+            "recent": recent,
+            "briefings": briefings,
+            "days": days,
+            "totals": [(STATE_LABELS[s], totals.get(s, 0)) for s in OutboxState],
+            "failures": failures,
+            "sources": sources,
+            "held": held,
+            "item_labels": ITEM_LABELS,
+            "state_labels": STATE_LABELS,
+        },
+        section="start",
+    )
+
+
+@router.get("/vorschau/{key}")
+async def preview_frame(request: Request, key: str, user: CurrentUser) -> Response:
+    html = preview_html(request, user, key)
+    if html is None:
+        raise HTTPException(404, "Diese Vorschau gibt es nicht mehr. Bitte neu erstellen.")
+    return mail_frame(html)
+
+
+# -- mail catcher ----------------------------------------------------------------------------
+
+
+def _store(request: Request) -> Any:
+    mails = context_of(request).mails
+    if mails is None:
+        raise HTTPException(404, "Der eingebaute Mail-Catcher ist nicht eingeschaltet.")
+    return mails
+
+
+async def _caught(request: Request, number: int) -> tuple[CaughtMail, EmailMessage]:
+    store = _store(request)
+    try:
+        mail: CaughtMail = await asyncio.to_thread(store.get, number)
+    except NotFoundError as exc:
+        raise HTTPException(404, f"Keine Nachricht Nr. {number}.") from exc
+    return mail, await asyncio.to_thread(mail.message)
+
+
+def _part(message: EmailMessage, kind: str) -> str:
+    part = message.get_body(preferencelist=(kind,))
+    return "" if part is None else str(part.get_content())
+
+
+@router.get("/mails")
+async def mails(request: Request, user: CurrentUser) -> Response:
+    store = _store(request)
+    caught: list[CaughtMail] = await asyncio.to_thread(store.list)
+    return office_page(
+        request,
+        user,
+        "office/mails.html",
+        {"title": "Mail-Catcher", "mails": list(reversed(caught))},
+        section="mails",
+    )
+
+
+@router.get("/mails/{number}")
+async def mail(request: Request, number: int, user: CurrentUser) -> Response:
+    caught, message = await _caught(request, number)
+    headers = [
+        (h, str(message[h]))
+        for h in ("Date", "From", "To", "Subject", "List-Unsubscribe")
+        if message[h] is not None
+    ]
+    return office_page(
+        request,
+        user,
+        "office/mail.html",
+        {
+            "title": f"Nachricht Nr. {number}",
+            "caught": caught,
+            "headers": headers,
+            "has_html": bool(_part(message, "html")),
+            "text": _part(message, "plain"),
+        },
+        section="mails",
+    )
+
+
+@router.get("/mails/{number}/html")
+async def mail_html(request: Request, number: int, user: CurrentUser) -> Response:
+    _, message = await _caught(request, number)
+    return mail_frame(_part(message, "html"))
+
+
+# The other pages register their routes on the same router.
+from . import office_announcements, office_subscribers  # noqa: E402
+
+__all__ += ["office_announcements", "office_subscribers"]

@@ -1,0 +1,347 @@
+"""Subscribers in the office console: search and filter, edit, approve, pause, deactivate, CSV
+import by upload (the CLI's validation and row-by-row report) and export."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Request, Response
+from fastapi.responses import RedirectResponse
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
+
+from .. import audit, console, subscriber_admin
+from ..db import reports
+from ..db.models import Role, Subscriber, SubscriberStatus
+from ..errors import InputError, StateError
+from ..labels import RHYTHM_LABELS, ROLE_CHOICES, ROLE_LABELS, SUBSCRIBER_LABELS
+from ..subscribers import apply_subscribers, export_subscribers, parse_subscribers
+from .app import checked_form, context_of
+from .officekit import (
+    CurrentUser,
+    OfficeUser,
+    field,
+    fields,
+    office_page,
+    router,
+    unit_by_label,
+    units,
+)
+
+PAGE_SIZE = 50
+MAX_UPLOAD = 5 * 2**20
+FIELD_LABELS = {
+    "email": "E-Mail-Adresse",
+    "name": "Name",
+    "organisation": "Organisation",
+    "role": "Funktion",
+    "topics": "Themen",
+    "rhythm": "Rhythmus",
+    "file": "Datei",
+}
+
+
+@router.get("/abonnenten")
+async def subscriber_list(
+    request: Request,
+    user: CurrentUser,
+    q: str = "",
+    organisation: str = "",
+    role: str = "",
+    topic: str = "",
+    status: str = "",
+    seite: int = 1,
+) -> Response:
+    ctx = context_of(request)
+    page_no = max(seite, 1)
+    async with ctx.db.reading() as session:
+        choices, by_key = await units(session)
+        unit = unit_by_label(choices, organisation) if organisation.strip() else None
+        problem = ""
+        if organisation.strip() and unit is None:
+            problem = "Diese Organisation gibt es nicht; bitte aus der Liste wählen."
+        chosen = reports.SubscriberFilter(
+            text=q.strip()[:200].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"),
+            organisation_path=by_key[unit.key].path if unit is not None else None,
+            role=Role.__members__.get(role),
+            topic=topic if topic in ctx.settings.topic_keys else None,
+            status=SubscriberStatus.__members__.get(status),
+        )
+        total, rows = await reports.search_subscribers(
+            session, chosen, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE
+        )
+        held, _ = await reports.search_subscribers(
+            session, reports.SubscriberFilter(status=SubscriberStatus.held), limit=0, offset=0
+        )
+    query = {"q": q, "organisation": organisation, "role": role, "topic": topic, "status": status}
+    pages = max(1, math.ceil(total / PAGE_SIZE))
+    return office_page(
+        request,
+        user,
+        "office/subscribers.html",
+        {
+            "title": "Abonnenten",
+            "rows": rows,
+            "total": total,
+            "held": held,
+            "filters": query,
+            "problem": problem,
+            "page_no": page_no,
+            "pages": pages,
+            "query": urlencode({k: v for k, v in query.items() if v}),
+            "units": choices,
+            "topics": ctx.settings.topics,
+            "topic_titles": {t.key: t.title for t in ctx.settings.topics},
+            "roles": {r.value: label for r, label in ROLE_LABELS.items()},
+            "role_labels": ROLE_CHOICES,
+            "statuses": {s.value: label for s, label in SUBSCRIBER_LABELS.items()},
+            "status_labels": SUBSCRIBER_LABELS,
+        },
+        section="subscribers",
+    )
+
+
+@router.get("/abonnenten/export.csv")
+async def export(request: Request, user: CurrentUser) -> Response:
+    ctx = context_of(request)
+    now = ctx.clock()
+    async with ctx.db.transaction() as session:
+        text = await export_subscribers(session)
+        await audit.record(session, user.actor, "subscribers.exported", "subscribers", None, {})
+    day = now.astimezone(ctx.settings.scheduler.tz).strftime("%Y-%m-%d")
+    return Response(
+        text,
+        media_type="text/csv; charset=utf-8",
+        headers={
+            "Content-Disposition": f'attachment; filename="abonnenten-{day}.csv"',
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+# -- import ----------------------------------------------------------------------------------
+
+
+def _import_page(
+    request: Request, user: OfficeUser, context: dict[str, Any], status: int = 200
+) -> Response:
+    return office_page(
+        request,
+        user,
+        "office/import.html",
+        {
+            "title": "Abonnenten importieren",
+            "problems": [],
+            "report": None,
+            "error": "",
+            "filename": "",
+            "dry_run": False,
+            **context,
+        },
+        section="subscribers",
+        status=status,
+    )
+
+
+@router.get("/abonnenten/import")
+async def import_form(request: Request, user: CurrentUser) -> Response:
+    return _import_page(request, user, {})
+
+
+def _write_temp(data: bytes) -> Path:
+    with tempfile.NamedTemporaryFile("wb", suffix=".csv", delete=False) as out:
+        out.write(data)
+        return Path(out.name)
+
+
+@router.post("/abonnenten/import")
+async def import_upload(request: Request, user: CurrentUser) -> Response:
+    ctx = context_of(request)
+    form = await checked_form(request)
+    upload = form.get("file")
+    dry_run = field(form, "dry_run") == "1"
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return _import_page(
+            request, user, {"error": "Bitte eine CSV-Datei wählen.", "dry_run": dry_run}, 422
+        )
+    filename = Path(upload.filename).name
+    data = await upload.read(MAX_UPLOAD + 1)
+    if len(data) > MAX_UPLOAD:
+        return _import_page(
+            request,
+            user,
+            {"error": "Die Datei ist größer als 5 MB.", "filename": filename, "dry_run": dry_run},
+            422,
+        )
+    path = await asyncio.to_thread(_write_temp, data)
+    try:
+        async with ctx.db.transaction() as session:
+            rows = await parse_subscribers(session, path, set(ctx.settings.topic_keys))
+            report = await apply_subscribers(session, rows, actor=user.actor, dry_run=dry_run)
+    except InputError as exc:
+        summary = "" if exc.problems else str(exc).replace(str(path), filename)
+        return _import_page(
+            request,
+            user,
+            {
+                "problems": exc.problems,
+                "error": summary
+                or f"{len(exc.problems)} Fehler in {filename}: nichts wurde gespeichert.",
+                "filename": filename,
+                "dry_run": dry_run,
+            },
+            422,
+        )
+    finally:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+    return _import_page(request, user, {"report": report, "filename": filename, "dry_run": dry_run})
+
+
+# -- one subscriber --------------------------------------------------------------------------
+
+
+def _values_of(sub: Subscriber, label: str) -> dict[str, Any]:
+    return {
+        "email": sub.email,
+        "name": sub.name,
+        "organisation": label,
+        "role": sub.role.value,
+        "rhythm": sub.rhythm.value,
+        "all_topics": sub.all_topics,
+        "topics": [s.topic_key for s in sub.subscriptions],
+    }
+
+
+def _values_from(form: FormData) -> dict[str, Any]:
+    return {
+        "email": field(form, "email"),
+        "name": field(form, "name"),
+        "organisation": field(form, "organisation"),
+        "role": field(form, "role"),
+        "rhythm": field(form, "rhythm"),
+        "all_topics": field(form, "all_topics") == "1",
+        "topics": fields(form, "topics"),
+    }
+
+
+async def _subscriber(session: Any, subscriber_id: int) -> Subscriber:
+    sub = await reports.subscriber(session, subscriber_id)
+    if sub is None:
+        raise HTTPException(404, f"Keinen Abonnenten Nr. {subscriber_id}.")
+    return sub
+
+
+async def _edit_page(
+    request: Request,
+    user: OfficeUser,
+    subscriber_id: int,
+    *,
+    values: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+    notice: str = "",
+    problem: str = "",
+    status: int = 200,
+) -> Response:
+    ctx = context_of(request)
+    async with ctx.db.reading() as session:
+        sub = await _subscriber(session, subscriber_id)
+        choices, _ = await units(session)
+    label = next((u.label for u in choices if u.id == sub.organisation_id), "")
+    return office_page(
+        request,
+        user,
+        "office/subscriber.html",
+        {
+            "title": f"Abonnent {sub.email}",
+            "subscriber": sub,
+            "status_label": SUBSCRIBER_LABELS[sub.status],
+            "values": values or _values_of(sub, label),
+            "errors": errors or {},
+            "labels": FIELD_LABELS,
+            "units": choices,
+            "topics": ctx.settings.topics,
+            "roles": {r.value: label for r, label in ROLE_CHOICES.items()},
+            "rhythms": {r.value: label for r, label in RHYTHM_LABELS.items()},
+            "notice": notice,
+            "problem": problem,
+        },
+        section="subscribers",
+        status=status,
+    )
+
+
+@router.get("/abonnenten/{subscriber_id}")
+async def subscriber_form(
+    request: Request, subscriber_id: int, user: CurrentUser, gespeichert: str = ""
+) -> Response:
+    notice = {"1": "Die Änderungen sind gespeichert.", "status": "Der Status ist geändert."}
+    return await _edit_page(request, user, subscriber_id, notice=notice.get(gespeichert, ""))
+
+
+@router.post("/abonnenten/{subscriber_id}")
+async def subscriber_save(request: Request, subscriber_id: int, user: CurrentUser) -> Response:
+    ctx = context_of(request)
+    form = await checked_form(request)
+    values = _values_from(form)
+    errors: dict[str, str] = {}
+    async with ctx.db.transaction() as session:
+        sub = await _subscriber(session, subscriber_id)
+        choices, by_key = await units(session)
+        unit = unit_by_label(choices, values["organisation"])
+        topics = [] if values["all_topics"] else values["topics"]
+        if not values["all_topics"] and not topics:
+            errors["topics"] = "Bitte mindestens ein Thema oder „alle Themen“ wählen."
+        try:
+            checked = subscriber_admin.check_subscriber(
+                subscriber_admin.SubscriberInput(
+                    email=values["email"],
+                    name=values["name"],
+                    organisation=unit.key if unit is not None else "",
+                    role=values["role"],
+                    rhythm=values["rhythm"],
+                    topics=topics,
+                ),
+                settings=ctx.settings,
+                units=by_key,
+            )
+            if not errors:
+                await subscriber_admin.change_subscriber(
+                    session, sub, checked, actor=user.actor, now=ctx.clock()
+                )
+        except console.FieldErrors as exc:
+            errors = {**exc.errors, **errors}
+    if errors:
+        return await _edit_page(
+            request, user, subscriber_id, values=values, errors=errors, status=422
+        )
+    return RedirectResponse(f"/buero/abonnenten/{subscriber_id}?gespeichert=1", 303)
+
+
+@router.post("/abonnenten/{subscriber_id}/status")
+async def subscriber_status(request: Request, subscriber_id: int, user: CurrentUser) -> Response:
+    ctx = context_of(request)
+    form = await checked_form(request)
+    wanted = SubscriberStatus.__members__.get(field(form, "status"))
+    back = field(form, "back")
+    if wanted not in (
+        SubscriberStatus.active,
+        SubscriberStatus.paused,
+        SubscriberStatus.unsubscribed,
+    ):
+        raise HTTPException(400, "Unbekannter Status.")
+    try:
+        async with ctx.db.transaction() as session:
+            sub = await _subscriber(session, subscriber_id)
+            await subscriber_admin.set_status(
+                session, sub, wanted, actor=user.actor, now=ctx.clock()
+            )
+    except StateError as exc:
+        return await _edit_page(request, user, subscriber_id, problem=str(exc), status=409)
+    if back == "liste":
+        return RedirectResponse("/buero/abonnenten?status=held", 303)
+    return RedirectResponse(f"/buero/abonnenten/{subscriber_id}?gespeichert=status", 303)

@@ -1,0 +1,175 @@
+"""What the pages of the office console share: the router whose routes require a login, the
+logged-in user, form helpers, one renderer, and the store of previews shown in frames."""
+
+from __future__ import annotations
+
+import secrets
+from collections import OrderedDict
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.routing import APIRoute
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import FormData
+
+from ..db.models import Organisation, User
+from ..rendering import Renderer
+from .app import WebContext, context_of, page
+from .public import Unit, organisation_choices
+
+# The e-mail HTML shown in a frame: its inline styles and images may load, nothing else.
+MAIL_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
+    "frame-ancestors 'self'; form-action 'none'; base-uri 'none'"
+)
+PREVIEWS_KEPT = 64
+
+
+class LoginRequired(Exception):
+    """Raised by :func:`current_user` when nobody (or a removed user) is logged in."""
+
+
+class OfficeRoute(APIRoute):
+    """A route of the console: a request without login is sent to the login page (303)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except LoginRequired:
+                if request.method != "GET":  # a form sent after the session ended
+                    return RedirectResponse("/buero/anmelden", 303)
+                target = request.url.path
+                if request.url.query:
+                    target += "?" + request.url.query
+                return RedirectResponse("/buero/anmelden?weiter=" + quote(target, safe=""), 303)
+
+        return guarded
+
+
+router = APIRouter(include_in_schema=False, route_class=OfficeRoute)
+
+
+@dataclass(frozen=True)
+class OfficeUser:
+    id: int
+    name: str
+    email: str
+
+    @property
+    def actor(self) -> str:
+        return f"office:{self.name}"
+
+
+async def current_user(request: Request) -> OfficeUser:
+    """The logged-in office user; the user is read anew on every request, so removing or
+    deactivating one ends their sessions."""
+    user_id = request.session.get("user_id")
+    if not isinstance(user_id, int):
+        raise LoginRequired
+    ctx = context_of(request)
+    async with ctx.db.reading() as session:
+        user = await session.get(User, user_id)
+    if user is None or not user.active:
+        request.session.clear()
+        raise LoginRequired
+    return OfficeUser(user.id, user.name, user.email)
+
+
+CurrentUser = Annotated[OfficeUser, Depends(current_user)]
+
+
+def field(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value if isinstance(value, str) else ""
+
+
+def fields(form: FormData, name: str) -> list[str]:
+    return [v for v in form.getlist(name) if isinstance(v, str) and v]
+
+
+def renderer(ctx: WebContext) -> Renderer:
+    found = ctx.extra.get("renderer")
+    if not isinstance(found, Renderer):
+        found = ctx.extra["renderer"] = Renderer(ctx.settings)
+    return found
+
+
+def smtp_endpoint(ctx: WebContext) -> tuple[str, int, str]:
+    """Where test messages go: the service's SMTP server (the catcher's port when it runs)."""
+    endpoint = ctx.extra.get("smtp")
+    if isinstance(endpoint, tuple):
+        return endpoint
+    smtp = ctx.settings.smtp
+    return smtp.host, smtp.port, smtp.tls
+
+
+async def units(session: AsyncSession) -> tuple[list[Unit], dict[str, Organisation]]:
+    """The organisation choices (labelled) and the units by key."""
+    choices = await organisation_choices(session)
+    by_key = {o.key: o for o in (await session.scalars(select(Organisation))).all()}
+    return choices, by_key
+
+
+def unit_by_label(choices: list[Unit], wanted: str) -> Unit | None:
+    text = wanted.strip()
+    return next((u for u in choices if text in (u.label, u.key)), None)
+
+
+def keep_preview(request: Request, user: OfficeUser, html: str) -> str:
+    """Keep rendered e-mail HTML for its frame; returns the key of its URL."""
+    ctx = context_of(request)
+    store: OrderedDict[str, tuple[int, str]] = ctx.extra.setdefault("previews", OrderedDict())
+    key = secrets.token_urlsafe(16)
+    store[key] = (user.id, html)
+    while len(store) > PREVIEWS_KEPT:
+        store.popitem(last=False)
+    return key
+
+
+def preview_html(request: Request, user: OfficeUser, key: str) -> str | None:
+    store: Mapping[str, tuple[int, str]] = context_of(request).extra.get("previews", {})
+    found = store.get(key)
+    if found is None or found[0] != user.id:
+        return None
+    return found[1]
+
+
+def mail_frame(html: str) -> HTMLResponse:
+    """E-mail HTML for a sandboxed frame, under a policy that lets its inline styles work."""
+    return HTMLResponse(
+        html,
+        headers={
+            "Content-Security-Policy": MAIL_CSP,
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "SAMEORIGIN",
+        },
+    )
+
+
+def office_page(
+    request: Request,
+    user: OfficeUser,
+    template: str,
+    context: dict[str, Any] | None = None,
+    *,
+    section: str = "",
+    status: int = 200,
+) -> Response:
+    ctx = context_of(request)
+    values = {
+        "user": user,
+        "section": section,
+        "catcher": ctx.mails is not None,
+        **(context or {}),
+    }
+    response = page(request, template, values, status=status)
+    response.headers["Cache-Control"] = "no-store"
+    return response
