@@ -414,10 +414,10 @@ def test_event_without_uid_gets_a_stable_generated_uid() -> None:
     ],
 )
 def test_malformed_data_raises_source_error_naming_the_source(data: bytes) -> None:
-    with pytest.raises(SourceError, match=r"^kreis-termine: malformed calendar: ") as caught:
+    with pytest.raises(SourceError, match=r"^kreis-termine: fehlerhafter Kalender: ") as caught:
         parse(data)
     assert caught.value.source == "kreis-termine"
-    assert caught.value.problem.startswith("malformed calendar: ")
+    assert caught.value.problem.startswith("fehlerhafter Kalender: ")
 
 
 def test_broken_event_names_its_uid() -> None:

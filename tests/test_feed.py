@@ -136,17 +136,17 @@ def test_well_formed_feed_without_entries_gives_no_entries() -> None:
     ids=["binary", "empty", "html-page", "json"],
 )
 def test_garbage_is_a_malformed_feed(data: bytes) -> None:
-    with pytest.raises(SourceError, match="malformed feed") as caught:
+    with pytest.raises(SourceError, match="fehlerhafter Feed") as caught:
         parse_feed("news", data)
 
     assert caught.value.source == "news"
-    assert str(caught.value).startswith("news: malformed feed")
+    assert str(caught.value).startswith("news: fehlerhafter Feed")
 
 
 def test_a_body_that_names_a_file_is_not_opened() -> None:
     # feedparser opens a bytes argument as a path if it can; a server answering with a local
     # path must not make us parse that file.
-    with pytest.raises(SourceError, match="malformed feed"):
+    with pytest.raises(SourceError, match="fehlerhafter Feed"):
         parse_feed("news", str(FEEDS / "rss.xml").encode())
 
 
@@ -227,7 +227,7 @@ async def test_timeout_covers_the_whole_request(
     server.routes["/feed.xml"] = route
     started = time.monotonic()
 
-    with pytest.raises(SourceError, match=r"within 0\.5 seconds") as caught:
+    with pytest.raises(SourceError, match=r"innerhalb von 0\.5 Sekunden") as caught:
         await get(client, server.url("/feed.xml"), timeout=0.5)
 
     assert time.monotonic() - started < 2.0
@@ -242,7 +242,7 @@ async def test_oversized_body_is_refused_without_reading_it(
     server.routes["/huge.xml"] = Route(stream=total, announce_length=announce_length)
     started = time.monotonic()
 
-    with pytest.raises(SourceError, match=f"limit of {MB} bytes") as caught:
+    with pytest.raises(SourceError, match=f"Grenze von {MB} Bytes") as caught:
         await get(client, server.url("/huge.xml"), max_bytes=MB)
 
     assert time.monotonic() - started < 5.0
@@ -254,7 +254,7 @@ async def test_oversized_body_is_refused_without_reading_it(
 
 async def test_unsupported_source_is_refused(client: httpx.AsyncClient) -> None:
     for url in ("ftp://example.org/feed.xml", "feeds/relative.xml"):
-        with pytest.raises(SourceError, match="unsupported source"):
+        with pytest.raises(SourceError, match="wird nicht unterstützt"):
             await get(client, url)
 
 
@@ -307,9 +307,9 @@ async def test_local_file_errors(tmp_path: Path, client: httpx.AsyncClient) -> N
     big = tmp_path / "big.xml"
     big.write_bytes(b"x" * 2048)
 
-    with pytest.raises(SourceError, match="more than the limit of 1024"):
+    with pytest.raises(SourceError, match="mehr als die Grenze von 1024"):
         await get(client, str(big), max_bytes=1024)
-    with pytest.raises(SourceError, match="cannot read file") as caught:
+    with pytest.raises(SourceError, match="nicht lesbar") as caught:
         await get(client, str(tmp_path / "missing.xml"))
     assert isinstance(caught.value.__cause__, FileNotFoundError)
 

@@ -108,7 +108,7 @@ def parse_calendar(
         cancel_all = str(calendar.get("METHOD", "")).upper() == "CANCEL"
         events = [_event(name, c, tz, series, cancel_all) for c in components]
     except _PARSE_ERRORS as exc:
-        raise SourceError(name, f"malformed calendar: {exc}") from exc
+        raise SourceError(name, f"fehlerhafter Kalender: {exc}") from exc
     inside = [
         e
         for e in events
@@ -202,9 +202,9 @@ def _load(name: str, data: bytes) -> icalendar.Calendar:
     try:
         component = icalendar.Calendar.from_ical(text)
     except _PARSE_ERRORS as exc:
-        raise SourceError(name, f"malformed calendar: {exc}") from exc
+        raise SourceError(name, f"fehlerhafter Kalender: {exc}") from exc
     if not isinstance(component, icalendar.Calendar):
-        raise SourceError(name, f"malformed calendar: {component.name} instead of VCALENDAR")
+        raise SourceError(name, f"fehlerhafter Kalender: {component.name} statt VCALENDAR")
     return component
 
 
@@ -232,7 +232,7 @@ def _prepare(name: str, calendar: icalendar.Calendar, tz: ZoneInfo) -> _Series:
                 series.moves[(uid, _start_id(original, tz))] = moved
         except _PARSE_ERRORS as exc:
             uid = str(component.get("UID", "?"))
-            raise SourceError(name, f"malformed calendar: event {uid!r}: {exc}") from exc
+            raise SourceError(name, f"fehlerhafter Kalender: Termin {uid!r}: {exc}") from exc
     return series
 
 
@@ -259,7 +259,7 @@ def _event(
 
     sequence = component.get("SEQUENCE", 0)
     if not isinstance(sequence, int):
-        raise SourceError(name, f"malformed calendar: event {uid!r}: SEQUENCE {sequence!r}")
+        raise SourceError(name, f"fehlerhafter Kalender: Termin {uid!r}: SEQUENCE {sequence!r}")
     title = " ".join(_plain_text(str(component.get("SUMMARY", ""))).split())
     location = ", ".join(
         " ".join(line.split())

@@ -70,10 +70,10 @@ def parse_feed(name: str, data: bytes) -> list[FeedEntry]:
     version = str(parsed.get("version") or "")
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
     if not entries and not version:
-        reason = str(problem) if problem is not None else "no RSS or Atom feed found"
+        reason = str(problem) if problem is not None else "kein RSS- oder Atom-Feed gefunden"
         if not data.strip():
-            reason = "the document is empty"
-        raise SourceError(name, f"malformed feed: {reason}")
+            reason = "das Dokument ist leer"
+        raise SourceError(name, f"fehlerhafter Feed: {reason}")
     if problem is not None:
         logger.warning("%s: feed is not well-formed, parsed leniently: %s", name, problem)
 

@@ -64,19 +64,26 @@ async def fetch(
         return await _fetch_http(client, name, url, etag, last_modified, timeout, max_bytes)
     if scheme == "file":
         if parts.netloc not in ("", "localhost"):
-            raise SourceError(name, f"file URL {url} names a remote host; only local files work")
+            raise SourceError(
+                name,
+                f"Datei-URL {url} nennt einen anderen Rechner; nur lokale Dateien sind möglich",
+            )
         path = Path(url2pathname(parts.path))
     elif Path(url).is_absolute():
         path = Path(url)
     else:
         raise SourceError(
-            name, f"unsupported source {url!r}: expected an http(s) URL or an absolute file path"
+            name,
+            f"Quelle {url!r} wird nicht unterstützt: erwartet ist eine http(s)-Adresse "
+            "oder ein absoluter Dateipfad",
         )
     try:
         async with asyncio.timeout(timeout):
             return await asyncio.to_thread(_read_file, name, path, etag, last_modified, max_bytes)
     except TimeoutError as exc:
-        raise SourceError(name, f"reading {path} took longer than {timeout:g} seconds") from exc
+        raise SourceError(
+            name, f"Lesen von {path} dauerte länger als {timeout:g} Sekunden"
+        ) from exc
 
 
 async def _fetch_http(
@@ -113,21 +120,21 @@ async def _fetch_http(
             if not response.is_success:
                 raise SourceError(
                     name,
-                    f"HTTP {response.status_code} {response.reason_phrase} from {where}".rstrip(),
+                    f"HTTP {response.status_code} {response.reason_phrase} von {where}".rstrip(),
                 )
             announced = _content_length(response)
             if announced is not None and announced > max_bytes:
                 raise SourceError(
                     name,
-                    f"response from {where} announces {announced} bytes, "
-                    f"more than the limit of {max_bytes} bytes",
+                    f"Antwort von {where} kündigt {announced} Bytes an, "
+                    f"mehr als die Grenze von {max_bytes} Bytes",
                 )
             body = bytearray()
             async for chunk in response.aiter_bytes():
                 body += chunk
                 if len(body) > max_bytes:
                     raise SourceError(
-                        name, f"response from {where} exceeds the limit of {max_bytes} bytes"
+                        name, f"Antwort von {where} überschreitet die Grenze von {max_bytes} Bytes"
                     )
             logger.debug("%s: %d bytes from %s", name, len(body), where)
             return Fetched(
@@ -138,11 +145,11 @@ async def _fetch_http(
             )
     except (TimeoutError, httpx.TimeoutException) as exc:
         raise SourceError(
-            name, f"no complete response from {url} within {timeout:g} seconds"
+            name, f"keine vollständige Antwort von {url} innerhalb von {timeout:g} Sekunden"
         ) from exc
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         reason = str(exc) or type(exc).__name__
-        raise SourceError(name, f"request to {url} failed: {reason}") from exc
+        raise SourceError(name, f"Anfrage an {url} fehlgeschlagen: {reason}") from exc
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -174,11 +181,11 @@ def _read_file(
             if stat.st_size > max_bytes:
                 raise SourceError(
                     name,
-                    f"file {path} has {stat.st_size} bytes, more than the limit of {max_bytes}",
+                    f"Datei {path} hat {stat.st_size} Bytes, mehr als die Grenze von {max_bytes}",
                 )
             body = file.read(max_bytes + 1)
     except OSError as exc:
-        raise SourceError(name, f"cannot read file {path}: {exc.strerror or exc}") from exc
+        raise SourceError(name, f"Datei {path} nicht lesbar: {exc.strerror or exc}") from exc
     if len(body) > max_bytes:  # the file grew after fstat
-        raise SourceError(name, f"file {path} exceeds the limit of {max_bytes} bytes")
+        raise SourceError(name, f"Datei {path} überschreitet die Grenze von {max_bytes} Bytes")
     return Fetched(False, body, file_etag, file_modified)
