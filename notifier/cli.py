@@ -142,7 +142,7 @@ async def run(ctx: click.Context, only: str | None, smtp: str | None, parent: in
         if service.web_port is not None:
             click.echo(
                 f"  Web:         http://{settings.web.host}:{service.web_port}/anmelden "
-                f"(Projektbüro: /buero, API: /api/v1/docs)"
+                f"(Projektbüro: /buero, API: /api/v1/openapi.json)"
             )
         click.echo("Beenden mit Strg+C.")
     ready.cancel()
