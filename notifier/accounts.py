@@ -8,6 +8,7 @@ a while (``[web] login_max_failures``, ``login_lockout_minutes``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import re
 import secrets
@@ -74,7 +75,7 @@ async def check_login(
     user = await session.scalar(select(User).where(User.name == name, User.active.is_(True)))
     if user is None:
         with contextlib.suppress(VerificationError):
-            _hasher.verify(_DUMMY_HASH, password)
+            _hasher.verify(_dummy_hash(), password)
         return LoginResult(None)
     if user.locked_until is not None and user.locked_until > now:
         return LoginResult(None, user.locked_until)
@@ -96,7 +97,11 @@ async def check_login(
     return LoginResult(user)
 
 
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+@functools.cache
+def _dummy_hash() -> str:
+    # Made on first use, not at import: argon2 takes 64 MiB for a moment per hash, which a
+    # process that never checks a login (a sender, the service at start) should not pay.
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def _token_hash(token: str) -> str:
