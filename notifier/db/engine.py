@@ -2,18 +2,24 @@
 
 :class:`Database` owns one async engine: create it with ``async with Database(url) as db`` and it
 is disposed on exit. Migrations (Alembic) are applied with :meth:`Database.migrate`.
+
+Two backends: SQLite (aiosqlite, the embedded default, one service) and PostgreSQL (asyncpg,
+any number of processes on any number of machines). Whatever differs between them stays in this
+package (here and in :mod:`notifier.db.queries`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection, event, text
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -26,7 +32,8 @@ logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_file(url: str) -> Path | None:
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None: another database, or in memory)."""
     for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
         if url.startswith(prefix):
             rest = url[len(prefix) :].split("?", 1)[0]
@@ -58,16 +65,49 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-class Database:
-    """One engine and its session factory; an async context manager that disposes the engine."""
+# Keys of PostgreSQL advisory locks (one 64-bit number space per database).
+MIGRATION_LOCK = 0x6E6F7469_00000001  # "noti" + 1: one process migrates at a time
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+
+def postgres_connect_args(role: str) -> dict[str, Any]:
+    """asyncpg connection arguments: the process shows up in ``pg_stat_activity`` under its
+    role, host and pid, and the server notices a vanished client within about half a minute
+    (TCP keepalive), which ends its sessions and frees its advisory locks."""
+    name = f"notifier {role} {socket.gethostname()}:{os.getpid()}"[:63]
+    return {
+        "server_settings": {
+            "application_name": name,
+            "tcp_keepalives_idle": "10",
+            "tcp_keepalives_interval": "5",
+            "tcp_keepalives_count": "3",
+        }
+    }
+
+
+def is_postgres_url(url: str) -> bool:
+    return url.startswith(("postgresql", "postgres:"))
+
+
+class Database:
+    """One engine and its session factory; an async context manager that disposes the engine.
+
+    ``role`` names the process in PostgreSQL's ``pg_stat_activity`` (e.g. "sender").
+    """
+
+    def __init__(self, url: str, *, echo: bool = False, role: str = "cli") -> None:
         self.url = url
-        file = _sqlite_file(url)
+        file = sqlite_path(url)
         if file is not None:
             file.parent.mkdir(parents=True, exist_ok=True)
-        self.engine = create_async_engine(url, echo=echo)
+        kwargs: dict[str, Any] = {}
+        if is_postgres_url(url):
+            # pre_ping: a connection the server closed (restart, failover) is replaced instead
+            # of failing the next transaction.
+            kwargs = {"connect_args": postgres_connect_args(role), "pool_pre_ping": True}
+        self.engine = create_async_engine(url, echo=echo, **kwargs)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+        self.sqlite_file = file
         if self.is_sqlite:
             _configure_sqlite(self.engine)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
@@ -103,5 +143,16 @@ class Database:
             command.upgrade(cfg, "head")
 
         async with self.engine.begin() as connection:
+            if self.is_postgres:
+                # Processes starting together migrate one after the other (the lock ends with
+                # the transaction); the later ones find nothing to do.
+                await connection.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             await connection.run_sync(upgrade)
-        logger.debug("database migrated: %s", self.engine.url.render_as_string(hide_password=True))
+        logger.debug("database migrated: %s", self.display_url)
+
+    @property
+    def display_url(self) -> str:
+        """The URL with the password hidden: the form for logs and messages."""
+        return self.engine.url.render_as_string(hide_password=True)

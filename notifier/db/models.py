@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -232,6 +233,10 @@ class OutboxMessage(Base):
     updated_at: Mapped[datetime]
     next_attempt_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]
+    # Who holds the lease: one claim of one sender process (see queries.claim_batch). Outcomes
+    # are written only by that claim, so a process whose lease ran out cannot overwrite a row
+    # another process has claimed since.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
     sent_at: Mapped[datetime | None]
     last_code: Mapped[int | None]
     last_reply: Mapped[str | None] = mapped_column(Text)
@@ -295,6 +300,20 @@ class ScheduleState(Base):
 
     key: Mapped[str] = mapped_column(String(60), primary_key=True)
     last_slot_at: Mapped[datetime]
+
+
+class RateBucket(Base):
+    """A token bucket shared by every sender process: one row per configured rate limit.
+
+    ``tokens`` are the messages that may go out now; they refill at the configured rate up to
+    the bucket's size. ``updated_at`` is Unix time in seconds (the senders' clocks).
+    """
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class AuditEntry(Base):
