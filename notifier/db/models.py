@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -210,6 +211,11 @@ class Item(Base):
     change_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+# The rows a claim may take, as literal SQL: the partial index below and the claim's WHERE
+# clause must say the same, for both databases to see that the index serves the claim.
+OUTBOX_OPEN = "state IN ('queued', 'deferred', 'sending')"
+
+
 class OutboxMessage(Base):
     """One row per recipient and item; the single source of truth for what was sent."""
 
@@ -218,6 +224,13 @@ class OutboxMessage(Base):
         UniqueConstraint("item_id", "subscriber_id", "notice", name="uq_outbox_item_subscriber"),
         UniqueConstraint("digest_id", name="uq_outbox_digest"),
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
+        # Claims walk the open rows in id order without reading the (many) finished ones.
+        Index(
+            "ix_outbox_open",
+            "id",
+            postgresql_where=text(OUTBOX_OPEN),
+            sqlite_where=text(OUTBOX_OPEN),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

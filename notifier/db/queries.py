@@ -40,6 +40,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
+    OUTBOX_OPEN,
     AuditEntry,
     BriefingQueue,
     Digest,
@@ -418,7 +419,12 @@ async def claim_batch(
         and_(OutboxMessage.state.in_(PENDING), OutboxMessage.next_attempt_at <= now),
         and_(OutboxMessage.state == OutboxState.sending, OutboxMessage.lease_until < now),
     )
-    ids = select(OutboxMessage.id).where(due).order_by(OutboxMessage.id).limit(limit)
+    ids = (
+        select(OutboxMessage.id)
+        .where(text(OUTBOX_OPEN), due)  # literal: matches the partial index ix_outbox_open
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    )
     values = {
         "state": OutboxState.sending,
         "lease_until": now + lease,

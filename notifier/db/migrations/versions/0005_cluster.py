@@ -1,5 +1,5 @@
-"""Several processes on one database: the lease owner of claimed outbox rows and shared rate
-limit buckets
+"""Several processes on one database: the lease owner of claimed outbox rows, shared rate
+limit buckets, and a partial index of the open outbox rows for claims
 
 Revision ID: 0005
 Revises: 0003
@@ -17,9 +17,20 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+OPEN = "state IN ('queued', 'deferred', 'sending')"  # notifier.db.models.OUTBOX_OPEN
+
+
 def upgrade() -> None:
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.add_column(sa.Column("lease_owner", sa.String(length=64), nullable=True))
+    op.create_index(
+        "ix_outbox_open",
+        "outbox",
+        ["id"],
+        unique=False,
+        postgresql_where=sa.text(OPEN),
+        sqlite_where=sa.text(OPEN),
+    )
     op.create_table(
         "rate_buckets",
         sa.Column("name", sa.String(length=40), nullable=False),
@@ -30,6 +41,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_index("ix_outbox_open", table_name="outbox")
     op.drop_table("rate_buckets")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_column("lease_owner")
