@@ -173,23 +173,35 @@ class LeadingScheduler:
     async def _elect(self) -> None:
         waiting_logged = False
         while True:
-            if self._scheduler is None:
-                if await self._lock.try_acquire():
-                    if self.db.is_postgres:
-                        logger.info("Planer: Leitung übernommen; dieser Prozess plant jetzt")
-                    self._scheduler = self.make()
-                    self._scheduler.start()
-                    self.leading.set()
-                elif not waiting_logged:
-                    logger.info("Planer: in Bereitschaft, ein anderer Prozess plant")
-                    waiting_logged = True
-            elif not await self._lock.holds():
-                logger.warning("Planer: Leitung verloren; Aufträge angehalten, neue Wahl")
-                self.leading.clear()
-                scheduler, self._scheduler = self._scheduler, None
-                await scheduler.aclose()
-                waiting_logged = False
+            try:
+                if self._scheduler is None:
+                    if await self._lock.try_acquire():
+                        if self.db.is_postgres:
+                            logger.info("Planer: Leitung übernommen; dieser Prozess plant jetzt")
+                        scheduler = self.make()
+                        scheduler.start()
+                        self._scheduler = scheduler
+                        self.leading.set()
+                    elif not waiting_logged:
+                        logger.info("Planer: in Bereitschaft, ein anderer Prozess plant")
+                        waiting_logged = True
+                elif not await self._lock.holds():
+                    logger.warning("Planer: Leitung verloren; Aufträge angehalten, neue Wahl")
+                    await self._step_down()
+                    waiting_logged = False
+            except Exception:
+                # Whatever went wrong, the election goes on: a process that cannot tell whether
+                # it leads stops its jobs and asks again.
+                logger.exception("Planer: Wahl fehlgeschlagen; neuer Versuch")
+                await self._step_down()
             await asyncio.sleep(self.interval)
+
+    async def _step_down(self) -> None:
+        self.leading.clear()
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            await scheduler.aclose()
+        await self._lock.release()
 
     async def aclose(self) -> None:
         """Stop electing, let the running jobs finish, then give the lock up."""

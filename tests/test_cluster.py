@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from notifier.db import Database
 from notifier.db.models import Item, ItemStatus, OutboxMessage, OutboxState, Subscriber
@@ -280,6 +280,52 @@ async def test_scheduler_handover_fires_due_work_exactly_once(
         ]
         assert min(arrivals) >= at.timestamp() - 0.01, n
         assert min(arrivals) - max(at.timestamp(), killed) < 6, n
+
+
+LEADER_SQL = (
+    "SELECT a.pid, a.application_name FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+    "WHERE l.locktype = 'advisory' AND l.classid = 1852798057 AND l.objid = 3 AND l.granted"
+)
+
+
+async def test_leader_whose_lock_session_ends_steps_down_and_one_leads_again(
+    project: Project, postgres_url: str, spawn: Callable[..., Running]
+) -> None:
+    """The server ends the leader's lock session (a restart, a failover, an administrator): the
+    leader notices, stops its jobs, and within seconds exactly one process leads again."""
+    project.write_config({"database": {"url": postgres_url}})
+    await asyncio.to_thread(project.seed, project.write("people.csv", people(5)))
+    first = await asyncio.to_thread(spawn, "run", "--only", "scheduler")
+    await asyncio.to_thread(first.wait_for_line, "Leitung übernommen")
+    second = await asyncio.to_thread(spawn, "run", "--only", "scheduler")
+    await asyncio.to_thread(second.wait_for_line, "in Bereitschaft")
+    async with Database(postgres_url) as db:
+        async with db.engine.connect() as connection:
+            holders = (await connection.execute(text(LEADER_SQL))).all()
+            assert [name for _, name in holders] == [
+                f"notifier scheduler {socket.gethostname()}:{first.proc.pid}"[:63]
+            ]
+            await connection.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": holders[0][0]}
+            )
+            await connection.commit()
+        await asyncio.to_thread(first.wait_for_line, "Leitung verloren", 10)
+        deadline = time.monotonic() + 6
+        while True:
+            async with db.engine.connect() as connection:
+                holders = (await connection.execute(text(LEADER_SQL))).all()
+            if holders:
+                break
+            assert time.monotonic() < deadline, "nobody leads"
+            await asyncio.sleep(0.2)
+        assert len(holders) == 1
+        # The new leader (either process) does the work that falls due.
+        await asyncio.to_thread(spawn, "run", "--only", "sender")
+        await asyncio.to_thread(project.cli, "announce", project.write("a.md", note("Danach")))
+        await asyncio.to_thread(project.smtp.wait_for, 5, 15)
+        await asyncio.sleep(1)
+    assert sorted(project.smtp.recipients()) == sorted(address(i) for i in range(5))
+    assert first.proc.poll() is None and second.proc.poll() is None
 
 
 # -- SQLite: one service per file ------------------------------------------------------------------

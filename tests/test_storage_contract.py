@@ -88,11 +88,15 @@ async def test_migrations_build_the_same_schema_and_may_run_at_once(backend: str
             outbox = await connection.run_sync(
                 lambda c: {col["name"] for col in inspect(c).get_columns("outbox")}
             )
+            indexes = await connection.run_sync(
+                lambda c: {ix["name"] for ix in inspect(c).get_indexes("outbox")}
+            )
     finally:
         await dispose(dbs)
     assert version == "0005"
     assert {"outbox", "items", "subscribers", "rate_buckets", "schedule_state"} <= tables
     assert {"lease_until", "lease_owner", "bounced"} <= outbox
+    assert {"ix_outbox_open", "ix_outbox_state_next"} <= indexes
 
 
 # -- routing ---------------------------------------------------------------------------------------

@@ -48,10 +48,12 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # would start transactions lazily and deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # First: switching a new file to WAL needs a lock, which another process connecting at
+        # the same moment may hold; with the timeout set, this waits instead of failing.
+        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
         # 1 MiB of page cache per connection (SQLite's default is 2 MiB): the hot pages are
         # few (the outbox index, the latest rows), and a sender holds several connections.
         cursor.execute("PRAGMA cache_size=-1024")

@@ -119,5 +119,6 @@ class LeaderLock:
     async def _close(connection: AsyncConnection) -> None:
         try:
             await connection.invalidate()  # the session ends; no reuse of a doubtful connection
+            await connection.close()
         except (SQLAlchemyError, OSError):
             logger.debug("closing a lock connection failed", exc_info=True)
