@@ -34,6 +34,8 @@ async def prepare_database(db: Database, settings: Settings) -> None:
 
 
 ROLES = ("sender", "scheduler")
+# Roles of which SQLite allows one service per database file (see notifier.db.lockfile).
+EXCLUSIVE = {"sender", "scheduler"}
 
 
 class Service:
@@ -79,7 +81,7 @@ class Service:
                 watch = asyncio.create_task(self._watch_parent(self.parent_pid))
                 stack.callback(watch.cancel)
             sqlite_file = sqlite_path(settings.database_url)
-            if sqlite_file is not None and self.parent_pid is None:
+            if sqlite_file is not None and self.parent_pid is None and EXCLUSIVE & {*self.roles}:
                 # One service per SQLite file (its helpers run under this lock).
                 stack.enter_context(ServiceLock(sqlite_file))
             db = await stack.enter_async_context(
