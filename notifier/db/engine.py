@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -41,6 +43,24 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def _switch_to_wal(cursor: Any) -> None:
+    """Put the file in WAL mode (it stays so). Switching takes a lock without waiting for it
+    (SQLite ignores busy_timeout there), so connections opening a new file at the same moment
+    (processes starting together) try again for a while instead of failing."""
+    cursor.execute("PRAGMA journal_mode")
+    if cursor.fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)  # in aiosqlite's thread, not the event loop
+
+
 def _configure_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -48,10 +68,8 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         # would start transactions lazily and deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # First: switching a new file to WAL needs a lock, which another process connecting at
-        # the same moment may hold; with the timeout set, this waits instead of failing.
         cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         # 1 MiB of page cache per connection (SQLite's default is 2 MiB): the hot pages are
