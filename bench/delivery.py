@@ -240,6 +240,8 @@ class CpuWindow:
     """CPU used between :meth:`begin` and :meth:`end` by the machine and by known processes."""
 
     pids: dict[str, int]  # label -> pid (processes outside the service tree)
+    # label -> CPU ticks of a group of processes (e.g. a database server's), read at both ends
+    groups: dict[str, Callable[[], int]] = field(default_factory=dict)
     started: float = 0.0
     seconds: float = 0.0
     machine: int = 0
@@ -250,6 +252,7 @@ class CpuWindow:
         self.started = time.monotonic()
         self.machine = -machine_busy_ticks()
         self.own = {label: -process_ticks(pid) for label, pid in self.pids.items()}
+        self.own |= {label: -ticks() for label, ticks in self.groups.items()}
         self.tree = -tree_ticks
 
     def end(self, tree_ticks: int = 0) -> None:
@@ -257,6 +260,8 @@ class CpuWindow:
         self.machine += machine_busy_ticks()
         for label, pid in self.pids.items():
             self.own[label] += process_ticks(pid)
+        for label, ticks in self.groups.items():
+            self.own[label] += ticks()
         self.tree += tree_ticks
 
     def cores(self, ticks: int) -> float:
@@ -682,6 +687,7 @@ class Project:
     # URL, how to watch it and how to insert subscribers directly.
     database_url: str = ""
     watcher_factory: Callable[[Project], Any] | None = None
+    cpu_groups: dict[str, Callable[[], int]] = field(default_factory=dict)
     direct_insert: Callable[[Project, Sequence[Sequence[str]]], None] | None = None
 
     @property
@@ -1103,7 +1109,7 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
         baseline = sink.received()
         # CPU is counted from send_at on; memory every 0.5 s (VmHWM keeps each process's peak),
         # the connections at the sink every second: the benchmark itself stays light.
-        cpu = CpuWindow({"sink": sink.pid, "benchmark": os.getpid()})
+        cpu = CpuWindow({"sink": sink.pid, "benchmark": os.getpid()}, project.cpu_groups)
         next_sample = next_connections = 0.0
 
         deadline = time.time() + args.timeout
