@@ -370,4 +370,4 @@ def test_helper_processes_share_one_sqlite_file_and_its_rate_limit(
     times = sorted(m.at for m in messages)
     per_second = [bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)]
     assert max(per_second) <= 2 * rate + 1
-    assert re.search(r"notifier running \(sender, scheduler\)", running.output)
+    assert re.search(r"notifier running \(sender, scheduler[,)]", running.output)

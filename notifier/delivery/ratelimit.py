@@ -84,14 +84,18 @@ class SharedRateLimiter:
                     await asyncio.sleep(min(wait, MAX_WAIT_SECONDS))
                     continue
                 want = max(1, min(self.chunk, self.demand()))
-                async with self.db.transaction() as session:
-                    granted, wait = await queries.take_tokens(
-                        session, self.buckets, want, self.clock()
-                    )
-                self._tokens += granted
-                if not granted:
-                    self._empty_until = loop.time() + wait
+                # Shielded: a caller that gives up waiting (a stop) must not cancel the
+                # transaction half-way, which could leave the connection inside it (and, on
+                # SQLite, the database's write lock held).
+                await asyncio.shield(self._take(want))
             self._tokens -= 1
+
+    async def _take(self, want: int) -> None:
+        async with self.db.transaction() as session:
+            granted, wait = await queries.take_tokens(session, self.buckets, want, self.clock())
+        self._tokens += granted  # kept even if the caller was cancelled meanwhile
+        if not granted:
+            self._empty_until = asyncio.get_running_loop().time() + wait
 
     async def close(self) -> None:
         """Give the unused tokens back to the buckets."""
