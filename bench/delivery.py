@@ -27,7 +27,7 @@ import threading
 import time
 import tomllib
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -240,6 +240,8 @@ class CpuWindow:
     """CPU used between :meth:`begin` and :meth:`end` by the machine and by known processes."""
 
     pids: dict[str, int]  # label -> pid (processes outside the service tree)
+    # label -> CPU ticks of a group of processes (e.g. a database server's), read at both ends
+    groups: dict[str, Callable[[], int]] = field(default_factory=dict)
     started: float = 0.0
     seconds: float = 0.0
     machine: int = 0
@@ -250,6 +252,7 @@ class CpuWindow:
         self.started = time.monotonic()
         self.machine = -machine_busy_ticks()
         self.own = {label: -process_ticks(pid) for label, pid in self.pids.items()}
+        self.own |= {label: -ticks() for label, ticks in self.groups.items()}
         self.tree = -tree_ticks
 
     def end(self, tree_ticks: int = 0) -> None:
@@ -257,6 +260,8 @@ class CpuWindow:
         self.machine += machine_busy_ticks()
         for label, pid in self.pids.items():
             self.own[label] += process_ticks(pid)
+        for label, ticks in self.groups.items():
+            self.own[label] += ticks()
         self.tree += tree_ticks
 
     def cores(self, ticks: int) -> float:
@@ -678,6 +683,12 @@ class Project:
     delivery_applied: dict[str, Any] = field(default_factory=dict)
     delivery_refused: list[str] = field(default_factory=list)
     rate_limits_lifted: list[str] = field(default_factory=list)
+    # Another database than the SQLite file in the folder (bench/cluster.py: PostgreSQL): its
+    # URL, how to watch it and how to insert subscribers directly.
+    database_url: str = ""
+    watcher_factory: Callable[[Project], Any] | None = None
+    cpu_groups: dict[str, Callable[[], int]] = field(default_factory=dict)
+    direct_insert: Callable[[Project, Sequence[Sequence[str]]], None] | None = None
 
     @property
     def config(self) -> Path:
@@ -686,6 +697,16 @@ class Project:
     @property
     def db(self) -> Path:
         return self.folder / "notifier.db"
+
+    def watcher(self) -> Any:
+        """Read-only queries on the service's database (see :class:`Watcher`)."""
+        return Watcher(self.db) if self.watcher_factory is None else self.watcher_factory(self)
+
+    def insert_rows(self, rows: Sequence[Sequence[str]]) -> None:
+        if self.direct_insert is None:
+            _insert_sql(self.db, rows)
+        else:
+            self.direct_insert(self, rows)
 
     def cli(self, *args: str | Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         return run_cmd(
@@ -703,17 +724,20 @@ class Project:
         return result.stdout
 
 
-def make_project(folder: Path, port: int, delivery: dict[str, Any]) -> Project:
+def make_project(
+    folder: Path, port: int, delivery: dict[str, Any], database_url: str = ""
+) -> Project:
     notifier = Path(sys.executable).parent / "notifier"
     if not notifier.exists():
         raise BenchError(f"{notifier} not found: run bench/run, which installs the project")
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
     env["PYTHONUNBUFFERED"] = "1"
-    project = Project(folder, notifier, env)
+    project = Project(folder, notifier, env, database_url=database_url)
 
     config = tomllib.loads((REPO / "config.toml").read_text(encoding="utf-8"))
     config.pop("sources", None)  # no feeds or calendars: nothing but the announcement
-    config["database"] = {**config.get("database", {}), "url": f"sqlite+aiosqlite:///{project.db}"}
+    url = database_url or f"sqlite+aiosqlite:///{project.db}"
+    config["database"] = {**config.get("database", {}), "url": url}
     smtp = {k: v for k, v in config.get("smtp", {}).items() if k not in ("user", "password")}
     config["smtp"] = {**smtp, "catcher": False, "host": HOST, "port": port, "tls": "none"}
     config["catcher"] = {**config.get("catcher", {}), "directory": str(folder / "mails")}
@@ -831,8 +855,8 @@ def seed(project: Project, n: int, mode: str, cli_budget: float) -> Seeding:
         return time.perf_counter() - began
 
     if mode == "sql":
-        _insert_sql(project.db, rows)
-        info.lines.append(f"{fmt_int(n)} subscribers inserted directly into SQLite (--seed sql)")
+        project.insert_rows(rows)
+        info.lines.append(f"{fmt_int(n)} subscribers inserted directly (--seed sql)")
     else:
         first = rows if mode == "cli" else rows[:CLI_SAMPLE]
         seconds = cli_import(first, "subscribers-1.csv")
@@ -854,10 +878,10 @@ def seed(project: Project, n: int, mode: str, cli_budget: float) -> Seeding:
                 info.lines.append(
                     f"importing all {fmt_int(n)} through the CLI would take about "
                     f"{(n / rate) / 60:.1f} min; the other {fmt_int(len(rest))} rows were "
-                    "inserted directly into SQLite (same columns as notifier/db/models.py)"
+                    "inserted directly (same columns as notifier/db/models.py)"
                 )
                 began = time.perf_counter()
-                _insert_sql(project.db, rest)
+                project.insert_rows(rest)
                 info.lines[-1] += f" in {time.perf_counter() - began:.1f} s"
     info.seconds = time.perf_counter() - start
     return info
@@ -1057,7 +1081,7 @@ def _progress_line(result: Result, states: dict[str, int], started: float) -> st
 def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespace) -> None:
     n = result.n
     service = Service(project)
-    watcher: Watcher | None = None
+    watcher: Any = None
     try:
         log("starting `notifier run` …")
         result.startup_s = service.start(timeout=120)
@@ -1065,7 +1089,7 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
         memory = TreeMemory(service.proc.pid)
         result.memory = memory
         memory.sample()
-        watcher = Watcher(project.db)
+        watcher = project.watcher()
 
         tz = ZoneInfo(tomllib.loads(project.config.read_text())["scheduler"]["timezone"])
         target = datetime.now(tz) + timedelta(seconds=args.lead)
@@ -1087,7 +1111,7 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
         baseline = sink.received()
         # CPU is counted from send_at on; memory every 0.5 s (VmHWM keeps each process's peak),
         # the connections at the sink every second: the benchmark itself stays light.
-        cpu = CpuWindow({"sink": sink.pid, "benchmark": os.getpid()})
+        cpu = CpuWindow({"sink": sink.pid, "benchmark": os.getpid()}, project.cpu_groups)
         next_sample = next_connections = 0.0
 
         deadline = time.time() + args.timeout

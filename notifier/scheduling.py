@@ -4,11 +4,17 @@ The database, not the scheduler's memory, says what is due: every check asks for
 whose time has come, briefing slots not yet handled, reminders not yet sent. So announcements
 written by another process (the CLI) are seen, and work whose time passed while the service was
 down is done once at the next start.
+
+Several processes may run the scheduler role (on PostgreSQL); :class:`LeadingScheduler` runs
+the jobs only in the one that holds the scheduler lock, and another takes over within seconds
+when that one dies. The database guards every job, so work is never done twice, even when an
+old leader still finishes a job while the new one starts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
@@ -19,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from .briefings import next_briefing_slot, run_due_briefings, send_due_reminders
 from .config import CalendarSource, FeedSource, Settings
 from .db import Database
+from .db.leader import SCHEDULER_LOCK, LeaderLock
 from .routing import release_due
 from .sources.poller import SourcePoller
 
@@ -26,6 +33,8 @@ logger = logging.getLogger(__name__)
 
 # How long a stop waits for running jobs before they are cancelled.
 JOB_GRACE_SECONDS = 10.0
+# How often a standby asks for the scheduler lock, and the leader checks it still holds it.
+ELECTION_SECONDS = 1.0
 
 
 class Scheduler:
@@ -137,3 +146,72 @@ class Scheduler:
         if self._running:
             await asyncio.wait(set(self._running), timeout=JOB_GRACE_SECONDS)
         self.scheduler.shutdown(wait=False)
+
+
+class LeadingScheduler:
+    """Runs a :class:`Scheduler` (made by ``make``) only while this process holds the scheduler
+    lock: at once on SQLite, after winning the election on PostgreSQL. A leader that loses its
+    lock's connection stops its jobs; a standby asks again every ``interval`` seconds."""
+
+    def __init__(
+        self,
+        db: Database,
+        make: Callable[[], Scheduler],
+        interval: float = ELECTION_SECONDS,
+    ) -> None:
+        self.db = db
+        self.make = make
+        self.interval = interval
+        self.leading = asyncio.Event()
+        self._lock = LeaderLock(db, SCHEDULER_LOCK, name="scheduler")
+        self._scheduler: Scheduler | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._elect(), name="scheduler-election")
+
+    async def _elect(self) -> None:
+        waiting_logged = False
+        while True:
+            try:
+                if self._scheduler is None:
+                    if await self._lock.try_acquire():
+                        if self.db.is_postgres:
+                            logger.info("Planer: Leitung übernommen; dieser Prozess plant jetzt")
+                        scheduler = self.make()
+                        scheduler.start()
+                        self._scheduler = scheduler
+                        self.leading.set()
+                    elif not waiting_logged:
+                        logger.info("Planer: in Bereitschaft, ein anderer Prozess plant")
+                        waiting_logged = True
+                elif not await self._lock.holds():
+                    logger.warning("Planer: Leitung verloren; Aufträge angehalten, neue Wahl")
+                    await self._step_down()
+                    waiting_logged = False
+            except Exception:
+                # Whatever went wrong, the election goes on: a process that cannot tell whether
+                # it leads stops its jobs and asks again.
+                logger.exception("Planer: Wahl fehlgeschlagen; neuer Versuch")
+                await self._step_down()
+            await asyncio.sleep(self.interval)
+
+    async def _step_down(self) -> None:
+        self.leading.clear()
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            await scheduler.aclose()
+        await self._lock.release()
+
+    async def aclose(self) -> None:
+        """Stop electing, let the running jobs finish, then give the lock up."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            await scheduler.aclose()
+        self.leading.clear()
+        await self._lock.aclose()

@@ -17,6 +17,8 @@ from .catcher import MailCatcher
 from .clock import utcnow
 from .config import Settings
 from .db import Database
+from .db.engine import sqlite_path
+from .db.lockfile import ServiceLock
 from .delivery import Sender, SmtpTransport
 from .errors import NotifierError
 from .rendering import Renderer
@@ -53,6 +55,9 @@ async def prepare_database(db: Database, settings: Settings) -> None:
 
 
 ROLES = ("sender", "scheduler", "web")
+# Roles of which SQLite allows one service per database file (see notifier.db.lockfile); a
+# web-only process reads and writes through the database like the command line.
+EXCLUSIVE = {"sender", "scheduler"}
 
 
 class Service:
@@ -99,8 +104,14 @@ class Service:
             if self.parent_pid is not None:
                 watch = asyncio.create_task(self._watch_parent(self.parent_pid))
                 stack.callback(watch.cancel)
+            sqlite_file = sqlite_path(settings.database_url)
+            if sqlite_file is not None and self.parent_pid is None and EXCLUSIVE & {*self.roles}:
+                # One service per SQLite file (its helpers run under this lock).
+                stack.enter_context(ServiceLock(sqlite_file))
             db = await stack.enter_async_context(
-                Database(settings.database_url, echo=settings.database.echo)
+                Database(
+                    settings.database_url, echo=settings.database.echo, role="+".join(self.roles)
+                )
             )
             if self.parent_pid is None:  # a helper's parent has prepared the database
                 await prepare_database(db, settings)
@@ -133,12 +144,15 @@ class Service:
                     stack.push_async_callback(self._stop_helpers)
             if "scheduler" in self.roles:
                 # Imported here: a sender-only process does without feeds, calendars and jobs.
-                from .scheduling import Scheduler
+                from .scheduling import LeadingScheduler, Scheduler
                 from .sources.poller import SourcePoller, http_client
 
                 client = await stack.enter_async_context(http_client())
                 poller = SourcePoller(db, settings, client, self.clock)
-                scheduler = Scheduler(db, settings, self.clock, wake, poller)
+                # Only the elected leader of all scheduler processes runs the jobs.
+                scheduler = LeadingScheduler(
+                    db, lambda: Scheduler(db, settings, self.clock, wake, poller)
+                )
                 scheduler.start()
                 stack.push_async_callback(scheduler.aclose)
             if "web" in self.roles and settings.web.enabled:
@@ -164,7 +178,7 @@ class Service:
             logger.info(
                 "notifier running (%s): database %s, SMTP %s:%d%s",
                 ", ".join(self.roles),
-                db.engine.url.render_as_string(hide_password=True),
+                db.display_url,
                 host,
                 port,
                 " (mail catcher)" if settings.smtp.catcher else "",

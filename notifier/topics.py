@@ -8,6 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import config
+from .db import queries
 from .db.models import Topic
 
 
@@ -15,8 +16,9 @@ async def sync_topics(session: AsyncSession, topics: Sequence[config.Topic]) -> 
     """Make the topics table match the configuration.
 
     A topic removed from the file is deactivated, not deleted, so old subscriptions and items
-    that name it stay readable.
+    that name it stay readable. Processes starting at the same time do it one after the other.
     """
+    await queries.serialize(session, queries.SETUP_LOCK)
     stored = {t.key: t for t in (await session.scalars(select(Topic))).all()}
     wanted = {t.key for t in topics}
     for t in topics:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -11,11 +12,13 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable, Iterator
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import asyncpg
 import httpx
 import pytest
 import tomli_w
@@ -263,3 +266,93 @@ def server() -> Iterator[FeedServer]:
     """A real HTTP server on loopback whose answers (body, status, ETag …) a test sets per path."""
     with serving() as feeds:
         yield feeds
+
+
+# -- PostgreSQL ------------------------------------------------------------------------------------
+# A real server on 127.0.0.1:5432 with trust authentication and a database "test" (started by
+# .ci/run). Each test gets a database of its own, dropped afterwards. Without a server the
+# PostgreSQL tests are skipped, unless NOTIFIER_REQUIRE_POSTGRES=1 (CI), where they fail.
+
+PG_HOST = os.environ.get("NOTIFIER_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("NOTIFIER_TEST_PG_PORT", "5432"))
+PG_USERS = ("postgres", "root")
+T = TypeVar("T")
+
+
+def run_coroutine(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to its end in a thread of its own (callable from sync fixtures while a
+    test's event loop runs)."""
+    out: list[T] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            out.append(asyncio.run(make()))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return out[0]
+
+
+def _find_postgres_user() -> tuple[str | None, str]:
+    problems = []
+    for user in PG_USERS:
+
+        async def probe(user: str = user) -> None:
+            conn = await asyncpg.connect(
+                host=PG_HOST, port=PG_PORT, user=user, database="test", timeout=5
+            )
+            await conn.close()
+
+        try:
+            run_coroutine(probe)
+            return user, ""
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            problems.append(f"{user}: {exc}")
+    return None, "; ".join(problems)
+
+
+@pytest.fixture(scope="session")
+def postgres_user() -> str:
+    """The role that can create databases on the test server (the skip or failure names why
+    there is none)."""
+    user, problem = _find_postgres_user()
+    if user is None:
+        reason = f"no PostgreSQL server on {PG_HOST}:{PG_PORT} (database 'test'): {problem}"
+        if os.environ.get("NOTIFIER_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"NOTIFIER_REQUIRE_POSTGRES=1, but {reason}", pytrace=False)
+        pytest.skip(reason)
+    return user
+
+
+@pytest.fixture
+def postgres_url(postgres_user: str) -> Iterator[str]:
+    """A SQLAlchemy URL of a new, empty database; dropped (with its sessions) at the end."""
+    name = f"notifier_test_{uuid.uuid4().hex[:12]}"
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(
+            host=PG_HOST, port=PG_PORT, user=postgres_user, database="test", timeout=10
+        )
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    run_coroutine(lambda: admin(f'CREATE DATABASE "{name}"'))
+    yield f"postgresql+asyncpg://{postgres_user}@{PG_HOST}:{PG_PORT}/{name}"
+    run_coroutine(lambda: admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an empty database on each backend: a SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'contract.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    return url

@@ -13,6 +13,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Enum,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -20,6 +21,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -214,6 +216,11 @@ class Item(Base):
     change_count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+# The rows a claim may take, as literal SQL: the partial index below and the claim's WHERE
+# clause must say the same, for both databases to see that the index serves the claim.
+OUTBOX_OPEN = "state IN ('queued', 'deferred', 'sending')"
+
+
 class OutboxMessage(Base):
     """One row per recipient and item; the single source of truth for what was sent."""
 
@@ -222,6 +229,13 @@ class OutboxMessage(Base):
         UniqueConstraint("item_id", "subscriber_id", "notice", name="uq_outbox_item_subscriber"),
         UniqueConstraint("digest_id", name="uq_outbox_digest"),
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
+        # Claims walk the open rows in id order without reading the (many) finished ones.
+        Index(
+            "ix_outbox_open",
+            "id",
+            postgresql_where=text(OUTBOX_OPEN),
+            sqlite_where=text(OUTBOX_OPEN),
+        ),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -237,6 +251,10 @@ class OutboxMessage(Base):
     updated_at: Mapped[datetime]
     next_attempt_at: Mapped[datetime]
     lease_until: Mapped[datetime | None]
+    # Who holds the lease: one claim of one sender process (see queries.claim_batch). Outcomes
+    # are written only by that claim, so a process whose lease ran out cannot overwrite a row
+    # another process has claimed since.
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
     sent_at: Mapped[datetime | None]
     last_code: Mapped[int | None]
     last_reply: Mapped[str | None] = mapped_column(Text)
@@ -300,6 +318,20 @@ class ScheduleState(Base):
 
     key: Mapped[str] = mapped_column(String(60), primary_key=True)
     last_slot_at: Mapped[datetime]
+
+
+class RateBucket(Base):
+    """A token bucket shared by every sender process: one row per configured rate limit.
+
+    ``tokens`` are the messages that may go out now; they refill at the configured rate up to
+    the bucket's size. ``updated_at`` is Unix time in seconds (the senders' clocks).
+    """
+
+    __tablename__ = "rate_buckets"
+
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tokens: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
 
 
 class AuditEntry(Base):

@@ -1,10 +1,19 @@
 """Named queries: all SQL that routing and delivery need lives here.
 
-The statements are written once with SQLAlchemy Core and work on SQLite and PostgreSQL.
+The statements are written once with SQLAlchemy Core and work on SQLite and PostgreSQL; the few
+places where the two differ (row locks, advisory locks) branch on the session's dialect here, so
+no caller knows which database it talks to.
+
+Concurrency: on SQLite every transaction takes the write lock at BEGIN (see engine.py), so
+transactions never interleave. On PostgreSQL (READ COMMITTED) they do; every guard below is a
+single statement that re-checks its condition on the row it changes (``UPDATE … WHERE status =
+…``, ``INSERT … ON CONFLICT DO NOTHING``, ``DELETE … RETURNING``) or locks the rows it reads
+(``FOR UPDATE``), so two processes doing the same work at once do it once.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,6 +34,7 @@ from sqlalchemy import (
     literal,
     or_,
     select,
+    text,
     true,
     update,
 )
@@ -32,6 +42,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
+    OUTBOX_OPEN,
     AuditEntry,
     BriefingQueue,
     Digest,
@@ -43,6 +54,7 @@ from .models import (
     OrgKind,
     OutboxMessage,
     OutboxState,
+    RateBucket,
     Rhythm,
     Role,
     ScheduleState,
@@ -119,8 +131,25 @@ async def due_items(session: AsyncSession, now: datetime) -> list[int]:
     return list(await session.scalars(stmt))
 
 
+def _is_postgres(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
 def _insert(session: AsyncSession) -> Any:
-    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return postgresql.insert if _is_postgres(session) else sqlite.insert
+
+
+# Advisory lock keys (PostgreSQL) of work that one process at a time may do.
+SETUP_LOCK = 0x6E6F7469_00000002  # mirroring the configured topics at start
+
+
+async def serialize(session: AsyncSession, key: int) -> None:
+    """Wait until no other transaction holds ``key``, and hold it until this one ends.
+
+    PostgreSQL: a transaction-level advisory lock. SQLite: nothing to do, its transactions
+    never interleave."""
+    if _is_postgres(session):
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
 
 
 async def _queue_messages(
@@ -241,26 +270,34 @@ async def build_briefings(
     ``now``. Items cancelled meanwhile, and events already begun, are dropped. Returns the number
     of briefings; a subscriber with nothing gets none.
     """
-    live = _live(now)
-    rows = (
+    # Take the waiting rows in one statement: a row is taken by exactly one transaction even
+    # when two builds (two rhythms, or an old and a new scheduler leader) run at once.
+    taken = (
         await session.execute(
-            select(BriefingQueue.subscriber_id, BriefingQueue.item_id, live)
-            .join(Subscriber, Subscriber.id == BriefingQueue.subscriber_id)
-            .join(Item, Item.id == BriefingQueue.item_id)
+            delete(BriefingQueue)
             .where(
-                Subscriber.status == SubscriberStatus.active,
-                # Someone who switched to "immediate" gets what was waiting in the next briefing.
-                Subscriber.rhythm.in_([rhythm, Rhythm.immediate]),
                 BriefingQueue.queued_at <= now,
+                BriefingQueue.subscriber_id.in_(
+                    select(Subscriber.id).where(
+                        Subscriber.status == SubscriberStatus.active,
+                        # Someone who switched to "immediate" gets what was waiting in the next
+                        # briefing.
+                        Subscriber.rhythm.in_([rhythm, Rhythm.immediate]),
+                    )
+                ),
             )
-            .order_by(BriefingQueue.subscriber_id, BriefingQueue.item_id)
+            .returning(BriefingQueue.subscriber_id, BriefingQueue.item_id)
         )
     ).all()
+    item_ids_taken = {item_id for _, item_id in taken}
+    live_items = (
+        set(await session.scalars(select(Item.id).where(Item.id.in_(item_ids_taken), _live(now))))
+        if item_ids_taken
+        else set()
+    )
     per_subscriber: dict[int, list[int]] = {}
-    taken: list[tuple[int, int]] = []
-    for subscriber_id, item_id, is_live in rows:
-        taken.append((subscriber_id, item_id))
-        if is_live:
+    for subscriber_id, item_id in sorted(taken):
+        if item_id in live_items:
             per_subscriber.setdefault(subscriber_id, []).append(item_id)
     for subscriber_id, item_ids in per_subscriber.items():
         digest = Digest(subscriber_id=subscriber_id, rhythm=rhythm, slot_at=slot_at, created_at=now)
@@ -277,12 +314,6 @@ async def build_briefings(
                 created_at=now,
                 updated_at=now,
                 next_attempt_at=now,
-            )
-        )
-    for subscriber_id, item_id in taken:
-        await session.execute(
-            delete(BriefingQueue).where(
-                BriefingQueue.subscriber_id == subscriber_id, BriefingQueue.item_id == item_id
             )
         )
     await session.flush()
@@ -367,6 +398,7 @@ class ClaimedRow:
     digest_id: int | None
     notice: str
     subscriber_id: int
+    owner: str  # the claim's lease owner token
 
 
 @dataclass(frozen=True)
@@ -382,31 +414,46 @@ class Claimed(ClaimedRow):
 
 
 def claim_batch(
-    connection: Connection, now: datetime, limit: int, lease: timedelta
+    connection: Connection, now: datetime, limit: int, lease: timedelta, owner: str
 ) -> list[ClaimedRow]:
     """Take up to ``limit`` due messages (queued, deferred and due, or sending with an expired
-    lease) and mark them sending until ``now + lease``.
+    lease) and mark them sending until ``now + lease``, leased to ``owner`` (a token unique to
+    this claim: only it can record the messages' outcomes).
 
-    One statement, so the write transaction around it is short: what rendering needs besides
-    the row is read afterwards, outside it (:func:`describe_claimed`).
-    """
+    One statement, so the write transaction around it is short (on SQLite it holds the write
+    lock): what rendering needs besides the row is read afterwards (:func:`describe_claimed`).
+    PostgreSQL: the rows are locked with ``FOR UPDATE SKIP LOCKED``, so processes claiming at
+    the same moment get disjoint batches without waiting for each other."""
+    if not owner:
+        raise ValueError("a claim needs a lease owner token")
     due = or_(
         and_(OutboxMessage.state.in_(PENDING), OutboxMessage.next_attempt_at <= now),
         and_(OutboxMessage.state == OutboxState.sending, OutboxMessage.lease_until < now),
     )
-    ids = select(OutboxMessage.id).where(due).order_by(OutboxMessage.id).limit(limit)
+    ids = (
+        select(OutboxMessage.id)
+        .where(text(OUTBOX_OPEN), due)  # literal: matches the partial index ix_outbox_open
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+    )
+    values = {
+        "state": OutboxState.sending,
+        "lease_until": now + lease,
+        "lease_owner": owner,
+        "updated_at": now,
+        "attempts": OutboxMessage.attempts + 1,
+    }
     if connection.dialect.name == "postgresql":
-        ids = ids.with_for_update(skip_locked=True)
-    rows = connection.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id.in_(ids.scalar_subquery()))
-        .values(
-            state=OutboxState.sending,
-            lease_until=now + lease,
-            updated_at=now,
-            attempts=OutboxMessage.attempts + 1,
+        # A materialised CTE: the locking sub-select runs once, so no more than ``limit`` rows
+        # are locked, and rows another claim holds are skipped rather than waited for.
+        claimable = (
+            ids.with_for_update(skip_locked=True).cte("claimable").prefix_with("MATERIALIZED")
         )
-        .returning(
+        stmt = update(OutboxMessage).where(OutboxMessage.id == claimable.c.id)
+    else:
+        stmt = update(OutboxMessage).where(OutboxMessage.id.in_(ids.scalar_subquery()))
+    rows = connection.execute(
+        stmt.values(values).returning(
             OutboxMessage.id,
             OutboxMessage.attempts,
             OutboxMessage.created_at,
@@ -425,6 +472,7 @@ def claim_batch(
             digest_id=row.digest_id,
             notice=row.notice,
             subscriber_id=row.subscriber_id,
+            owner=owner,
         )
         for row in rows.all()
     ]
@@ -488,6 +536,9 @@ class Outcome:
     retry_at: datetime | None = None
     # Set when the server refused the recipient's address (5xx at RCPT): whose address bounced.
     subscriber_id: int | None = None
+    # The lease owner token of the claim (Claimed.owner): an outcome whose claim no longer
+    # holds the row (its lease ran out and another claim took it) changes nothing.
+    owner: str = ""
 
 
 _OUTBOX = cast(Table, OutboxMessage.__table__)
@@ -503,7 +554,8 @@ async def cancelled_items(session: AsyncSession, item_ids: Sequence[int]) -> set
 
 def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None:
     """Write many outcomes with one executemany statement per kind. Only rows still in
-    "sending" change, so a late outcome cannot overwrite a newer state."""
+    "sending" and leased to the outcome's claim change, so a late outcome cannot overwrite a
+    newer state or a row another process has claimed since."""
     by_state: dict[OutboxState, list[dict[str, Any]]] = {}
     for o in outcomes:
         by_state.setdefault(o.state, []).append(
@@ -515,6 +567,7 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None
                 "b_message_id": o.message_id,
                 "b_retry_at": o.retry_at or o.at,
                 "b_bounced": o.subscriber_id is not None,
+                "b_owner": o.owner,
             }
         )
     for state, params in by_state.items():
@@ -522,6 +575,7 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None
             "state": state,
             "updated_at": bindparam("b_at"),
             "lease_until": None,
+            "lease_owner": None,
             "last_code": bindparam("b_code"),
             "last_reply": bindparam("b_reply"),
         }
@@ -533,7 +587,11 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None
             values["next_attempt_at"] = bindparam("b_retry_at")
         stmt = (
             update(_OUTBOX)
-            .where(_OUTBOX.c.id == bindparam("b_id"), _OUTBOX.c.state == OutboxState.sending)
+            .where(
+                _OUTBOX.c.id == bindparam("b_id"),
+                _OUTBOX.c.state == OutboxState.sending,
+                _OUTBOX.c.lease_owner == bindparam("b_owner"),
+            )
             .values(values)
         )
         connection.execute(stmt, params)
@@ -583,26 +641,25 @@ def suppress_bouncing(
     return suppressed
 
 
-async def mark_cancelled(session: AsyncSession, outbox_id: int, now: datetime) -> None:
-    await session.execute(
-        update(OutboxMessage)
-        .where(OutboxMessage.id == outbox_id, OutboxMessage.state == OutboxState.sending)
-        .values(state=OutboxState.cancelled, updated_at=now, lease_until=None)
-    )
-
-
-def release(connection: Connection, outbox_ids: Sequence[int], now: datetime) -> None:
-    """Hand claimed but unsent messages back (clean shutdown): queued, attempt not counted."""
-    if outbox_ids:
+def release(connection: Connection, claims: Sequence[tuple[int, str]], now: datetime) -> None:
+    """Hand claimed but unsent messages back (clean shutdown): queued, attempt not counted.
+    ``claims`` are (outbox id, lease owner) pairs; a row another claim holds now is left."""
+    if claims:
         connection.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id.in_(outbox_ids), OutboxMessage.state == OutboxState.sending)
+            update(_OUTBOX)
+            .where(
+                _OUTBOX.c.id == bindparam("b_id"),
+                _OUTBOX.c.state == OutboxState.sending,
+                _OUTBOX.c.lease_owner == bindparam("b_owner"),
+            )
             .values(
                 state=OutboxState.queued,
                 lease_until=None,
+                lease_owner=None,
                 updated_at=now,
-                attempts=OutboxMessage.attempts - 1,
-            )
+                attempts=_OUTBOX.c.attempts - 1,
+            ),
+            [{"b_id": outbox_id, "b_owner": owner} for outbox_id, owner in claims],
         )
 
 
@@ -662,3 +719,72 @@ async def recent_failures(session: AsyncSession, limit: int) -> list[Failure]:
         .limit(limit)
     )
     return [Failure(*r) for r in rows.all()]
+
+
+# -- shared rate limits ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A configured rate limit as a token bucket: up to ``size`` tokens, refilled at
+    ``per_second``."""
+
+    name: str
+    size: float
+    per_second: float
+
+
+async def take_tokens(
+    session: AsyncSession, buckets: Sequence[Bucket], want: int, now: float
+) -> tuple[int, float]:
+    """Take up to ``want`` tokens from every bucket at once (as many as the emptiest allows).
+
+    ``now`` is Unix time in seconds. Returns how many were granted and, if fewer than wanted,
+    the seconds until the next token. The rows are locked (PostgreSQL) or the database is
+    (SQLite) for the transaction, so processes taking at the same time never share a token."""
+    by_name = {b.name: b for b in buckets}
+    stmt = select(RateBucket).where(RateBucket.name.in_(by_name)).order_by(RateBucket.name)
+    if _is_postgres(session):
+        stmt = stmt.with_for_update()
+    rows = list(await session.scalars(stmt))
+    if len(rows) < len(by_name):
+        # A new bucket starts full, like a limit nobody has used for a while.
+        await session.execute(
+            _insert(session)(RateBucket)
+            .values([{"name": b.name, "tokens": b.size, "updated_at": now} for b in buckets])
+            .on_conflict_do_nothing()
+        )
+        rows = list(await session.scalars(stmt))
+    levels: dict[str, float] = {}
+    for row in rows:
+        bucket = by_name[row.name]
+        # A clock behind another process's (several machines) adds nothing rather than less.
+        elapsed = max(0.0, now - row.updated_at)
+        levels[row.name] = min(bucket.size, row.tokens + elapsed * bucket.per_second)
+    granted = max(0, min(want, *(math.floor(level + 1e-9) for level in levels.values())))
+    for row in rows:
+        row.tokens = levels[row.name] - granted
+        row.updated_at = max(row.updated_at, now)
+    wait = 0.0
+    if granted < want:
+        wait = max(
+            (1.0 - row.tokens) / by_name[row.name].per_second for row in rows if row.tokens < 1
+        )
+    await session.flush()
+    return granted, max(wait, 0.0)
+
+
+async def give_back_tokens(
+    session: AsyncSession, buckets: Sequence[Bucket], count: int, now: float
+) -> None:
+    """Return unused tokens (a stopping sender's), never above a bucket's size."""
+    if count <= 0:
+        return
+    # The two-argument minimum: least() in PostgreSQL, min() in SQLite.
+    smaller = func.least if _is_postgres(session) else func.min
+    for bucket in buckets:
+        await session.execute(
+            update(RateBucket)
+            .where(RateBucket.name == bucket.name)
+            .values(tokens=smaller(bucket.size, RateBucket.tokens + count))
+        )

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import os
 import random
+import socket
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from aiolimiter import AsyncLimiter
 from sqlalchemy import Connection, select
 
 from ..config import Settings
@@ -25,6 +28,7 @@ from ..db.models import Item, ItemStatus, OutboxState
 from ..errors import DeliveryError, PermanentDeliveryError, TemporaryDeliveryError
 from ..links import Links
 from ..rendering import Prepared, Recipient, Renderer
+from .ratelimit import SharedRateLimiter
 from .transport import SmtpTransport
 
 logger = logging.getLogger(__name__)
@@ -79,7 +83,10 @@ class Sender:
         self._queued_items: dict[int, int] = {}  # item id -> jobs of it waiting or sending
         self._cancelled: set[int] = set()
         self._outcomes: list[queries.Outcome] = []
-        self._unsent: list[int] = []
+        self._unsent: list[tuple[int, str]] = []  # (outbox id, lease owner) to hand back
+        # Lease owner tokens: this process (host, pid, a random part) and a claim number.
+        self._owner = f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._claims = itertools.count(1)
         self._workers: list[asyncio.Task[None]] = []
         self._flushing = asyncio.Lock()
         # Under a rate limit, claim no more than can go out well within a lease, so no claimed
@@ -92,14 +99,9 @@ class Sender:
         ):
             if rate:
                 self._claim_size = min(self._claim_size, max(1, int(rate * lease / period / 4)))
-        self._limiters = [
-            AsyncLimiter(rate, period)
-            for rate, period in (
-                (self.delivery.rate_per_second, 1),
-                (self.delivery.rate_per_hour, 3600),
-            )
-            if rate
-        ]
+        # The limits hold for all sender processes together (shared through the database).
+        limiter = SharedRateLimiter(db, self.delivery, demand=lambda: self._jobs.qsize() + 1)
+        self._limiter = limiter if limiter.active else None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -115,7 +117,7 @@ class Sender:
         while not self._jobs.empty():  # waiting messages go back to the outbox
             job = self._jobs.get_nowait()
             if job is not None:
-                self._unsent.append(job.claimed.id)
+                self._unsent.append((job.claimed.id, job.claimed.owner))
                 self._forget(job)
             self._jobs.task_done()
         for _ in self._workers:
@@ -124,6 +126,8 @@ class Sender:
             await asyncio.gather(*self._workers, return_exceptions=True)
         self._workers = []
         await self._flush()
+        if self._limiter is not None:
+            await self._limiter.close()
         for transport in self._transports:
             await transport.close()
 
@@ -140,7 +144,7 @@ class Sender:
         flusher = asyncio.create_task(self._flush_periodically(), name="outbox-recorder")
         try:
             while not self._stopping:
-                if not all(limiter.has_capacity() for limiter in self._limiters):
+                if self._limiter is not None and not self._limiter.has_capacity():
                     # Claim nothing that would wait behind an exhausted limit (and outlive its
                     # lease): wait until the limit lets messages through again.
                     with contextlib.suppress(TimeoutError):
@@ -179,8 +183,9 @@ class Sender:
         busy, so at most about two batches are in flight)."""
         now = self.clock()
         lease = timedelta(seconds=self.delivery.lease_seconds)
+        owner = f"{self._owner}:{next(self._claims)}"
         rows = await self.db.write(
-            lambda connection: queries.claim_batch(connection, now, self._claim_size, lease)
+            lambda connection: queries.claim_batch(connection, now, self._claim_size, lease, owner)
         )
         if not rows:
             return 0
@@ -244,7 +249,9 @@ class Sender:
                 if item.status is not ItemStatus.cancelled:
                     prepared = self._prepare(item, claimed.notice)
             if prepared is None:
-                self._record(queries.Outcome(claimed.id, OutboxState.cancelled, now))
+                self._record(
+                    queries.Outcome(claimed.id, OutboxState.cancelled, now, owner=claimed.owner)
+                )
                 continue
             job = self._build(claimed, prepared, recipient)
             if job is not None:
@@ -290,11 +297,16 @@ class Sender:
                 if job is None:
                     return
                 if not await self._may_send():
-                    self._unsent.append(job.claimed.id)
+                    self._unsent.append((job.claimed.id, job.claimed.owner))
                     continue
                 if job.claimed.item_id in self._cancelled:
                     self._record(
-                        queries.Outcome(job.claimed.id, OutboxState.cancelled, self.clock())
+                        queries.Outcome(
+                            job.claimed.id,
+                            OutboxState.cancelled,
+                            self.clock(),
+                            owner=job.claimed.owner,
+                        )
                     )
                     continue
                 await self._send(transport, job)
@@ -313,22 +325,26 @@ class Sender:
                 self._queued_items.pop(item_id, None)
 
     async def _may_send(self) -> bool:
-        """Wait for every rate limit; False if a stop came first (the message goes back)."""
-        for limiter in self._limiters:
-            if self._stopping:
-                return False
-            if limiter.has_capacity():
-                await limiter.acquire()
-                continue
-            acquire = asyncio.ensure_future(limiter.acquire())
-            stopped = asyncio.ensure_future(self._stop_event.wait())
-            await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            stopped.cancel()
-            if not acquire.done():
-                acquire.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await acquire
-                return False
+        """Wait for the rate limits; False if a stop came first (the message goes back)."""
+        if self._stopping:
+            return False
+        if self._limiter is None:
+            return True
+        acquire = asyncio.ensure_future(self._limiter.acquire())
+        stopped = asyncio.ensure_future(self._stop_event.wait())
+        await asyncio.wait({acquire, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not acquire.done():
+            acquire.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await acquire
+            return False
+        try:
+            acquire.result()
+        except Exception:
+            # The message goes back to the outbox; the next claim tries again.
+            logger.exception("rate limit: taking tokens from the database failed")
+            return False
         return not self._stopping
 
     async def _send(self, transport: SmtpTransport, job: Job) -> None:
@@ -345,6 +361,7 @@ class Sender:
             code=250,
             reply=reply,
             message_id=job.message_id,
+            owner=claimed.owner,
         )
         self._record(outcome)
 
@@ -370,6 +387,7 @@ class Sender:
                     code=exc.code,
                     reply=exc.reply,
                     retry_at=now + backoff,
+                    owner=claimed.owner,
                 )
             )
         else:
@@ -383,6 +401,7 @@ class Sender:
                     code=exc.code,
                     reply=exc.reply,
                     subscriber_id=claimed.subscriber_id if hard else None,
+                    owner=claimed.owner,
                 )
             )
 
