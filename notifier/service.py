@@ -118,6 +118,9 @@ class Service:
             host, port, tls = settings.smtp.host, settings.smtp.port, settings.smtp.tls
             if self.smtp_override is not None:
                 (host, port), tls = self.smtp_override, "none"
+            elif settings.smtp.catcher and "sender" not in self.roles:
+                # The catcher runs where messages are sent; this process only names it.
+                host, port, tls = settings.catcher.host, settings.catcher.port, "none"
             elif settings.smtp.catcher:
                 self.catcher = await stack.enter_async_context(
                     MailCatcher(

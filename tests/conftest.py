@@ -105,11 +105,11 @@ class Project:
         if subscribers is not None:
             self.cli("subscribers", "import", subscribers)
 
-    def spawn(self, *args: str) -> Running:
+    def spawn(self, *args: str, config: Path | None = None) -> Running:
         """Start ``notifier --config … ARGS`` as a real process (``run``)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "notifier", "--config", str(self.config), *args],
+            [sys.executable, "-m", "notifier", "--config", str(config or self.config), *args],
             cwd=self.root,
             env=env,
             stdout=subprocess.PIPE,

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import sqlite3
 import time
+import tomllib
 from collections.abc import Callable
 from typing import Any
 
 import httpx
+import tomli_w
 
-from .conftest import Project, Web
+from notifier.catcher import MailStore
+
+from .conftest import Project, Web, free_port
 
 SIGNUP = {
     "email": "Erika.Musterfrau@og-bettingen.example",
@@ -387,3 +391,39 @@ def test_a_paused_subscriber_receives_nothing_until_resumed(
     ]
     assert peters == ["Zweite Mitteilung"]
     assert all("peter.meyer" not in m.message["To"] for m in first)
+
+
+def test_a_web_only_process_runs_beside_the_sqlite_service(
+    web: Callable[..., Web], project: Project
+) -> None:
+    """On SQLite one service sends and schedules; ``run --only web`` may run beside it (its own
+    port, no second mail catcher), and what it queues is sent by the service."""
+    site = web({"smtp": {"catcher": True}, "catcher": {"directory": "var/mails"}})
+    data = tomllib.loads(project.config.read_text("utf-8"))
+    port = free_port()
+    data["web"]["port"] = port
+    data["mail"]["public_base_url"] = f"http://127.0.0.1:{port}"
+    other = project.root / "web.toml"
+    other.write_text(tomli_w.dumps(data), "utf-8")
+    running = project.spawn("run", "--only", "web", config=other)
+    try:
+        running.wait_for_line("Beenden mit Strg+C")
+        beside = Web(project, running, f"http://127.0.0.1:{port}")
+        answer = _sign_up(beside)
+        assert answer.status_code == 200 and "Bitte prüfen Sie Ihr Postfach" in answer.text
+        store = MailStore(project.root / "var" / "mails")
+        for _ in range(100):
+            if store.list():
+                break
+            time.sleep(0.1)
+        [mail] = store.list()
+        text = mail.message().get_body(("plain",)).get_content()
+        # Sent by the service, so its links lead to the service's own web application.
+        confirm = site.link(text, "bestaetigen")
+        done = site.client.post(confirm, data={"csrf_token": site.csrf(confirm)})
+        assert done.status_code == 200 and "Ihre Anmeldung ist bestätigt" in done.text
+        assert beside.client.get("/healthz").json() == {"status": "ok"}
+        assert "mail catcher listening" not in running.output
+    finally:
+        assert running.stop() == 0
+        beside.client.close()
