@@ -142,10 +142,15 @@ def test_login_dashboard_catcher_and_logout(web: Callable[..., Web], project: Pr
         assert db.execute("SELECT count(*) FROM outbox").fetchone() == (0,)
     assert _audit(project, "announcement.test_sent") == [("office:buero", None)]
 
-    # Logout ends the session; a login remembers where the visitor wanted to go.
+    # Logout ends the session, and every copy of its cookie (a stolen one too); a login
+    # remembers where the visitor wanted to go.
+    copy = httpx.Client(base_url=site.base, cookies=dict(site.client.cookies))
+    assert copy.get("/buero").status_code == 200
     out = site.client.post("/buero/abmelden", data={"csrf_token": site.csrf("/buero")})
     assert out.status_code == 303
     assert site.client.get("/buero").status_code == 303
+    assert copy.get("/buero").status_code == 303
+    copy.close()
     token = site.csrf("/buero/anmelden")
     late = site.client.post(
         "/buero/mitteilungen/neu", data={**ANNOUNCEMENT, "action": "planen", "csrf_token": token}

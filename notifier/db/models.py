@@ -378,6 +378,9 @@ class User(Base):
     failed_logins: Mapped[int] = mapped_column(Integer, default=0)
     locked_until: Mapped[datetime | None]
     last_login_at: Mapped[datetime | None]
+    # Sessions that began before this time are over (set by logging out): a copied session
+    # cookie stops working too, although the cookie itself is only signed, not stored.
+    sessions_from: Mapped[datetime | None]
 
 
 class ApiToken(Base):

@@ -19,7 +19,7 @@ from .. import audit
 from ..accounts import check_login
 from ..catcher import CaughtMail
 from ..db import queries, reports
-from ..db.models import OutboxState, SubscriberStatus
+from ..db.models import OutboxState, SubscriberStatus, User
 from ..errors import NotFoundError
 from ..labels import ITEM_LABELS, STATE_LABELS
 from ..sources.poller import item_counts, source_kind
@@ -92,7 +92,12 @@ async def login(request: Request) -> Response:
         # A new session for the logged-in user: nothing of the anonymous one carries over.
         request.session.clear()
         request.session.update(
-            {"user_id": user_id, "user_name": user_name, "csrf": secrets.token_urlsafe(32)}
+            {
+                "user_id": user_id,
+                "user_name": user_name,
+                "csrf": secrets.token_urlsafe(32),
+                "login_at": now.timestamp(),
+            }
         )
         return RedirectResponse(target, 303)
     await asyncio.sleep(FAILED_LOGIN_DELAY)
@@ -116,7 +121,16 @@ async def login(request: Request) -> Response:
 
 @router.post("/abmelden")
 async def logout(request: Request) -> Response:
+    """Ends every session of the user, on every device (and any copy of the cookie)."""
     await checked_form(request)
+    ctx = context_of(request)
+    user_id = request.session.get("user_id")
+    if isinstance(user_id, int):
+        async with ctx.db.transaction() as session:
+            user = await session.get(User, user_id)
+            if user is not None:
+                user.sessions_from = ctx.clock()
+                await audit.record(session, f"office:{user.name}", "logout", "user", user.id, {})
     request.session.clear()
     return RedirectResponse("/buero/anmelden?abgemeldet=1", 303)
 

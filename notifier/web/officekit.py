@@ -77,7 +77,13 @@ async def current_user(request: Request) -> OfficeUser:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
         user = await session.get(User, user_id)
-    if user is None or not user.active:
+    login_at = request.session.get("login_at")
+    if (
+        user is None
+        or not user.active
+        or not isinstance(login_at, float)
+        or (user.sessions_from is not None and login_at < user.sessions_from.timestamp())
+    ):
         request.session.clear()
         raise LoginRequired
     return OfficeUser(user.id, user.name, user.email)
