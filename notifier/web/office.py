@@ -24,9 +24,9 @@ from ..errors import NotFoundError
 from ..labels import ITEM_LABELS, STATE_LABELS
 from ..sources.poller import item_counts, source_kind
 from .app import checked_form, context_of, page
+from .forms import field
 from .officekit import (
     CurrentUser,
-    field,
     mail_frame,
     office_page,
     preview_html,

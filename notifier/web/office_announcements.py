@@ -21,11 +21,10 @@ from ..errors import DeliveryError, NotFoundError, StateError
 from ..labels import ITEM_LABELS, ROLE_LABELS, STATE_LABELS
 from ..organisations import LEVEL_LABELS, organisation_index
 from .app import checked_form, context_of
+from .forms import field, fields
 from .officekit import (
     CurrentUser,
     OfficeUser,
-    field,
-    fields,
     keep_preview,
     mail_frame,
     office_page,

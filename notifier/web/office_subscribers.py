@@ -12,7 +12,7 @@ from urllib.parse import urlencode
 
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
-from starlette.datastructures import FormData, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from .. import audit, console, subscriber_admin
@@ -22,11 +22,10 @@ from ..errors import InputError, StateError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, ROLE_LABELS, SUBSCRIBER_LABELS
 from ..subscribers import apply_subscribers, export_subscribers, parse_subscribers
 from .app import checked_form, context_of
+from .forms import field, submitted_subscriber, subscriber_values
 from .officekit import (
     CurrentUser,
     OfficeUser,
-    field,
-    fields,
     office_page,
     router,
     unit_by_label,
@@ -205,30 +204,6 @@ async def import_upload(request: Request, user: CurrentUser) -> Response:
 # -- one subscriber --------------------------------------------------------------------------
 
 
-def _values_of(sub: Subscriber, label: str) -> dict[str, Any]:
-    return {
-        "email": sub.email,
-        "name": sub.name,
-        "organisation": label,
-        "role": sub.role.value,
-        "rhythm": sub.rhythm.value,
-        "all_topics": sub.all_topics,
-        "topics": [s.topic_key for s in sub.subscriptions],
-    }
-
-
-def _values_from(form: FormData) -> dict[str, Any]:
-    return {
-        "email": field(form, "email"),
-        "name": field(form, "name"),
-        "organisation": field(form, "organisation"),
-        "role": field(form, "role"),
-        "rhythm": field(form, "rhythm"),
-        "all_topics": field(form, "all_topics") == "1",
-        "topics": fields(form, "topics"),
-    }
-
-
 async def _subscriber(session: Any, subscriber_id: int) -> Subscriber:
     sub = await reports.subscriber(session, subscriber_id)
     if sub is None:
@@ -260,7 +235,7 @@ async def _edit_page(
             "title": f"Abonnent {sub.email}",
             "subscriber": sub,
             "status_label": SUBSCRIBER_LABELS[sub.status],
-            "values": values or _values_of(sub, label),
+            "values": values or subscriber_values(sub, label),
             "errors": errors or {},
             "labels": FIELD_LABELS,
             "units": choices,
@@ -287,7 +262,7 @@ async def subscriber_form(
 async def subscriber_save(request: Request, subscriber_id: int, user: CurrentUser) -> Response:
     ctx = context_of(request)
     form = await checked_form(request)
-    values = _values_from(form)
+    values = submitted_subscriber(form)
     errors: dict[str, str] = {}
     async with ctx.db.transaction() as session:
         sub = await _subscriber(session, subscriber_id)

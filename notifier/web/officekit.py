@@ -15,7 +15,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.routing import APIRoute
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
-from starlette.datastructures import FormData
 
 from ..db.models import Organisation, User
 from ..rendering import Renderer
@@ -90,15 +89,6 @@ async def current_user(request: Request) -> OfficeUser:
 
 
 CurrentUser = Annotated[OfficeUser, Depends(current_user)]
-
-
-def field(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
-
-
-def fields(form: FormData, name: str) -> list[str]:
-    return [v for v in form.getlist(name) if isinstance(v, str) and v]
 
 
 def renderer(ctx: WebContext) -> Renderer:

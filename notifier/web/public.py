@@ -17,6 +17,7 @@ from ..errors import FieldError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, SUBSCRIBER_LABELS
 from ..links import CONFIRM, PERSONAL, LinkError, LinkTarget
 from .app import checked_form, context_of, page
+from .forms import field, fields, submitted_subscriber, subscriber_values
 
 router = APIRouter(include_in_schema=False)
 
@@ -49,23 +50,18 @@ def _ip(request: Request) -> str:
     return request.client.host if request.client else "unbekannt"
 
 
-def _field(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
-
-
 def _choices(
     form: FormData, units: list[Unit], orgs: dict[int, Organisation], topic_keys: list[str]
 ) -> selfservice.Choices:
-    wanted = _field(form, "organisation").strip()
+    wanted = field(form, "organisation").strip()
     unit = next((u for u in units if wanted in (u.label, u.key)), None)
     return selfservice.check_choices(
-        name=_field(form, "name"),
+        name=field(form, "name"),
         organisation=orgs.get(unit.id) if unit is not None else None,
-        role=_field(form, "role"),
-        rhythm=_field(form, "rhythm"),
-        topics=[t for t in form.getlist("topics") if isinstance(t, str)],
-        all_topics=_field(form, "all_topics") == "1",
+        role=field(form, "role"),
+        rhythm=field(form, "rhythm"),
+        topics=fields(form, "topics"),
+        all_topics=field(form, "all_topics") == "1",
         topic_keys=topic_keys,
     )
 
@@ -82,28 +78,11 @@ async def _form_context(request: Request, session: AsyncSession) -> dict[str, An
 
 def _values_of(sub: Subscriber, units: list[Unit]) -> dict[str, Any]:
     label = next((u.label for u in units if u.id == sub.organisation_id), "")
-    return {
-        "name": sub.name,
-        "email": sub.email,
-        "organisation": label,
-        "role": sub.role.value,
-        "rhythm": sub.rhythm.value,
-        "all_topics": sub.all_topics,
-        "topics": [s.topic_key for s in sub.subscriptions],
-    }
+    return subscriber_values(sub, label)
 
 
 def _values_from(form: FormData) -> dict[str, Any]:
-    return {
-        "name": _field(form, "name"),
-        "email": _field(form, "email"),
-        "organisation": _field(form, "organisation"),
-        "role": _field(form, "role"),
-        "rhythm": _field(form, "rhythm") or "immediate",
-        "all_topics": _field(form, "all_topics") == "1",
-        "topics": [t for t in form.getlist("topics") if isinstance(t, str)],
-        "consent": _field(form, "consent") == "1",
-    }
+    return {**submitted_subscriber(form), "consent": field(form, "consent") == "1"}
 
 
 # -- sign-up ---------------------------------------------------------------------------------
@@ -133,19 +112,19 @@ async def signup(request: Request) -> Response:
         orgs = {o.id: o for o in (await session.scalars(select(Organisation))).all()}
         choices = None
         try:
-            selfservice.check_email(_field(form, "email"))
+            selfservice.check_email(field(form, "email"))
         except FieldError as exc:
             errors[exc.field] = exc.problem
         try:
             choices = _choices(form, context["units"], orgs, ctx.settings.topic_keys)
         except FieldError as exc:
             errors[exc.field] = exc.problem
-        if _field(form, "consent") != "1":
+        if field(form, "consent") != "1":
             errors["consent"] = "Bitte stimmen Sie der Einwilligung zu."
         if not errors and choices is not None:
             queued = await selfservice.sign_up(
                 session,
-                _field(form, "email"),
+                field(form, "email"),
                 choices,
                 ip=_ip(request),
                 settings=ctx.settings,
@@ -262,7 +241,7 @@ def _preferences_page(
 async def preferences(request: Request, token: str) -> Response:
     ctx = context_of(request)
     form = await checked_form(request)
-    action = _field(form, "action")
+    action = field(form, "action")
     now = ctx.clock()
     try:
         target = _target(request, PERSONAL, token)
@@ -327,7 +306,7 @@ async def unsubscribe(request: Request, token: str) -> Response:
     needed (a mailbox provider has neither)."""
     ctx = context_of(request)
     form = await request.form()
-    one_click = _field(form, "List-Unsubscribe") == "One-Click"
+    one_click = field(form, "List-Unsubscribe") == "One-Click"
     try:
         target = _target(request, PERSONAL, token, expires=False)
         async with ctx.db.transaction() as session:
