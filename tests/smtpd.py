@@ -181,6 +181,28 @@ class RecordingSMTP:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
+    def turn_hostile(
+        self,
+        *,
+        bouncing: set[str],
+        closing: set[str],
+        greylisted: set[str],
+        stalling: set[str],
+        drop_rate: float,
+        seed: int,
+    ) -> None:
+        """Behave like a difficult server: ``bouncing`` addresses are refused for good (550),
+        ``closing`` ones get 421 for their first 2 attempts, ``greylisted`` ones 451 for their
+        first 3, the first DATA of ``stalling`` ones stalls 3 s, and connections drop at random
+        (``drop_rate``, reproducible by ``seed``)."""
+        self.refuse.update({a: "550 5.1.1 Postfach unbekannt" for a in bouncing})
+        self.transient.update({a: ("421 4.3.2 Dienst wird beendet", 2) for a in closing})
+        self.transient.update({a: ("451 4.7.1 Greylisting, bitte spaeter", 3) for a in greylisted})
+        self.stall.update(dict.fromkeys(stalling, 1))
+        self.stall_seconds = 3
+        self.drop_rate = drop_rate
+        self.rng = random.Random(seed)
+
     def messages(self) -> list[Received]:
         with self._lock:
             return list(self.received)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import random
 import re
 import socket
 import time
@@ -117,13 +116,14 @@ async def test_three_senders_share_the_outbox_and_survive_a_sigkill(
     project.write_config(config)
     await asyncio.to_thread(project.seed, project.write("people.csv", people(COUNT)))
     smtp = project.smtp
-    smtp.refuse.update({a: "550 5.1.1 Postfach unbekannt" for a in BOUNCING})
-    smtp.transient.update({a: ("421 4.3.2 Dienst wird beendet", 2) for a in CLOSING})
-    smtp.transient.update({a: ("451 4.7.1 Greylisting, bitte spaeter", 3) for a in GREYLISTED})
-    smtp.stall.update(dict.fromkeys(STALLING, 1))
-    smtp.stall_seconds = 3
-    smtp.drop_rate = 0.03
-    smtp.rng = random.Random(4711)
+    smtp.turn_hostile(
+        bouncing=BOUNCING,
+        closing=CLOSING,
+        greylisted=GREYLISTED,
+        stalling=STALLING,
+        drop_rate=0.03,
+        seed=4711,
+    )
     smtp.delay = 0.005  # about what a real server takes; keeps messages on the wire
 
     senders = [await asyncio.to_thread(spawn, "run", "--only", "sender") for _ in range(3)]

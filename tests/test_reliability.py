@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
-import random
 import re
 import socket
 import time
@@ -267,14 +266,14 @@ def hostile(project: Project) -> Project:
         "smtp": {"timeout": 1},
     }
     prepare(project, HOSTILE_COUNT, "Unter Beschuss", config)
-    smtp = project.smtp
-    smtp.refuse.update({a: "550 5.1.1 Postfach unbekannt" for a in BOUNCING})
-    smtp.transient.update({a: ("421 4.3.2 Dienst wird beendet", 2) for a in CLOSING})
-    smtp.transient.update({a: ("451 4.7.1 Greylisting, bitte spaeter", 3) for a in GREYLISTED})
-    smtp.stall.update(dict.fromkeys(STALLING, 1))
-    smtp.stall_seconds = 3
-    smtp.drop_rate = 0.05
-    smtp.rng = random.Random(20240604)
+    project.smtp.turn_hostile(
+        bouncing=BOUNCING,
+        closing=CLOSING,
+        greylisted=GREYLISTED,
+        stalling=STALLING,
+        drop_rate=0.05,
+        seed=20240604,
+    )
     return project
 
 
