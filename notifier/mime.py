@@ -32,12 +32,13 @@ def _header(name: str, value: str | Address) -> bytes:
     return folded
 
 
-def _qp(text: str, lines: dict[str, bytes] | None = None) -> bytes:
+def _qp(text: str, lines: dict[str, bytes] | None = None, *, learn: bool = False) -> bytes:
     """Quoted-printable with CRLF line ends.
 
-    With ``lines`` (a cache shared by the copies of one message) each line is encoded once:
-    quoted-printable encodes every line on its own, so the lines that are the same for every
-    recipient (nearly all of them) are looked up instead of encoded again.
+    With ``lines`` (shared by the copies of one message) each line is looked up before it is
+    encoded: quoted-printable encodes every line on its own, so the lines that are the same for
+    every recipient (nearly all of them) are encoded once. ``learn`` (the first copy) fills it;
+    later copies only read it, so recipients' personal lines are not kept.
     """
     # A text part ends with a line break, as EmailMessage.set_content makes it.
     if not text.endswith("\n"):
@@ -50,15 +51,10 @@ def _qp(text: str, lines: dict[str, bytes] | None = None) -> bytes:
         if encoded is None:
             encoded = binascii.b2a_qp((line + "\n").encode("utf-8"), istext=True)
             encoded = encoded.replace(b"\n", b"\r\n")
-            if len(lines) < _QP_CACHE_LINES:
+            if learn:
                 lines[line] = encoded
         parts.append(encoded)
     return b"".join(parts)
-
-
-# Lines kept per message: the shared lines come first; personal lines (a greeting) may fill
-# the rest, which bounds the memory a long send can take.
-_QP_CACHE_LINES = 2000
 
 
 @dataclass(frozen=True)
@@ -121,17 +117,18 @@ def personal_message(
         if "\r" in value or "\n" in value:
             raise ValueError("address parts cannot contain CR or LF")
     to = formataddr((to_name, to_address), charset="utf-8")
+    learn = not shared.qp_lines  # the first copy teaches the shared lines to the others
     alternative = "alt-" + secrets.token_hex(12)
     body = b"".join(
         [
             f"--{alternative}\r\n".encode(),
             b'Content-Type: text/plain; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            _qp(text, shared.qp_lines),
+            _qp(text, shared.qp_lines, learn=learn),
             f"\r\n--{alternative}\r\n".encode(),
             b'Content-Type: text/html; charset="utf-8"\r\n',
             b"Content-Transfer-Encoding: quoted-printable\r\n\r\n",
-            _qp(html, shared.qp_lines),
+            _qp(html, shared.qp_lines, learn=learn),
             f"\r\n--{alternative}--\r\n".encode(),
         ]
     )
