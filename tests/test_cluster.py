@@ -220,7 +220,8 @@ async def test_rate_limit_holds_for_three_senders_together(
         assert sender.stop() == 0
     window = 6.0
     in_window = bisect.bisect_left(times, first + window)
-    # A full bucket (RATE) at once, then RATE per second: four processes send no more than one.
+    # A full bucket (RATE / 4) at once, then RATE per second: four processes send no more than
+    # one.
     assert in_window <= RATE + RATE * window + 1, in_window
     assert in_window >= 0.8 * RATE * window, in_window
     per_second = [bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)]
@@ -364,7 +365,7 @@ def test_helper_processes_share_one_sqlite_file_and_its_rate_limit(
     assert running.stop() == 0
     recipients = project.smtp.recipients()
     assert sorted(recipients) == sorted(address(i) for i in range(140))
-    # A full bucket of 20, then 20 per second for all three processes together: about 6 s
+    # A full bucket of 5, then 20 per second for all three processes together: about 6.75 s
     # (three limits of their own would be done in about 2).
     assert took >= (140 - rate) / rate - 0.5, took
     times = sorted(m.at for m in messages)

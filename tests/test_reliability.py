@@ -191,14 +191,13 @@ async def test_rate_per_second_is_honoured_within_5_percent_over_a_minute(crowd:
     assert times[0] == first
     in_window = bisect.bisect_left(times, first + WINDOW)
     nominal = RATE * WINDOW
-    # The leaky bucket (aiolimiter) starts empty: it lets a burst of RATE through at once and
-    # then RATE per second, so the first minute carries RATE + RATE * 60 = 1,220 at most (+1
-    # for a message acquired just before the window closes and stored just after).
+    # The token bucket starts full: it lets a burst of RATE / 4 through at once and then RATE
+    # per second, so the first minute carries less than RATE + RATE * 60 = 1,220 (+1 for a
+    # message taken just before the window closes and stored just after).
     assert in_window <= RATE + nominal + 1, in_window
     assert 0.95 * nominal <= in_window <= 1.05 * nominal, in_window
-    # No second carries far more than the rate. The first second may carry the burst and one
-    # second's worth; after that a 1-s window holds about the rate: a leaky bucket that drained a
-    # little while the sender fetched its next batch lets that little through at once.
+    # No second carries far more than the rate: at most the burst (RATE / 4) and one second's
+    # worth, also after the bucket refilled a little while the sender fetched its next batch.
     per_second = [bisect.bisect_left(times, t + 1.0) - i for i, t in enumerate(times)]
     assert max(per_second) <= 2 * RATE + 1, max(per_second)
     settled = [n for t, n in zip(times, per_second, strict=True) if first + 2 <= t < first + 59]
@@ -218,8 +217,8 @@ async def test_rate_per_hour_lets_its_burst_through_then_holds(project: Project)
         sender = make_sender(project, db)
         started = time.monotonic()
         task = asyncio.create_task(sender.run())
-        # aiolimiter's AsyncLimiter(30, 3600) starts empty and admits exactly max_rate = 30 at
-        # once; the 31st needs one unit to leak out, i.e. 3600 / 30 = 120 s.
+        # The hourly bucket starts full with 30 tokens and admits them at once; the 31st needs
+        # a token to come back, i.e. 3600 / 30 = 120 s.
         await arrivals(project.smtp, 30, timeout=5)
         assert time.monotonic() - started < 5
         await asyncio.sleep(3)

@@ -2,8 +2,8 @@
 
 ``[delivery] rate_per_second`` and ``rate_per_hour`` are token buckets stored in the database
 (table ``rate_buckets``), so three sender processes on two machines send no more than one would.
-A bucket holds up to its rate's worth of tokens (a burst of ``rate_per_second`` messages, or of
-``rate_per_hour``, after a quiet time) and refills continuously at the rate.
+A bucket holds up to a quarter of ``rate_per_second`` tokens, or ``rate_per_hour`` (the burst
+after a quiet time), and refills continuously at the rate.
 
 Each process takes a few tokens at a time (about 5 % of the smaller bucket, never more than it
 has messages waiting for), so a message costs a database round trip only under a low limit; with
@@ -35,7 +35,9 @@ def buckets_for(delivery: DeliverySettings) -> list[queries.Bucket]:
     buckets = []
     if delivery.rate_per_second:
         rate = delivery.rate_per_second
-        buckets.append(queries.Bucket("per_second", max(rate, 1.0), rate))
+        # A burst of a quarter second's allowance: any one second then carries at most about
+        # 1.25 x the limit (a bucket of a whole second's would allow twice the limit).
+        buckets.append(queries.Bucket("per_second", max(rate / 4, 1.0), rate))
     if delivery.rate_per_hour:
         rate = delivery.rate_per_hour
         buckets.append(queries.Bucket("per_hour", max(rate, 1.0), rate / 3600))
