@@ -225,6 +225,15 @@ async def subscriber_for(
     return sub
 
 
+# Whose confirmation link still works (a confirmed one answers again without changing anything).
+CONFIRMABLE = (
+    SubscriberStatus.pending,
+    SubscriberStatus.active,
+    SubscriberStatus.held,
+    SubscriberStatus.paused,
+)
+
+
 def domain_allowed(address: str, settings: Settings) -> bool:
     allowed = settings.web.allowed_domains
     if not allowed:
@@ -238,16 +247,7 @@ async def confirm(
 ) -> Subscriber:
     """Confirm a sign-up (idempotent): active, or held for the office's approval when the
     address is outside ``[web] allowed_domains``."""
-    sub = await subscriber_for(
-        session,
-        target,
-        allow=(
-            SubscriberStatus.pending,
-            SubscriberStatus.active,
-            SubscriberStatus.held,
-            SubscriberStatus.paused,
-        ),
-    )
+    sub = await subscriber_for(session, target, allow=CONFIRMABLE)
     if sub.status is not SubscriberStatus.pending:
         return sub
     consent = await session.scalar(

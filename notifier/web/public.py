@@ -169,11 +169,9 @@ async def confirm_form(request: Request, token: str) -> Response:
     try:
         target = _target(request, CONFIRM, token)
         async with ctx.db.reading() as session:
-            sub = await selfservice.subscriber_for(session, target)
+            sub = await selfservice.subscriber_for(session, target, allow=selfservice.CONFIRMABLE)
     except LinkError as exc:
         return _link_problem(request, exc)
-    if sub.status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed):
-        return _link_problem(request, LinkError("Der Link ist nicht mehr gültig."))
     return page(request, "public/confirm.html", {"token": token, "subscriber": sub})
 
 
