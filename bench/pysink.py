@@ -30,6 +30,18 @@ class Counter:
         self.messages += 1
         return "250 2.0.0 Ok"
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # Like smtp-sink, offer PIPELINING (aiosmtpd handles it but does not advertise it).
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
 
 async def serve(host: str, port: int) -> None:
     counter = Counter()

@@ -94,9 +94,26 @@ class MailStore:
         raise NotFoundError(f"keine Nachricht Nr. {number} in {self.directory}")
 
 
+def advertise_pipelining(session: Session, hostname: str, responses: list[str]) -> list[str]:
+    """EHLO replies with PIPELINING added: aiosmtpd reads pipelined commands one by one, as RFC
+    2920 asks, but does not say so, and senders pipeline only when told."""
+    session.host_name = hostname  # what aiosmtpd does itself when there is no EHLO hook
+    return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
 class _Handler:
     def __init__(self, store: MailStore) -> None:
         self.store = store
+
+    async def handle_EHLO(
+        self,
+        server: SMTPServer,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        return advertise_pipelining(session, hostname, responses)
 
     async def handle_DATA(self, server: SMTPServer, session: Session, envelope: Envelope) -> str:
         content = envelope.original_content or b""

@@ -8,7 +8,7 @@ first few attempts (``transient``; a 421 reply also closes the connection, as re
 stall before storing a message (``stall``), and drop connections at random (``drop_rate``, drawn
 from a seeded ``random.Random``) at RCPT or in DATA before the message is stored. A stalled or
 dropped message is never stored, so none of this can create a duplicate. ``refuse_sender`` answers
-MAIL FROM with the given reply.
+MAIL FROM with the given reply. It offers PIPELINING unless ``pipelining`` is off.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
+
+from notifier.catcher import advertise_pipelining
 
 
 @dataclass
@@ -58,6 +60,9 @@ class RecordingSMTP:
     rng: random.Random = field(default_factory=lambda: random.Random(0))
     # e.g. "553 5.7.1 Absender nicht erlaubt": the reply to every MAIL FROM
     refuse_sender: str = ""
+    # offer PIPELINING in the EHLO reply, as most real servers do (aiosmtpd reads pipelined
+    # commands correctly but does not advertise them); False tests the one-by-one path
+    pipelining: bool = True
     # what happened: RCPT commands and stalls per recipient address, drops per stage
     attempts: Counter[str] = field(default_factory=Counter)
     stalls: Counter[str] = field(default_factory=Counter)
@@ -67,6 +72,19 @@ class RecordingSMTP:
     _thread: threading.Thread | None = None
 
     # aiosmtpd handler hooks
+    async def handle_EHLO(
+        self,
+        server: Any,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if self.pipelining:
+            return advertise_pipelining(session, hostname, responses)
+        session.host_name = hostname
+        return responses
+
     async def handle_MAIL(
         self,
         server: Any,
