@@ -22,10 +22,13 @@ from typing import Any, cast
 from sqlalchemy import (
     ColumnElement,
     Connection,
+    Integer,
     Select,
     Table,
+    TextualSelect,
     and_,
     bindparam,
+    column,
     delete,
     exists,
     false,
@@ -413,6 +416,35 @@ class Claimed(ClaimedRow):
     version: int  # the subscriber's token_version, signed into the personal links
 
 
+# The claim's sub-select for SQLite: the open rows (OUTBOX_OPEN, the partial index's condition,
+# word for word) that are due: queued or deferred and due, or sending with an expired lease.
+_SQLITE_CLAIMABLE = (
+    "SELECT id FROM outbox INDEXED BY ix_outbox_open"
+    " WHERE state IN ('queued', 'deferred', 'sending')"
+    " AND ((state IN ('queued', 'deferred') AND next_attempt_at <= :claim_now)"
+    " OR (state = 'sending' AND lease_until < :claim_now))"
+    " ORDER BY id LIMIT :claim_limit"
+)
+assert OUTBOX_OPEN in _SQLITE_CLAIMABLE
+
+
+def _sqlite_claimable(now: datetime, limit: int) -> TextualSelect:
+    """The ids of the first ``limit`` due rows, found by walking the partial index ix_outbox_open
+    in id order. Left to itself, SQLite's planner answers the state terms from
+    ix_outbox_state_next instead: it collects every due row and sorts them all, on every claim
+    (about 20 ms per claim at 30,000 queued rows, growing with the queue); walking the index
+    stops after ``limit`` rows (about 8 ms, whatever the queue). SQLAlchemy renders no table
+    hints for SQLite, hence the text."""
+    return (
+        text(_SQLITE_CLAIMABLE)
+        .bindparams(
+            bindparam("claim_now", now, type_=OutboxMessage.next_attempt_at.type),
+            bindparam("claim_limit", limit, type_=Integer()),
+        )
+        .columns(column("id", Integer()))
+    )
+
+
 def claim_batch(
     connection: Connection, now: datetime, limit: int, lease: timedelta, owner: str
 ) -> list[ClaimedRow]:
@@ -426,16 +458,6 @@ def claim_batch(
     the same moment get disjoint batches without waiting for each other."""
     if not owner:
         raise ValueError("a claim needs a lease owner token")
-    due = or_(
-        and_(OutboxMessage.state.in_(PENDING), OutboxMessage.next_attempt_at <= now),
-        and_(OutboxMessage.state == OutboxState.sending, OutboxMessage.lease_until < now),
-    )
-    ids = (
-        select(OutboxMessage.id)
-        .where(text(OUTBOX_OPEN), due)  # literal: matches the partial index ix_outbox_open
-        .order_by(OutboxMessage.id)
-        .limit(limit)
-    )
     values = {
         "state": OutboxState.sending,
         "lease_until": now + lease,
@@ -446,12 +468,22 @@ def claim_batch(
     if connection.dialect.name == "postgresql":
         # A materialised CTE: the locking sub-select runs once, so no more than ``limit`` rows
         # are locked, and rows another claim holds are skipped rather than waited for.
+        due = or_(
+            and_(OutboxMessage.state.in_(PENDING), OutboxMessage.next_attempt_at <= now),
+            and_(OutboxMessage.state == OutboxState.sending, OutboxMessage.lease_until < now),
+        )
+        ids = (
+            select(OutboxMessage.id)
+            .where(text(OUTBOX_OPEN), due)  # literal: matches the partial index ix_outbox_open
+            .order_by(OutboxMessage.id)
+            .limit(limit)
+        )
         claimable = (
             ids.with_for_update(skip_locked=True).cte("claimable").prefix_with("MATERIALIZED")
         )
         stmt = update(OutboxMessage).where(OutboxMessage.id == claimable.c.id)
     else:
-        stmt = update(OutboxMessage).where(OutboxMessage.id.in_(ids.scalar_subquery()))
+        stmt = update(OutboxMessage).where(OutboxMessage.id.in_(_sqlite_claimable(now, limit)))
     rows = connection.execute(
         stmt.values(values).returning(
             OutboxMessage.id,
