@@ -240,7 +240,8 @@ class OutboxMessage(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     # Exactly one of item_id (a message about one item) and digest_id (a briefing) is set.
-    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"), index=True)
+    # No index of its own: uq_outbox_item_subscriber starts with item_id.
+    item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"))
     digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id", name="fk_outbox_digest"))
     # Which message about the item: "" (the item itself), "reminder:7", "changed:2", "cancelled".
     notice: Mapped[str] = mapped_column(String(40), default="")
