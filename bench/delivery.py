@@ -742,7 +742,6 @@ def make_project(
     config["smtp"] = {**smtp, "catcher": False, "host": HOST, "port": port, "tls": "none"}
     config["catcher"] = {**config.get("catcher", {}), "directory": str(folder / "mails")}
     config["paths"] = {**config.get("paths", {}), "templates": str(REPO / "templates")}
-    config["scheduler"] = {**config.get("scheduler", {}), "poll_seconds": 0.2}
     if "web" in config:  # the web application runs as it does by default, on a free port
         config["web"] = {**config["web"], "port": 0}
     wanted = dict(delivery)

@@ -15,6 +15,12 @@ from .db import Database, queries
 logger = logging.getLogger(__name__)
 
 
+async def next_release(db: Database, now: datetime) -> datetime | None:
+    """When the next scheduled item becomes due (None: none is scheduled)."""
+    async with db.reading() as session:
+        return await queries.next_send_at(session, now)
+
+
 async def release_due(db: Database, now: datetime) -> list[tuple[int, int]]:
     """Route every scheduled item whose time has come; returns (item id, recipients) pairs."""
     async with db.reading() as session:  # checked every poll: takes no write lock

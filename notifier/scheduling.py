@@ -3,7 +3,8 @@
 The database, not the scheduler's memory, says what is due: every check asks for scheduled items
 whose time has come, briefing slots not yet handled, reminders not yet sent. So announcements
 written by another process (the CLI) are seen, and work whose time passed while the service was
-down is done once at the next start.
+down is done once at the next start. An item due before the next check gets a timer of its own
+at its send time, so it is routed at that moment, not up to ``poll_seconds`` later.
 
 Several processes may run the scheduler role (on PostgreSQL); :class:`LeadingScheduler` runs
 the jobs only in the one that holds the scheduler lock, and another takes over within seconds
@@ -18,7 +19,7 @@ import contextlib
 import functools
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -26,7 +27,7 @@ from .briefings import next_briefing_slot, run_due_briefings, send_due_reminders
 from .config import CalendarSource, FeedSource, Settings
 from .db import Database
 from .db.leader import SCHEDULER_LOCK, LeaderLock
-from .routing import release_due
+from .routing import next_release, release_due
 from .sources.poller import SourcePoller
 
 logger = logging.getLogger(__name__)
@@ -103,9 +104,31 @@ class Scheduler:
 
     async def release_due_items(self) -> None:
         async def work() -> bool:
-            return bool(await release_due(self.db, self.clock()))
+            released = await release_due(self.db, self.clock())
+            await self._time_next_release()
+            return bool(released)
 
         await self._guarded("releasing due items", work)
+
+    async def _time_next_release(self) -> None:
+        """Run the release check exactly at the next send time if that comes before the next
+        regular check."""
+        now = self.clock()
+        due = await next_release(self.db, now)
+        if due is None:
+            return
+        delay = (due - now).total_seconds()
+        if delay >= self.settings.scheduler.poll_seconds:
+            return  # a later check sees it first, and times it then
+        self.scheduler.add_job(
+            self.release_due_items,
+            "date",
+            # The scheduler runs on the wall clock; ``self.clock`` may be another (tests).
+            run_date=datetime.now(self.settings.scheduler.tz) + timedelta(seconds=delay),
+            id="release-at-send-time",
+            replace_existing=True,
+            misfire_grace_time=None,
+        )
 
     async def briefings(self) -> None:
         now = self.clock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import signal
@@ -10,6 +11,10 @@ import time
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from zoneinfo import ZoneInfo
+
+from notifier.clock import utcnow
+from notifier.db import Database
+from notifier.scheduling import Scheduler
 
 from .conftest import Project
 
@@ -116,6 +121,24 @@ def test_scheduled_announcement_reaches_exactly_the_audience(project: Project, s
     assert running.stop() == 0
     listing = project.cli("announcements", "list").output
     assert "versendet" in listing and "versandt 2" in listing
+
+
+async def test_item_is_routed_at_its_send_time_not_at_the_next_check(project: Project) -> None:
+    # Checks every 30 s: the check at the start sees the item due in 4 s and times it.
+    project.write_config({"scheduler": {"poll_seconds": 30}})
+    project.seed(project.write("people.csv", SUBSCRIBERS))
+    send_at = datetime.now(BERLIN).replace(microsecond=0) + timedelta(seconds=4)
+    project.cli("announce", project.write("a.md", announcement(send_at.isoformat()[:19])))
+    released = asyncio.Event()
+    async with Database(project.settings.database_url) as db:
+        scheduler = Scheduler(db, project.settings, utcnow, released.set)
+        scheduler.start()
+        try:
+            await asyncio.wait_for(released.wait(), 15)
+        finally:
+            await scheduler.aclose()
+    late = time.time() - send_at.timestamp()
+    assert 0 <= late < 0.5, f"routed {late:.2f} s after its send time"
 
 
 def test_cancelled_announcement_sends_nothing(project: Project, service) -> None:

@@ -134,6 +134,14 @@ async def due_items(session: AsyncSession, now: datetime) -> list[int]:
     return list(await session.scalars(stmt))
 
 
+async def next_send_at(session: AsyncSession, now: datetime) -> datetime | None:
+    """The earliest send time of a scheduled item that is not yet due."""
+    stmt = select(func.min(Item.send_at)).where(
+        Item.status == ItemStatus.scheduled, Item.send_at > now
+    )
+    return await session.scalar(stmt)
+
+
 def _is_postgres(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
