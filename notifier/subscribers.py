@@ -164,6 +164,7 @@ async def apply_subscribers(
         ).all()
     }
     now = utcnow()
+    added: list[Subscriber] = []
     for row in rows:
         sub = existing.get(row.email)
         if sub is None:
@@ -183,10 +184,7 @@ async def apply_subscribers(
                 subscriptions=[Subscription(topic_key=t) for t in row.topics],
             )
             session.add(sub)
-            await session.flush()
-            await record(
-                session, actor, "subscriber.imported", "subscriber", sub.id, {"email": row.email}
-            )
+            added.append(sub)
             continue
         if sub.status is not SubscriberStatus.active:
             report.kept_inactive.append(row.email)
@@ -223,6 +221,14 @@ async def apply_subscribers(
             sub.id,
             {"email": row.email, "changed": changed},
         )
+    if added:
+        # One flush for all new rows (batched INSERTs) gives them their ids for the audit log;
+        # a flush per row made an import of 10,000 rows take half a minute.
+        await session.flush()
+        for sub in added:
+            await record(
+                session, actor, "subscriber.imported", "subscriber", sub.id, {"email": sub.email}
+            )
     await session.flush()
     return report
 

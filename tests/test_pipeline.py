@@ -180,7 +180,7 @@ def test_sigkill_mid_send_loses_nothing(project: Project, service) -> None:
     """A real `notifier run` killed with SIGKILL at random moments, three times, then left to
     finish: everybody got the message, duplicates stay within what was in flight at the kills,
     and nothing is left in "sending" (leases expire and the rows are claimed again)."""
-    total = 5_000
+    total = 10_000
     rows = ["email,name,role,organisation,topics,rhythm"]
     rows += [
         f"person{i}@vg-pruem.example,Person {i},mayor,Verbandsgemeinde Prüm,,immediate"
