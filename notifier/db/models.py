@@ -219,6 +219,8 @@ class Item(Base):
 # The rows a claim may take, as literal SQL: the partial index below and the claim's WHERE
 # clause must say the same, for both databases to see that the index serves the claim.
 OUTBOX_OPEN = "state IN ('queued', 'deferred', 'sending')"
+# The rows worth a look: failed for good, or waiting for another attempt (ix_outbox_trouble).
+OUTBOX_TROUBLE = "state IN ('failed', 'deferred')"
 
 
 class OutboxMessage(Base):
@@ -228,7 +230,14 @@ class OutboxMessage(Base):
     __table_args__ = (
         UniqueConstraint("item_id", "subscriber_id", "notice", name="uq_outbox_item_subscriber"),
         UniqueConstraint("digest_id", name="uq_outbox_digest"),
-        Index("ix_outbox_state_next", "state", "next_attempt_at"),
+        # The list of recent failures (failed and deferred rows by time); routing and sending
+        # never touch it.
+        Index(
+            "ix_outbox_trouble",
+            "updated_at",
+            postgresql_where=text(OUTBOX_TROUBLE),
+            sqlite_where=text(OUTBOX_TROUBLE),
+        ),
         # Claims walk the open rows in id order without reading the (many) finished ones.
         Index(
             "ix_outbox_open",

@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
     OUTBOX_OPEN,
+    OUTBOX_TROUBLE,
     AuditEntry,
     BriefingQueue,
     Digest,
@@ -438,11 +439,11 @@ assert OUTBOX_OPEN in _SQLITE_CLAIMABLE
 
 def _sqlite_claimable(now: datetime, limit: int) -> TextualSelect:
     """The ids of the first ``limit`` due rows, found by walking the partial index ix_outbox_open
-    in id order. Left to itself, SQLite's planner answers the state terms from
-    ix_outbox_state_next instead: it collects every due row and sorts them all, on every claim
-    (about 20 ms per claim at 30,000 queued rows, growing with the queue); walking the index
-    stops after ``limit`` rows (about 8 ms, whatever the queue). SQLAlchemy renders no table
-    hints for SQLite, hence the text."""
+    in id order. Left to itself, SQLite's planner answered the state terms from another index
+    (ix_outbox_state_next, since dropped): it collected every due row and sorted them all, on
+    every claim (about 20 ms per claim at 30,000 queued rows, growing with the queue); walking
+    the index stops after ``limit`` rows (about 8 ms, whatever the queue). SQLAlchemy renders no
+    table hints for SQLite, hence the text."""
     return (
         text(_SQLITE_CLAIMABLE)
         .bindparams(
@@ -754,7 +755,7 @@ async def recent_failures(session: AsyncSession, limit: int) -> list[Failure]:
             OutboxMessage.next_attempt_at,
         )
         .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
-        .where(OutboxMessage.state.in_([OutboxState.failed, OutboxState.deferred]))
+        .where(text(OUTBOX_TROUBLE))  # literal: matches the partial index ix_outbox_trouble
         .order_by(OutboxMessage.updated_at.desc(), OutboxMessage.id.desc())
         .limit(limit)
     )
