@@ -122,6 +122,10 @@ class PgWatcher:
         rows = self.loop.run(self.conn.fetch("SELECT state, count(*) FROM outbox GROUP BY state"))
         return {r[0]: r[1] for r in rows}
 
+    def progress(self) -> tuple[int, int]:
+        row = self.loop.run(self.conn.fetchrow(bench.PROGRESS_SQL))
+        return int(row[0]), int(row[1])
+
     def item(self, item_id: int) -> tuple[str, float, float | None, int | None]:
         row = self.loop.run(
             self.conn.fetchrow(
