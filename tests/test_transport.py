@@ -46,6 +46,8 @@ class ScriptedSMTP:
 
     pipelining: bool = True
     split: bool = False
+    # if set: after the first reply of a group, the others wait until this event is set
+    hold: asyncio.Event | None = None
     rcpt: dict[str, str] = field(default_factory=dict)
     data_after_refusal: str = "554 5.5.1 Keine gültigen Empfänger"
     close_after_mail: bool = False
@@ -137,7 +139,9 @@ class ScriptedSMTP:
                         owed.append(self.data_after_refusal)
                     elif verb == b"DATA":
                         owed.append("354 Ende mit <CRLF>.<CRLF>")
-                        for reply in owed:
+                        for number, reply in enumerate(owed):
+                            if number == 1 and self.hold is not None:
+                                await self.hold.wait()  # the rest of the replies wait
                             await self._reply(writer, reply)
                         owed = []
                         body = await self._read_body(reader, buffer)
@@ -274,16 +278,60 @@ async def test_without_pipelining_every_command_waits_for_its_reply() -> None:
 async def test_cancelled_send_does_not_leave_replies_for_the_next(
     pipelining: ScriptedSMTP,
 ) -> None:
-    pipelining.split = True  # slow replies: the cancellation lands in the middle of them
+    # The cancellation lands between the reply to MAIL and those to RCPT and DATA.
+    pipelining.hold = asyncio.Event()
     async with _transport(pipelining.port) as transport:
         task = asyncio.create_task(transport.send(MESSAGE, SENDER, "erste@vg.example"))
-        await _until(lambda: any(b"DATA" in batch for batch in pipelining.batches))
+        await _until(
+            lambda: any(line.startswith(b"DATA") for b in pipelining.batches for line in b)
+        )
+        await asyncio.sleep(0.05)  # the reply to MAIL has arrived; the others are held
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+        pipelining.hold.set()  # the held replies now go to the old session, if it still exists
+        pipelining.hold = None
         reply = await transport.send(MESSAGE, SENDER, "zweite@vg.example")
     assert reply == "2.0.0 Ok: queued for zweite@vg.example"
     assert pipelining.connections == 2
+
+
+async def test_warm_up_connects_once_and_the_first_send_uses_that_session(
+    pipelining: ScriptedSMTP,
+) -> None:
+    async with _transport(pipelining.port) as transport:
+        transport.warm_up()
+        transport.warm_up()  # a second call while connecting starts nothing more
+        await _until(
+            lambda: any(line.startswith(b"EHLO") for b in pipelining.batches for line in b)
+        )
+        assert pipelining.messages == []
+        sending = asyncio.create_task(transport.send(MESSAGE, SENDER, "anna@vg.example"))
+        transport.warm_up()
+        await sending
+    assert pipelining.connections == 1
+    assert [r for r, _ in pipelining.messages] == ["anna@vg.example"]
+
+
+async def test_close_during_warm_up_leaves_no_session(pipelining: ScriptedSMTP) -> None:
+    transport = _transport(pipelining.port)
+    transport.warm_up()
+    await transport.close()
+    # A new send after the close connects afresh.
+    async with transport:
+        await transport.send(MESSAGE, SENDER, "anna@vg.example")
+    assert [r for r, _ in pipelining.messages] == ["anna@vg.example"]
+
+
+async def test_warm_up_against_a_dead_port_fails_only_the_send() -> None:
+    async with ScriptedSMTP() as server:
+        port = server.port  # closed when the block ends: nothing listens there any more
+    async with _transport(port) as transport:
+        transport.warm_up()
+        await asyncio.sleep(0.1)  # the attempt fails in the background, unreported
+        with pytest.raises(TemporaryDeliveryError) as refused:
+            await transport.send(MESSAGE, SENDER, "anna@vg.example")
+    assert "Verbindung zu 127.0.0.1" in refused.value.reply
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

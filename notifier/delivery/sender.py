@@ -189,6 +189,8 @@ class Sender:
         )
         if not rows:
             return 0
+        for transport in self._transports:  # sessions are set up while the batch is prepared
+            transport.warm_up()
         # The rows are ours (leased): what they need is read without holding the write lock.
         async with self.db.reading() as session:
             batch = await queries.describe_claimed(session, rows)

@@ -13,6 +13,7 @@ else (4xx replies, lost connections, timeouts, TLS trouble) is temporary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import ssl
@@ -156,6 +157,24 @@ class SmtpTransport:
         self.port = port or settings.port
         self.tls = tls or settings.tls
         self._smtp: aiosmtplib.SMTP | None = None
+        self._connecting: asyncio.Task[aiosmtplib.SMTP] | None = None
+
+    def warm_up(self) -> None:
+        """Start connecting (greeting, EHLO) in the background unless connected: called when
+        work arrives, so the first message does not wait for the session to be set up."""
+        if not self._is_connected():
+            self._connection_task()
+
+    def _is_connected(self) -> bool:
+        return self._smtp is not None and self._smtp.is_connected
+
+    def _connection_task(self) -> asyncio.Task[aiosmtplib.SMTP]:
+        """The connection attempt under way, or a new one: never two at once."""
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+            # A failure is raised to the send that awaits it; after a warm-up none may come.
+            self._connecting.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return self._connecting
 
     async def __aenter__(self) -> SmtpTransport:
         return self
@@ -183,17 +202,23 @@ class SmtpTransport:
     async def _connected(self) -> aiosmtplib.SMTP:
         if self._smtp is not None and self._smtp.is_connected:
             return self._smtp
-        self._smtp = self._client()
+        return await self._connection_task()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        smtp = self._client()
         try:
-            await self._smtp.connect()
-            if type(self._smtp.protocol) is SMTPProtocol:
-                self._smtp.protocol.__class__ = PipeliningProtocol
+            await smtp.connect()
+            if type(smtp.protocol) is SMTPProtocol:
+                smtp.protocol.__class__ = PipeliningProtocol
+            if smtp.is_ehlo_or_helo_needed:
+                await smtp.ehlo()
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
-            self._smtp = None
+            smtp.close()
             raise TemporaryDeliveryError(
                 "-", getattr(exc, "code", None), f"Verbindung zu {self.host}:{self.port}: {exc}"
             ) from exc
-        return self._smtp
+        self._smtp = smtp
+        return smtp
 
     async def send(self, message: bytes, sender: str, recipient: str) -> str:
         """Send one message (as bytes, headers included) to one recipient; returns the
@@ -313,6 +338,11 @@ class SmtpTransport:
             smtp.close()
 
     async def close(self) -> None:
+        connecting, self._connecting = self._connecting, None
+        if connecting is not None:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TemporaryDeliveryError):
+                await connecting
         smtp, self._smtp = self._smtp, None
         if smtp is None or not smtp.is_connected:
             return
