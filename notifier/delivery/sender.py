@@ -38,7 +38,8 @@ MAX_BACKOFF = timedelta(hours=2)
 FLUSH_SECONDS = 0.05
 # How often the queued messages' items are checked for a cancellation.
 CANCEL_CHECK_SECONDS = 0.5
-# While a batch is being built, the loop gets a turn after this many messages.
+# While a batch is being built, the loop gets a turn after this many messages (after each one
+# in the first, small batch after a pause).
 YIELD_EVERY = 25
 
 
@@ -87,6 +88,7 @@ class Sender:
         # Lease owner tokens: this process (host, pid, a random part) and a claim number.
         self._owner = f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._claims = itertools.count(1)
+        self._resuming = True  # the last claim found nothing (or none was made yet)
         self._workers: list[asyncio.Task[None]] = []
         self._flushing = asyncio.Lock()
         # Under a rate limit, claim no more than can go out well within a lease, so no claimed
@@ -184,9 +186,14 @@ class Sender:
         now = self.clock()
         lease = timedelta(seconds=self.delivery.lease_seconds)
         owner = f"{self._owner}:{next(self._claims)}"
+        # New work after an empty claim (or at the start) begins with a small batch, built
+        # with a turn for the connections after each message: the first messages leave sooner.
+        resuming = self._resuming
+        size = min(self._claim_size, 4 * len(self._transports)) if resuming else self._claim_size
         rows = await self.db.write(
-            lambda connection: queries.claim_batch(connection, now, self._claim_size, lease, owner)
+            lambda connection: queries.claim_batch(connection, now, size, lease, owner)
         )
+        self._resuming = not rows
         if not rows:
             return 0
         for transport in self._transports:  # sessions are set up while the batch is prepared
@@ -205,7 +212,7 @@ class Sender:
                 session, [c.digest_id for c in batch if c.digest_id is not None], now
             )
         for index, claimed in enumerate(batch):
-            if index % YIELD_EVERY == YIELD_EVERY - 1:
+            if resuming or index % YIELD_EVERY == YIELD_EVERY - 1:
                 # Let the connections and the other tasks (whose transactions may hold the
                 # database's write lock while they wait for the loop) run in between.
                 await asyncio.sleep(0)
