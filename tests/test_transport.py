@@ -10,14 +10,17 @@ Where the server does not offer PIPELINING, no command may arrive before the pre
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
 from notifier.config import SmtpSettings
 from notifier.delivery import SmtpTransport
+from notifier.delivery.transport import _data_block
 from notifier.errors import PermanentDeliveryError, TemporaryDeliveryError
 
 SENDER = "projektbuero@eifelkreis.example"
@@ -332,6 +335,19 @@ async def test_warm_up_against_a_dead_port_fails_only_the_send() -> None:
         with pytest.raises(TemporaryDeliveryError) as refused:
             await transport.send(MESSAGE, SENDER, "anna@vg.example")
     assert "Verbindung zu 127.0.0.1" in refused.value.reply
+
+
+def test_data_block_is_what_aiosmtplib_would_send() -> None:
+    """Line ends made CRLF, leading periods doubled, the end marker: byte for byte as
+    aiosmtplib's DATA does it, for every mix of CR, LF and periods."""
+    rng = random.Random(2920)
+    samples = [MESSAGE, b"", b".", b"\r", b"\n", b".\r\n.", b"a\n.b\r.c\r\n..d"]
+    samples += [
+        bytes(rng.choice(b"ab.\r\n") for _ in range(rng.randint(0, 40))) for _ in range(5000)
+    ]
+    for sample in samples:
+        expected = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(sample)) + b".\r\n"
+        assert _data_block(sample) == expected, sample
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:

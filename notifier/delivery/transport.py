@@ -23,7 +23,6 @@ from types import TracebackType
 import aiosmtplib
 from aiosmtplib.protocol import (
     MAX_RESPONSE_LENGTH,
-    PERIOD_REGEX,
     SMTPProtocol,
     normalize_message_line_endings,
 )
@@ -367,17 +366,18 @@ def _envelope_refusal(
 
 def _data_block(message: bytes) -> bytes:
     """The message as it goes after DATA: CRLF line ends, leading periods doubled, ended by a
-    line with a single period. Our messages already have CRLF line ends (checked, not assumed);
-    the scans for lone CR or LF and for leading periods are single passes in C."""
-    if message.count(b"\n") != message.count(b"\r\n") or message.count(b"\r") != message.count(
-        b"\n"
-    ):
+    line with a single period; the same bytes as aiosmtplib's DATA makes. Our messages already
+    have CRLF line ends (checked, not assumed), and lines starting with a period are common in
+    them (quoted-printable breaks lines anywhere): counting and ``bytes.replace`` do in C what
+    aiosmtplib's regular expressions took about 50 µs per message for."""
+    crlf = message.count(b"\r\n")
+    if message.count(b"\r") != crlf or message.count(b"\n") != crlf:
         message = normalize_message_line_endings(message)
     elif not message.endswith(b"\r\n"):
         message += b"\r\n"
-    if message.startswith(b".") or b"\n." in message:
-        message = PERIOD_REGEX.sub(b"..", message)
-    return message + b".\r\n"
+    if message.startswith(b"."):
+        message = b"." + message
+    return message.replace(b"\n.", b"\n..") + b".\r\n"
 
 
 def _classified(
