@@ -21,6 +21,7 @@ from .db import reports
 from .db.models import Organisation, Rhythm, Role, Subscriber, SubscriberStatus, Subscription
 from .errors import FieldError, StateError
 from .labels import SUBSCRIBER_LABELS
+from .subscribers import active_subscriber
 
 # -- subscribers -----------------------------------------------------------------------------
 
@@ -132,19 +133,7 @@ async def add_subscriber(
     """A subscriber entered by the office (like a CSV row): active at once."""
     if await _email_taken(session, data.email, None):
         raise FieldErrors({"email": "Diese Adresse ist schon eingetragen."})
-    sub = Subscriber(
-        email=data.email,
-        name=data.name,
-        role=data.role,
-        organisation_id=data.organisation.id,
-        rhythm=data.rhythm,
-        all_topics=not data.topics,
-        status=SubscriberStatus.active,
-        created_at=now,
-        updated_at=now,
-        token_version=0,
-        subscriptions=[Subscription(topic_key=t) for t in data.topics],
-    )
+    sub = active_subscriber(data, now)
     session.add(sub)
     await session.flush()
     await audit.record(session, actor, "subscriber.added", "subscriber", sub.id, {})

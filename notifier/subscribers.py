@@ -9,7 +9,9 @@ import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
@@ -51,6 +53,39 @@ class SubscriberRow:
     organisation: Organisation
     topics: tuple[str, ...]  # empty: all topics
     rhythm: Rhythm
+
+
+class SubscriberData(Protocol):
+    """What a new subscriber is made from: a CSV row, or the office's form."""
+
+    @property
+    def email(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def role(self) -> Role: ...
+    @property
+    def organisation(self) -> Organisation: ...
+    @property
+    def topics(self) -> tuple[str, ...]: ...  # empty: all topics
+    @property
+    def rhythm(self) -> Rhythm: ...
+
+
+def active_subscriber(data: SubscriberData, now: datetime) -> Subscriber:
+    """A new subscriber, active at once (imported, or entered by the office)."""
+    return Subscriber(
+        email=data.email,
+        name=data.name,
+        role=data.role,
+        organisation_id=data.organisation.id,
+        rhythm=data.rhythm,
+        all_topics=not data.topics,
+        status=SubscriberStatus.active,
+        created_at=now,
+        updated_at=now,
+        subscriptions=[Subscription(topic_key=t) for t in data.topics],
+    )
 
 
 @dataclass
@@ -171,18 +206,7 @@ async def apply_subscribers(
             report.added.append(row.email)
             if dry_run:
                 continue
-            sub = Subscriber(
-                email=row.email,
-                name=row.name,
-                role=row.role,
-                organisation_id=row.organisation.id,
-                rhythm=row.rhythm,
-                all_topics=not row.topics,
-                status=SubscriberStatus.active,
-                created_at=now,
-                updated_at=now,
-                subscriptions=[Subscription(topic_key=t) for t in row.topics],
-            )
+            sub = active_subscriber(row, now)
             session.add(sub)
             added.append(sub)
             continue
