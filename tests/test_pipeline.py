@@ -143,11 +143,15 @@ async def test_item_is_routed_at_its_send_time_not_at_the_next_check(project: Pr
 
 def test_cancelled_announcement_sends_nothing(project: Project, service) -> None:
     project.seed(project.write("people.csv", SUBSCRIBERS))
-    file = project.write("a.md", announcement(local_iso(timedelta(seconds=3))))
-    assert "Geplant als Mitteilung Nr. 1" in project.cli("announce", file).output
+    # The service runs before the announcement exists, so the time between scheduling and
+    # cancelling is two in-process commands, not a process start (slow on a loaded machine).
     service()
+    send_at = datetime.now(BERLIN).replace(microsecond=0) + timedelta(seconds=5)
+    file = project.write("a.md", announcement(send_at.strftime("%Y-%m-%dT%H:%M:%S")))
+    assert "Geplant als Mitteilung Nr. 1" in project.cli("announce", file).output
     assert "abgesagt" in project.cli("announcements", "cancel", "1").output
-    time.sleep(4.5)
+    assert time.time() < send_at.timestamp(), "cancelled only after the send time"
+    time.sleep(send_at.timestamp() + 2.5 - time.time())
     assert project.smtp.messages() == []
     assert outbox_states(project) == []
     again = project.cli("announcements", "cancel", "1", ok=False)
