@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,7 @@ from notifier.delivery import Sender, SmtpTransport
 from notifier.rendering import Recipient, Renderer
 from notifier.routing import release_due
 
-from .conftest import Project
+from .conftest import REPO, Project
 
 PEOPLE = "email,name,role,organisation,topics,rhythm\n" + "".join(
     f"p{i}@vg-arzfeld.example,Person {i},staff,Verbandsgemeinde Arzfeld,,immediate\n"
@@ -111,6 +112,48 @@ async def test_permanent_failure_fails_only_that_recipient(seeded: Project) -> N
     assert result["p2@vg-arzfeld.example"][:2] == (OutboxState.failed, 550)
     assert "unbekannt" in (result["p2@vg-arzfeld.example"][2] or "")
     assert sorted(seeded.smtp.recipients()) == [f"p{i}@vg-arzfeld.example" for i in (0, 1, 3, 4, 5)]
+
+
+async def test_message_that_cannot_be_built_fails_with_the_reason(
+    seeded: Project, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A template edited into an error after the announcement was scheduled: every message of it
+    # fails with the error as its reply, nothing stays claimed, and the sender goes on.
+    templates = seeded.root / "templates"
+    shutil.copytree(REPO / "templates", templates)
+    broken = templates / "email" / "announcement.html"
+    text = broken.read_text("utf-8").replace(
+        "{{ body_html }}", "{{ body_html }}{{ nicht_definiert }}"
+    )
+    assert "nicht_definiert" in text
+    broken.write_text(text, "utf-8")
+    seeded.write_config({"paths": {"templates": str(templates)}})
+    clock = Clock()
+    async with Database(seeded.settings.database_url) as db:
+        await release_due(db, clock())
+        sender = await sender_for(seeded, db, clock)
+        assert await sender.run_once() == 6
+        await sender.close()
+        result = await states(db)
+        assert {state for state, _, _ in result.values()} == {OutboxState.failed}
+        for _, code, reply in result.values():
+            assert code is None
+            assert reply is not None and "Nachricht nicht erstellbar" in reply
+            assert "nicht_definiert" in reply
+        assert seeded.smtp.messages() == []
+        tracebacks = [r for r in caplog.records if r.exc_info is not None]
+        assert len(tracebacks) == 1, "the error's traceback is logged once, not per recipient"
+        assert "cannot be built" in tracebacks[0].getMessage()
+
+        shutil.copy(REPO / "templates" / "email" / "announcement.html", broken)
+        seeded.cli("announce", seeded.write("b.md", NOTE.replace("Hinweis", "Zweiter Hinweis")))
+        clock.now = datetime.now(UTC)
+        await release_due(db, clock())
+        sender = await sender_for(seeded, db, clock)
+        assert await sender.run_once() == 6
+        await sender.close()
+    assert len(seeded.smtp.messages()) == 6
+    assert {m.message["Subject"] for m in seeded.smtp.messages()} == {"Zweiter Hinweis"}
 
 
 async def test_unreachable_server_defers_and_gives_up_after_max_age(seeded: Project) -> None:

@@ -38,18 +38,20 @@ MAX_BACKOFF = timedelta(hours=2)
 FLUSH_SECONDS = 0.05
 # How often the queued messages' items are checked for a cancellation.
 CANCEL_CHECK_SECONDS = 0.5
-# While a batch is being built, the loop gets a turn after this many messages (after each one
-# in the first, small batch after a pause).
+# While a batch is being queued (personal links signed, recipients made), the loop gets a turn
+# after this many messages (after each one in the first, small batch after a pause).
 YIELD_EVERY = 25
 
 
 @dataclass(frozen=True)
 class Job:
-    """One message ready for SMTP."""
+    """One message to send: its outbox row, its prepared content and its recipient. Its bytes
+    are built by the connection that sends it, just before sending, so the queue holds no
+    built messages (about 6 KB each, a batch of them per process)."""
 
     claimed: queries.Claimed
-    data: bytes
-    message_id: str
+    prepared: Prepared
+    recipient: Recipient
 
 
 class Sender:
@@ -84,6 +86,7 @@ class Sender:
         self._queued_items: dict[int, int] = {}  # item id -> jobs of it waiting or sending
         self._cancelled: set[int] = set()
         self._outcomes: list[queries.Outcome] = []
+        self._build_errors: set[str] = set()  # errors whose traceback was logged
         self._unsent: list[tuple[int, str]] = []  # (outbox id, lease owner) to hand back
         # Lease owner tokens: this process (host, pid, a random part) and a claim number.
         self._owner = f"{socket.gethostname()[:24]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -186,7 +189,7 @@ class Sender:
         now = self.clock()
         lease = timedelta(seconds=self.delivery.lease_seconds)
         owner = f"{self._owner}:{next(self._claims)}"
-        # New work after an empty claim (or at the start) begins with a small batch, built
+        # New work after an empty claim (or at the start) begins with a small batch, queued
         # with a turn for the connections after each message: the first messages leave sooner.
         resuming = self._resuming
         size = min(self._claim_size, 4 * len(self._transports)) if resuming else self._claim_size
@@ -262,13 +265,9 @@ class Sender:
                     queries.Outcome(claimed.id, OutboxState.cancelled, now, owner=claimed.owner)
                 )
                 continue
-            job = self._build(claimed, prepared, recipient)
-            if job is not None:
-                if claimed.item_id is not None:
-                    self._queued_items[claimed.item_id] = (
-                        self._queued_items.get(claimed.item_id, 0) + 1
-                    )
-                await self._jobs.put(job)
+            if claimed.item_id is not None:
+                self._queued_items[claimed.item_id] = self._queued_items.get(claimed.item_id, 0) + 1
+            await self._jobs.put(Job(claimed, prepared, recipient))
         return len(batch)
 
     def _prepare(self, item: Item, notice: str) -> Prepared:
@@ -280,22 +279,25 @@ class Sender:
             prepared = self._prepared[key] = self.renderer.prepare(item, notice)
         return prepared
 
-    def _build(
-        self, claimed: queries.Claimed, prepared: Prepared, recipient: Recipient
-    ) -> Job | None:
-        message_id = self.renderer.message_id(claimed.id, claimed.subscriber_id)
+    def _build(self, job: Job, message_id: str) -> bytes | None:
         try:
-            data = self.renderer.build_bytes(
-                prepared, recipient, message_id=message_id, date=self.clock()
+            return self.renderer.build_bytes(
+                job.prepared, job.recipient, message_id=message_id, date=self.clock()
             )
         except Exception as exc:  # a template or data error: this message cannot be made
-            logger.exception("outbox %s: message cannot be built", claimed.id)
+            # The traceback once per error, not once for each of thousands of recipients.
+            if str(exc) not in self._build_errors:
+                if len(self._build_errors) > 64:
+                    self._build_errors.clear()
+                self._build_errors.add(str(exc))
+                logger.exception("outbox %s: message cannot be built", job.claimed.id)
             self._failure(
-                claimed,
-                PermanentDeliveryError(recipient.email, None, f"Nachricht nicht erstellbar: {exc}"),
+                job.claimed,
+                PermanentDeliveryError(
+                    job.recipient.email, None, f"Nachricht nicht erstellbar: {exc}"
+                ),
             )
             return None
-        return Job(claimed, data, message_id)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -358,8 +360,12 @@ class Sender:
 
     async def _send(self, transport: SmtpTransport, job: Job) -> None:
         claimed = job.claimed
+        message_id = self.renderer.message_id(claimed.id, claimed.subscriber_id)
+        data = self._build(job, message_id)
+        if data is None:
+            return
         try:
-            reply = await transport.send(job.data, self.settings.mail.sender_address, claimed.email)
+            reply = await transport.send(data, self.settings.mail.sender_address, claimed.email)
         except DeliveryError as exc:
             self._failure(claimed, exc)
             return
@@ -369,7 +375,7 @@ class Sender:
             self.clock(),
             code=250,
             reply=reply,
-            message_id=job.message_id,
+            message_id=message_id,
             owner=claimed.owner,
         )
         self._record(outcome)
