@@ -191,7 +191,10 @@ async def test_three_senders_share_the_outbox_and_survive_a_sigkill(
             550,
             "5.1.1 Postfach unbekannt",
         ), a
-        assert smtp.attempts[a] == 1 + (a in in_flight), "a permanent failure is not retried"
+        # Tried once; twice only if the killed process had claimed it (it may have died before
+        # trying: a claimed message can still wait in its queue).
+        tries = smtp.attempts[a]
+        assert 1 <= tries <= 1 + (a in in_flight), (a, tries, "a permanent failure is not retried")
     for a in CLOSING:
         assert smtp.attempts[a] >= 3, (a, smtp.attempts[a])
     for a in GREYLISTED:
