@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from jinja2 import TemplateError
 from sqlalchemy import Connection, select
 
 from ..config import Settings
@@ -284,19 +285,25 @@ class Sender:
             return self.renderer.build_bytes(
                 job.prepared, job.recipient, message_id=message_id, date=self.clock()
             )
-        except Exception as exc:  # a template or data error: this message cannot be made
+        except Exception as exc:
+            error: DeliveryError
+            if isinstance(exc, TemplateError):
+                # The office can fix a template (Jinja reads a changed file again): the message
+                # waits and is retried like a temporary SMTP failure, up to max_age_hours.
+                error = TemporaryDeliveryError(
+                    job.recipient.email, None, f"Vorlage fehlerhaft: {exc}"
+                )
+            else:  # this recipient's data cannot make a message (e.g. a header line break)
+                error = PermanentDeliveryError(
+                    job.recipient.email, None, f"Nachricht nicht erstellbar: {exc}"
+                )
             # The traceback once per error, not once for each of thousands of recipients.
             if str(exc) not in self._build_errors:
                 if len(self._build_errors) > 64:
                     self._build_errors.clear()
                 self._build_errors.add(str(exc))
                 logger.exception("outbox %s: message cannot be built", job.claimed.id)
-            self._failure(
-                job.claimed,
-                PermanentDeliveryError(
-                    job.recipient.email, None, f"Nachricht nicht erstellbar: {exc}"
-                ),
-            )
+            self._failure(job.claimed, error)
             return None
 
     # -- sending -----------------------------------------------------------------------------
