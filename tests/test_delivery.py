@@ -179,6 +179,47 @@ async def test_recipient_data_that_cannot_make_a_message_fails_only_that_one(
     assert all(b"victim" not in m.data for m in seeded.smtp.messages())
 
 
+async def test_a_message_this_version_cannot_make_fails_and_the_batch_goes_on(
+    seeded: Project,
+) -> None:
+    # A service message of a kind this version does not know (queued by a newer version during
+    # an upgrade), first in the batch: it fails with the reason instead of breaking the batch
+    # and staying claimed until its lease runs out, again and again.
+    from notifier.db.models import Subscriber
+
+    clock = Clock()
+    async with Database(seeded.settings.database_url) as db:
+        async with db.transaction() as session:
+            subscriber_id = await session.scalar(
+                select(Subscriber.id).where(Subscriber.email == "p0@vg-arzfeld.example")
+            )
+            assert subscriber_id is not None
+            session.add(
+                OutboxMessage(
+                    notice="kuenftig",
+                    subscriber_id=subscriber_id,
+                    created_at=clock(),
+                    updated_at=clock(),
+                    next_attempt_at=clock(),
+                )
+            )
+        await release_due(db, clock())
+        sender = await sender_for(seeded, db, clock)
+        assert await sender.run_once() == 7
+        await sender.close()
+        async with db.transaction() as session:
+            rows = (await session.scalars(select(OutboxMessage).order_by(OutboxMessage.id))).all()
+    unknown, *routed = rows
+    assert (unknown.notice, unknown.state, unknown.lease_owner) == (
+        "kuenftig",
+        OutboxState.failed,
+        None,
+    )
+    assert unknown.last_reply == "Nachricht nicht erstellbar: unknown service message 'kuenftig'"
+    assert [r.state for r in routed] == [OutboxState.sent] * 6
+    assert sorted(seeded.smtp.recipients()) == [f"p{i}@vg-arzfeld.example" for i in range(6)]
+
+
 async def test_unreachable_server_defers_and_gives_up_after_max_age(seeded: Project) -> None:
     clock = Clock()
     closed_port = 1  # nothing listens on 127.0.0.1:1

@@ -220,47 +220,13 @@ class Sender:
                 # Let the connections and the other tasks (whose transactions may hold the
                 # database's write lock while they wait for the loop) run in between.
                 await asyncio.sleep(0)
-            keys = topics.get(claimed.subscriber_id, [])
-            prepared: Prepared | None = None
-            if claimed.item_id is None and claimed.digest_id is None:
-                # A service message (confirmation of a sign-up, the personal links): no
-                # unsubscribe links, the subscription may not exist yet.
-                recipient = Recipient(
-                    email=claimed.email,
-                    name=claimed.name,
-                    organisation=claimed.organisation,
-                    topics=self.renderer.topic_list(keys),
-                    confirm_url=self.links.confirm_url(claimed.subscriber_id, claimed.version),
-                    preferences_url=self.links.personal_urls(
-                        claimed.subscriber_id, claimed.version
-                    )[0],
+            try:
+                prepared, recipient = self._message_parts(
+                    claimed, topics.get(claimed.subscriber_id, []), items, briefings
                 )
-                prepared = self.renderer.prepare_service(claimed.notice)
-            else:
-                preferences, unsubscribe = self.links.personal_urls(
-                    claimed.subscriber_id, claimed.version
-                )
-                recipient = Recipient(
-                    email=claimed.email,
-                    name=claimed.name,
-                    organisation=claimed.organisation,
-                    topics=self.renderer.topic_list(keys),
-                    preferences_url=preferences,
-                    unsubscribe_url=unsubscribe,
-                )
-            if claimed.digest_id is not None:
-                if briefings.get(claimed.digest_id):
-                    prepared = self.renderer.prepare_briefing(
-                        claimed.rhythm,
-                        briefings[claimed.digest_id],
-                        None if claimed.all_topics else keys,
-                    )
-            elif claimed.item_id is not None:
-                item = items[claimed.item_id]
-                # A cancelled announcement stops sending; an event's cancellation notice is
-                # itself a message about a cancelled event and goes out.
-                if item.status is not ItemStatus.cancelled:
-                    prepared = self._prepare(item, claimed.notice)
+            except Exception as exc:  # e.g. a service message that this version does not know
+                self._cannot_build(claimed, exc)
+                continue
             if prepared is None:
                 self._record(
                     queries.Outcome(claimed.id, OutboxState.cancelled, now, owner=claimed.owner)
@@ -270,6 +236,54 @@ class Sender:
                 self._queued_items[claimed.item_id] = self._queued_items.get(claimed.item_id, 0) + 1
             await self._jobs.put(Job(claimed, prepared, recipient))
         return len(batch)
+
+    def _message_parts(
+        self,
+        claimed: queries.Claimed,
+        keys: list[str],
+        items: dict[int, Item],
+        briefings: dict[int, list[Item]],
+    ) -> tuple[Prepared | None, Recipient]:
+        """What the claimed row's message is made of; no prepared content: it is cancelled."""
+        prepared: Prepared | None = None
+        if claimed.item_id is None and claimed.digest_id is None:
+            # A service message (confirmation of a sign-up, the personal links): no
+            # unsubscribe links, the subscription may not exist yet.
+            recipient = Recipient(
+                email=claimed.email,
+                name=claimed.name,
+                organisation=claimed.organisation,
+                topics=self.renderer.topic_list(keys),
+                confirm_url=self.links.confirm_url(claimed.subscriber_id, claimed.version),
+                preferences_url=self.links.personal_urls(claimed.subscriber_id, claimed.version)[0],
+            )
+            prepared = self.renderer.prepare_service(claimed.notice)
+        else:
+            preferences, unsubscribe = self.links.personal_urls(
+                claimed.subscriber_id, claimed.version
+            )
+            recipient = Recipient(
+                email=claimed.email,
+                name=claimed.name,
+                organisation=claimed.organisation,
+                topics=self.renderer.topic_list(keys),
+                preferences_url=preferences,
+                unsubscribe_url=unsubscribe,
+            )
+        if claimed.digest_id is not None:
+            if briefings.get(claimed.digest_id):
+                prepared = self.renderer.prepare_briefing(
+                    claimed.rhythm,
+                    briefings[claimed.digest_id],
+                    None if claimed.all_topics else keys,
+                )
+        elif claimed.item_id is not None:
+            item = items[claimed.item_id]
+            # A cancelled announcement stops sending; an event's cancellation notice is
+            # itself a message about a cancelled event and goes out.
+            if item.status is not ItemStatus.cancelled:
+                prepared = self._prepare(item, claimed.notice)
+        return prepared, recipient
 
     def _prepare(self, item: Item, notice: str) -> Prepared:
         key = (item.id, notice, item.change_count, item.content_hash)
@@ -286,25 +300,28 @@ class Sender:
                 job.prepared, job.recipient, message_id=message_id, date=self.clock()
             )
         except Exception as exc:
-            error: DeliveryError
-            if isinstance(exc, TemplateError):
-                # The office can fix a template (Jinja reads a changed file again): the message
-                # waits and is retried like a temporary SMTP failure, up to max_age_hours.
-                error = TemporaryDeliveryError(
-                    job.recipient.email, None, f"Vorlage fehlerhaft: {exc}"
-                )
-            else:  # this recipient's data cannot make a message (e.g. a header line break)
-                error = PermanentDeliveryError(
-                    job.recipient.email, None, f"Nachricht nicht erstellbar: {exc}"
-                )
-            # The traceback once per error, not once for each of thousands of recipients.
-            if str(exc) not in self._build_errors:
-                if len(self._build_errors) > 64:
-                    self._build_errors.clear()
-                self._build_errors.add(str(exc))
-                logger.exception("outbox %s: message cannot be built", job.claimed.id)
-            self._failure(job.claimed, error)
+            self._cannot_build(job.claimed, exc)
             return None
+
+    def _cannot_build(self, claimed: queries.Claimed, exc: Exception) -> None:
+        """Record why a message could not be made: a template error waits for a fix, anything
+        else fails the message."""
+        error: DeliveryError
+        if isinstance(exc, TemplateError):
+            # The office can fix a template (Jinja reads a changed file again): the message
+            # waits and is retried like a temporary SMTP failure, up to max_age_hours.
+            error = TemporaryDeliveryError(claimed.email, None, f"Vorlage fehlerhaft: {exc}")
+        else:  # the row's data cannot make a message (e.g. a line break in a header)
+            error = PermanentDeliveryError(
+                claimed.email, None, f"Nachricht nicht erstellbar: {exc}"
+            )
+        # The traceback once per error, not once for each of thousands of recipients.
+        if str(exc) not in self._build_errors:
+            if len(self._build_errors) > 64:
+                self._build_errors.clear()
+            self._build_errors.add(str(exc))
+            logger.error("outbox %s: message cannot be built", claimed.id, exc_info=exc)
+        self._failure(claimed, error)
 
     # -- sending -----------------------------------------------------------------------------
 
