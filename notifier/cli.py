@@ -24,7 +24,14 @@ from .config import DEFAULT_CONFIG, Settings, load_settings
 from .db import Database, queries
 from .db.models import Item, ItemStatus, OutboxState, SourceState
 from .errors import ConfigError, NotFoundError, NotifierError
-from .labels import FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS
+from .labels import (
+    FINAL_STATES,
+    ITEM_LABELS,
+    ROLE_LABELS,
+    STATE_LABELS,
+    megabytes,
+    smtp_state,
+)
 from .organisations import LEVEL_LABELS, load_organisations
 from .rendering import german_datetime
 from .service import ROLES, Service, prepare_database
@@ -499,9 +506,17 @@ async def status(ctx: click.Context, failures: int) -> None:
         counts = await queries.outbox_counts(session)
         rate = await queries.send_rate(session, now, timedelta(minutes=1))
         recent = await queries.recent_failures(session, failures)
+        senders = await queries.sender_statuses(session, now)
     for state in OutboxState:
         click.echo(f"{STATE_LABELS[state]:<15} {counts.get(state, 0)}")
     click.echo(f"Senderate (letzte Minute): {rate:.1f} Nachrichten/s ({round(rate * 60)} versandt)")
+    for sender in senders:
+        line = smtp_state(
+            sender.reachable, german_datetime(sender.since, tz), sender.reason, sender.waiting
+        )
+        if sender.max_size:
+            line += f", Nachrichten bis {megabytes(sender.max_size)}"
+        click.echo(f"{line} (Versandprozess {sender.owner.split(':')[1]})")
     if recent:
         click.echo("Letzte Fehler:")
     for f in recent:

@@ -96,3 +96,9 @@ class PermanentDeliveryError(DeliveryError):
     ) -> None:
         super().__init__(recipient, code, reply)
         self.bounced = bounced
+
+
+class SmtpUnavailable(TemporaryDeliveryError):
+    """No session with the SMTP server could be set up (refused, unreachable, a 421 greeting,
+    a failed TLS handshake or login): no message was tried. The sender pauses the connection
+    instead of trying the next message at once."""

@@ -196,6 +196,26 @@ def service(project: Project) -> Iterator[Callable[[], Running]]:
         running.close()
 
 
+@pytest.fixture
+def spawn(project: Project) -> Iterator[Callable[..., Running]]:
+    """Start `notifier ARGS` processes; whatever still runs at the end is killed."""
+    started: list[Running] = []
+
+    def start(*args: str, ready: str | None = "Beenden mit Strg+C") -> Running:
+        running = project.spawn(*args)
+        started.append(running)
+        if ready is not None:
+            running.wait_for_line(ready)
+        return running
+
+    yield start
+    for running in started:
+        if running.proc.poll() is None:
+            running.proc.kill()
+            running.proc.wait()
+        running.close()
+
+
 def free_port() -> int:
     """A port that is free now (for a server whose address must be known before it starts,
     such as the web application, whose links name it)."""

@@ -63,6 +63,8 @@ class RecordingSMTP:
     # offer PIPELINING in the EHLO reply, as most real servers do (aiosmtpd reads pipelined
     # commands correctly but does not advertise them); False tests the one-by-one path
     pipelining: bool = True
+    # the SIZE it announces and enforces (aiosmtpd answers 552 to a larger MAIL FROM … SIZE=)
+    data_size_limit: int = 33_554_432
     # what happened: RCPT commands and stalls per recipient address, drops per stage
     attempts: Counter[str] = field(default_factory=Counter)
     stalls: Counter[str] = field(default_factory=Counter)
@@ -164,7 +166,9 @@ class RecordingSMTP:
         protocols: list[SMTPServer] = []
 
         def factory() -> SMTPServer:
-            protocol = SMTPServer(self, hostname="test-smtp", loop=self._loop)
+            protocol = SMTPServer(
+                self, hostname="test-smtp", loop=self._loop, data_size_limit=self.data_size_limit
+            )
             protocols.append(protocol)
             return protocol
 
@@ -172,7 +176,10 @@ class RecordingSMTP:
             loop = asyncio.new_event_loop()
             asyncio.set_event_loop(loop)
             self._loop = loop
-            server = loop.run_until_complete(loop.create_server(factory, host=self.host, port=0))
+            # port 0 (the default): any free port; a given port: e.g. to come back after an outage
+            server = loop.run_until_complete(
+                loop.create_server(factory, host=self.host, port=self.port)
+            )
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
             loop.run_forever()

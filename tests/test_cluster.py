@@ -10,11 +10,10 @@ import re
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-import pytest
 from sqlalchemy import select, text
 
 from notifier.db import Database
@@ -44,26 +43,6 @@ def note(subject: str, send_at: str = "now") -> str:
 def owner_prefix(running: Running) -> str:
     """The lease owner tokens of a process's claims start with this (see delivery/sender.py)."""
     return f"{socket.gethostname()[:24]}:{running.proc.pid}:"
-
-
-@pytest.fixture
-def spawn(project: Project) -> Iterator[Callable[..., Running]]:
-    """Start `notifier ARGS` processes; whatever still runs at the end is killed."""
-    started: list[Running] = []
-
-    def start(*args: str, ready: str | None = "Beenden mit Strg+C") -> Running:
-        running = project.spawn(*args)
-        started.append(running)
-        if ready is not None:
-            running.wait_for_line(ready)
-        return running
-
-    yield start
-    for running in started:
-        if running.proc.poll() is None:
-            running.proc.kill()
-            running.proc.wait()
-        running.close()
 
 
 async def rows_by_email(db: Database) -> dict[tuple[str, int | None], OutboxMessage]:

@@ -344,6 +344,23 @@ class RateBucket(Base):
     updated_at: Mapped[float] = mapped_column(Float)
 
 
+class SenderStatus(Base):
+    """What one sender process knows of its SMTP server: reachable or not since when (and why,
+    and how many messages were waiting then), and the largest message it takes (its SIZE).
+    Written when that changes; ``updated_at`` is refreshed while the server is unreachable, so
+    a row that stopped being refreshed belongs to a process that is gone."""
+
+    __tablename__ = "sender_status"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)  # host:pid:random
+    reachable: Mapped[bool]
+    since: Mapped[datetime]
+    reason: Mapped[str | None] = mapped_column(Text)
+    waiting: Mapped[int | None]
+    max_size: Mapped[int | None]
+    updated_at: Mapped[datetime]
+
+
 class AuditEntry(Base):
     """Who changed what, when: imports, announcements, cancellations, organisation syncs."""
 

@@ -62,6 +62,7 @@ from .models import (
     Rhythm,
     Role,
     ScheduleState,
+    SenderStatus,
     Subscriber,
     SubscriberStatus,
     Subscription,
@@ -593,12 +594,52 @@ async def cancelled_items(session: AsyncSession, item_ids: Sequence[int]) -> set
     return set(rows)
 
 
-def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None:
+# Rows a statement names by id at most (SQLite allows 32,766 variables; PostgreSQL 65,535).
+ID_CHUNK = 500
+
+
+def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    return [ids[i : i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
+
+
+def still_held(connection: Connection, claims: Sequence[tuple[int, str]]) -> set[int]:
+    """Which of these (outbox id, lease owner) claims still hold their row: it is "sending"
+    and leased to that claim. On PostgreSQL the rows are locked until the transaction ends, so
+    what the caller writes next goes to rows that are still its own (on SQLite the write
+    transaction excludes every other writer anyway)."""
+    owners = dict(claims)
+    held: set[int] = set()
+    for chunk in _chunks(sorted(owners)):
+        stmt = select(_OUTBOX.c.id, _OUTBOX.c.lease_owner).where(
+            _OUTBOX.c.id.in_(chunk), _OUTBOX.c.state == OutboxState.sending
+        )
+        if connection.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        held.update(i for i, owner in connection.execute(stmt) if owners[i] == owner)
+    return held
+
+
+def renew_leases(
+    connection: Connection, claims: Sequence[tuple[int, str]], until: datetime
+) -> set[int]:
+    """Extend the leases of the rows these claims still hold to ``until``; returns their ids.
+    A row missing from the answer was taken over by another claim (its lease had run out)."""
+    held = still_held(connection, claims)
+    for chunk in _chunks(sorted(held)):
+        connection.execute(update(_OUTBOX).where(_OUTBOX.c.id.in_(chunk)).values(lease_until=until))
+    return held
+
+
+def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> list[int]:
     """Write many outcomes with one executemany statement per kind. Only rows still in
     "sending" and leased to the outcome's claim change, so a late outcome cannot overwrite a
-    newer state or a row another process has claimed since."""
+    newer state or a row another process has claimed since: the ids of such outcomes are
+    returned (nothing was written for them)."""
+    held = still_held(connection, [(o.outbox_id, o.owner) for o in outcomes])
     by_state: dict[OutboxState, list[dict[str, Any]]] = {}
     for o in outcomes:
+        if o.outbox_id not in held:
+            continue
         by_state.setdefault(o.state, []).append(
             {
                 "b_id": o.outbox_id,
@@ -636,6 +677,7 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> None
             .values(values)
         )
         connection.execute(stmt, params)
+    return [o.outbox_id for o in outcomes if o.outbox_id not in held]
 
 
 def suppress_bouncing(
@@ -702,6 +744,82 @@ def release(connection: Connection, claims: Sequence[tuple[int, str]], now: date
             ),
             [{"b_id": outbox_id, "b_owner": owner} for outbox_id, owner in claims],
         )
+
+
+def set_sender_status(
+    connection: Connection,
+    owner: str,
+    *,
+    reachable: bool,
+    since: datetime,
+    now: datetime,
+    reason: str | None = None,
+    waiting: int | None = None,
+    max_size: int | None = None,
+) -> None:
+    """Record (insert or replace) what the sender ``owner`` knows of its SMTP server."""
+    values = {
+        "owner": owner,
+        "reachable": reachable,
+        "since": since,
+        "reason": reason,
+        "waiting": waiting,
+        "max_size": max_size,
+        "updated_at": now,
+    }
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    stmt = dialect.insert(SenderStatus).values(values)
+    connection.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[SenderStatus.owner],
+            set_={k: v for k, v in values.items() if k != "owner"},
+        )
+    )
+
+
+def drop_sender_status(
+    connection: Connection, owner: str | None = None, *, older_than: datetime | None = None
+) -> None:
+    """Remove a sender's record (at its clean stop), or every record not refreshed since
+    ``older_than`` (of processes that ended without a clean stop)."""
+    stmt = delete(SenderStatus)
+    if owner is not None:
+        stmt = stmt.where(SenderStatus.owner == owner)
+    if older_than is not None:
+        stmt = stmt.where(SenderStatus.updated_at < older_than)
+    connection.execute(stmt)
+
+
+# A sender refreshes its status record every minute; one older than this is of a process that
+# ended without a clean stop (or whose loop is stuck).
+SENDER_STATUS_FRESH = timedelta(minutes=3)
+
+
+async def sender_statuses(session: AsyncSession, now: datetime) -> list[SenderStatus]:
+    """The SMTP states of the running senders (records refreshed within SENDER_STATUS_FRESH)."""
+    rows = await session.scalars(
+        select(SenderStatus)
+        .where(SenderStatus.updated_at >= now - SENDER_STATUS_FRESH)
+        .order_by(SenderStatus.since)
+    )
+    return list(rows)
+
+
+async def smtp_size_limit(session: AsyncSession) -> int | None:
+    """The smallest message size limit the SMTP server announced to a sender (SIZE) that is
+    recorded (senders keep theirs up to a day after they end), if any."""
+    value = await session.scalar(select(func.min(SenderStatus.max_size)))
+    return int(value) if value else None
+
+
+async def open_count(session: AsyncSession) -> int:
+    """Messages not yet final (queued, deferred or being sent), counted on ix_outbox_open."""
+    return int(
+        await session.scalar(
+            select(func.count()).select_from(OutboxMessage).where(text(OUTBOX_OPEN))
+        )
+        or 0
+    )
 
 
 async def outbox_counts(

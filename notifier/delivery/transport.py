@@ -7,7 +7,9 @@ reads one reply per command and drops replies that arrive while another waits to
 so :class:`PipeliningProtocol` collects them.
 
 Failures are classified where they enter: a 5xx reply for a recipient is permanent, everything
-else (4xx replies, lost connections, timeouts, TLS trouble) is temporary.
+else (4xx replies, lost connections, timeouts, TLS trouble) is temporary. A session that cannot
+be set up at all raises :class:`SmtpUnavailable` (nothing was tried); a message larger than the
+server accepts (its SIZE, 552 or 5.3.4/5.2.3) fails for good, as no retry can make it fit.
 """
 
 from __future__ import annotations
@@ -30,12 +32,16 @@ from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import SMTPStatus
 
 from ..config import SmtpSettings
-from ..errors import PermanentDeliveryError, TemporaryDeliveryError
+from ..errors import PermanentDeliveryError, SmtpUnavailable, TemporaryDeliveryError
+from ..labels import megabytes
 
 logger = logging.getLogger(__name__)
 
 # An address that needs neither quoting nor SMTPUTF8 (what import and sign-up let through).
 _PLAIN_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9.-]+\Z")
+# Enhanced status codes (RFC 3463) that say the message is too big: 5.3.4 "message too big for
+# system", 5.2.3 "message length exceeds administrative limit".
+_TOO_BIG = re.compile(r"\b5\.(?:3\.4|2\.3)\b")
 
 
 @dataclass
@@ -213,11 +219,23 @@ class SmtpTransport:
                 await smtp.ehlo()
         except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
             smtp.close()
-            raise TemporaryDeliveryError(
+            raise SmtpUnavailable(
                 "-", getattr(exc, "code", None), f"Verbindung zu {self.host}:{self.port}: {exc}"
             ) from exc
         self._smtp = smtp
         return smtp
+
+    async def connect(self) -> None:
+        """Set up the session now unless it is up (raises :class:`SmtpUnavailable`)."""
+        await self._connected()
+
+    @property
+    def max_size(self) -> int | None:
+        """The largest message the server takes (its SIZE extension, RFC 1870), if it said."""
+        if self._smtp is None:
+            return None
+        size = self._smtp.esmtp_extensions.get("size", "")
+        return int(size) if size.isdigit() and int(size) > 0 else None
 
     async def send(self, message: bytes, sender: str, recipient: str) -> str:
         """Send one message (as bytes, headers included) to one recipient; returns the
@@ -225,7 +243,22 @@ class SmtpTransport:
 
         Raises :class:`TemporaryDeliveryError` or :class:`PermanentDeliveryError`.
         """
+        if not recipient.isascii():
+            # Import and sign-up refuse such addresses; one stored before that never goes out
+            # (no SMTPUTF8): final, and held against the address like a refusal.
+            raise PermanentDeliveryError(
+                recipient,
+                None,
+                "Adresse mit Sonderzeichen vor dem @ nicht zustellbar",
+                bounced=True,
+            )
         smtp = await self._connected()
+        limit = self.max_size
+        if limit is not None and len(message) > limit:
+            # Refused here as the server would refuse it (RFC 1870), without a round trip.
+            raise PermanentDeliveryError(
+                recipient, 552, too_large(limit, f"die Nachricht hat {len(message)} Bytes")
+            )
         try:
             if _PLAIN_ADDRESS.match(sender) and _PLAIN_ADDRESS.match(recipient):
                 if smtp.is_ehlo_or_helo_needed:
@@ -246,14 +279,22 @@ class SmtpTransport:
             text = refusal.message if refusal else str(exc)
             raise _classified(recipient, code, text, bounced=True) from exc
         except aiosmtplib.SMTPSenderRefused as exc:
+            await self._reset_after(exc)
+            if _is_too_big(exc.code, exc.message):  # MAIL FROM … SIZE=n over the server's limit
+                raise PermanentDeliveryError(
+                    recipient, exc.code, too_large(self.max_size, exc.message)
+                ) from exc
             # Our envelope sender was refused: nothing to hold against the recipient. Retried
             # (and logged) until the configuration is fixed or the message is too old.
-            await self._reset_after(exc)
             raise TemporaryDeliveryError(
                 recipient, exc.code, f"Absender abgelehnt: {exc.message}"
             ) from exc
         except aiosmtplib.SMTPResponseException as exc:
             await self._reset_after(exc)
+            if _is_too_big(exc.code, exc.message):
+                raise PermanentDeliveryError(
+                    recipient, exc.code, too_large(self.max_size, exc.message)
+                ) from exc
             raise _classified(recipient, exc.code, exc.message) from exc
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             # A timeout, a lost connection, a garbled reply: what the session is in is unknown,
@@ -378,6 +419,19 @@ def _data_block(message: bytes) -> bytes:
     if message.startswith(b"."):
         message = b"." + message
     return message.replace(b"\n.", b"\n..") + b".\r\n"
+
+
+def _is_too_big(code: int, reply: str) -> bool:
+    """552 is "exceeded storage allocation" at MAIL and DATA; 5.3.4 and 5.2.3 say "too big"
+    whatever the basic code (a 554 after DATA, say)."""
+    return code == 552 or (500 <= code < 600 and _TOO_BIG.search(reply) is not None)
+
+
+def too_large(limit: int | None, reply: str) -> str:
+    """The reply kept for a message the server refused for its size, in German."""
+    if limit is None:
+        return f"zu groß für den Mailserver: {reply}"
+    return f"zu groß für den Mailserver (max. {megabytes(limit)}): {reply}"
 
 
 def _classified(

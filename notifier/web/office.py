@@ -21,7 +21,8 @@ from ..catcher import CaughtMail
 from ..db import queries, reports
 from ..db.models import OutboxState, SubscriberStatus, User
 from ..errors import NotFoundError
-from ..labels import ITEM_LABELS, STATE_LABELS
+from ..labels import ITEM_LABELS, STATE_LABELS, smtp_state
+from ..rendering import german_datetime
 from ..sources.poller import item_counts, source_kind
 from .app import checked_form, context_of, page
 from .forms import field
@@ -150,6 +151,7 @@ async def dashboard(request: Request, user: CurrentUser) -> Response:
         days = await reports.daily_figures(session, reports.day_bounds(now, tz, DAYS_SHOWN))
         totals = await queries.outbox_counts(session)
         failures = await queries.recent_failures(session, 5)
+        senders = await queries.sender_statuses(session, now)
         states = await reports.source_states(session)
         counts = await item_counts(session)
         held, _ = await reports.search_subscribers(
@@ -176,6 +178,12 @@ async def dashboard(request: Request, user: CurrentUser) -> Response:
             "days": days,
             "totals": [(STATE_LABELS[s], totals.get(s, 0)) for s in OutboxState],
             "failures": failures,
+            # What the senders know of the SMTP server, unreachable ones first.
+            "smtp": [
+                smtp_state(s.reachable, german_datetime(s.since, tz), s.reason, s.waiting)
+                for s in sorted(senders, key=lambda s: s.reachable)
+            ],
+            "smtp_down": any(not s.reachable for s in senders),
             "sources": sources,
             "held": held,
             "item_labels": ITEM_LABELS,
