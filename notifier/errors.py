@@ -6,7 +6,10 @@ callers can react to them and the CLI can print one clear line.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class NotifierError(Exception):
@@ -96,3 +99,74 @@ class PermanentDeliveryError(DeliveryError):
     ) -> None:
         super().__init__(recipient, code, reply)
         self.bounced = bounced
+
+
+# German descriptions of what goes wrong with storage, shared by the database and files.
+DISK_FULL = "kein Speicherplatz frei"
+READ_ONLY = "keine Schreibberechtigung oder schreibgeschützt"
+_OS_REASONS = {
+    errno.ENOSPC: DISK_FULL,
+    errno.EDQUOT: "Speicherkontingent erschöpft",
+    errno.EACCES: READ_ONLY,
+    errno.EPERM: READ_ONLY,
+    errno.EROFS: READ_ONLY,
+    errno.ENOENT: "nicht vorhanden",
+    errno.ENOTDIR: "ein Teil des Pfades ist kein Verzeichnis",
+    errno.EISDIR: "ist ein Verzeichnis",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """What an operating-system error means, in German (the system's text for rare ones)."""
+    return _OS_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+
+
+class FileError(NotifierError):
+    """A file could not be read or written; ``path`` names it, ``errno`` is the system's."""
+
+    def __init__(self, path: str, errno: int | None, problem: str) -> None:
+        self.path = path
+        self.errno = errno
+        self.problem = problem
+        super().__init__(f"Datei {path}: {problem}")
+
+    @classmethod
+    def from_os(cls, exc: OSError, path: object = None) -> FileError:
+        """The error for ``exc`` about ``path`` (by default the file the error names)."""
+        named = path if path is not None else exc.filename
+        return cls(str(named) if named is not None else "?", exc.errno, os_reason(exc))
+
+
+class DatabaseError(NotifierError):
+    """The database failed, refused a statement, or could not be reached.
+
+    ``cause`` names the common causes (a key of :attr:`CAUSES`), None for others; ``detail`` is
+    the driver's message (first line, secrets masked), ``where`` the database file or URL
+    without its password.
+    """
+
+    CAUSES: ClassVar[Mapping[str, str]] = {
+        "disk_full": DISK_FULL,
+        "read_only": READ_ONLY,
+        "locked": "gesperrt, ein anderer Prozess schreibt gerade",
+        "cannot_open": "die Datenbankdatei lässt sich nicht öffnen",
+        "not_a_database": "die Datei ist keine SQLite-Datenbank",
+        "corrupt": "die Datenbankdatei ist beschädigt",
+        "io_error": "Ein-/Ausgabefehler des Datenträgers",
+        "unreachable": "der Datenbankserver ist nicht erreichbar",
+        "login_refused": "Anmeldung am Datenbankserver abgelehnt",
+        "no_database": "die Datenbank existiert auf dem Server nicht",
+        "connection_lost": "die Verbindung zum Datenbankserver ist abgebrochen",
+    }
+
+    def __init__(self, cause: str | None, detail: str, where: str = "") -> None:
+        self.cause = cause
+        self.detail = detail
+        self.where = where
+        reason = self.CAUSES.get(cause or "")
+        if reason:
+            within = f"{where}: {detail}" if where else detail
+            text = f"Datenbank: {reason} ({within})"
+        else:
+            text = f"Datenbank: {detail}" + (f" ({where})" if where else "")
+        super().__init__(text)
