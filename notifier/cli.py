@@ -8,6 +8,7 @@ import functools
 import getpass
 import logging
 import os
+import secrets
 import sys
 import traceback
 from collections.abc import Callable, Coroutine
@@ -28,8 +29,9 @@ from .db.failures import database_error
 from .db.models import Item, ItemStatus, OutboxState, SourceState
 from .errors import ConfigError, FileError, NotFoundError, NotifierError, os_reason
 from .labels import FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS
+from .links import Links
 from .organisations import LEVEL_LABELS, load_organisations
-from .rendering import german_datetime
+from .rendering import Renderer, german_datetime
 from .service import ROLES, Service, prepare_database
 from .subscribers import export_subscribers, import_subscribers
 
@@ -400,14 +402,24 @@ async def announce(ctx: click.Context, file: Path, dry_run: bool, follow: bool) 
     settings = _settings(ctx)
     tz = settings.scheduler.tz
     now = utcnow()
+    renderer = Renderer(settings)
+    # The size check renders the message with personal links; they lead nowhere, and a key of
+    # the moment signs them as long as the service's key would, without this command creating
+    # or reading the service's key file.
+    links = Links(settings, key=secrets.token_bytes(32))
     item = None
     async with await _open(settings) as db, db.transaction() as session:
         draft = await ann.parse_announcement(
             session, file, topic_keys=set(settings.topic_keys), tz=tz, now=now
         )
-        audience = await ann.audience(session, ann.draft_item(draft, actor=_actor(), now=now))
-        if not dry_run:
-            item = await ann.schedule(session, draft, actor=_actor(), now=now)
+        unsaved = ann.draft_item(draft, actor=_actor(), now=now)
+        audience = await ann.audience(session, unsaved)
+        if dry_run:
+            await ann.check_size(session, unsaved, renderer=renderer, links=links, now=now)
+        else:
+            item = await ann.schedule(
+                session, draft, actor=_actor(), now=now, renderer=renderer, links=links
+            )
     # Only now, with the transaction committed: the audience reads as success.
     click.echo(f"Mitteilung: {draft.subject}")
     click.echo(

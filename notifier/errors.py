@@ -101,6 +101,30 @@ class PermanentDeliveryError(DeliveryError):
         self.bounced = bounced
 
 
+def megabytes(size: int, *, round_up: bool = False) -> str:
+    """A size in bytes for people: ``12,3 MB`` (one decimal), below 1 MB ``350 kB``. Sizes
+    compared with a limit round up and the limit down, so "too large" never reads as equal."""
+    unit, name = (1_000_000, "MB") if size >= 1_000_000 else (1_000, "kB")
+    step = unit // 10 if name == "MB" else unit
+    count = -(-size // step) if round_up else size // step
+    if name == "kB":
+        return f"{count} kB"
+    whole, tenth = divmod(count, 10)
+    return f"{whole} MB" if tenth == 0 else f"{whole},{tenth} MB"
+
+
+class MessageTooLargeError(NotifierError):
+    """A message would be larger than allowed; ``size`` and ``limit`` are in bytes."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"Die Nachricht ist mit {megabytes(size, round_up=True)} zu groß "
+            f"(höchstens {megabytes(limit)})."
+        )
+
+
 # German descriptions of what goes wrong with storage, shared by the database and files.
 DISK_FULL = "kein Speicherplatz frei"
 READ_ONLY = "keine Schreibberechtigung oder schreibgeschützt"
