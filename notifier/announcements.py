@@ -28,10 +28,13 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .audit import record
-from .db import queries
+from .db import queries, reports
 from .db.models import Item, ItemKind, ItemStatus, OrgKind, OutboxState, Role
 from .errors import InputError, NotFoundError, RowProblem, StateError
+from .links import Links
+from .message_size import check_message_size, message_size_limit
 from .organisations import organisation_index
+from .rendering import Recipient, Renderer
 
 FENCE = "+++"
 KEYS = {"subject", "topics", "scope", "roles", "send_at", "important"}
@@ -202,9 +205,67 @@ def draft_item(draft: Draft, *, actor: str, now: datetime) -> Item:
     )
 
 
-async def schedule(session: AsyncSession, draft: Draft, *, actor: str, now: datetime) -> Item:
-    """Store the announcement as scheduled, in the caller's transaction."""
+async def sample_recipient(
+    session: AsyncSession, item: Item, renderer: Renderer, links: Links
+) -> Recipient:
+    """The first recipient of the item's audience (or a made-up one), with personal links that
+    lead nowhere: a preview must not hand out a real subscriber's links."""
+    sub = await reports.first_recipient(session, await queries.audience_for(session, item))
+    preferences, unsubscribe = links.personal_urls(0, -1)
+    if sub is None:
+        return Recipient(
+            "erika.musterfrau@example.org",
+            "Erika Musterfrau",
+            "Musterhausen",
+            [],
+            preferences,
+            unsubscribe,
+        )
+    topics = [] if sub.all_topics else [s.topic_key for s in sub.subscriptions]
+    return Recipient(
+        sub.email,
+        sub.name,
+        sub.organisation.name,
+        renderer.topic_list(topics),
+        preferences,
+        unsubscribe,
+    )
+
+
+async def check_size(
+    session: AsyncSession, item: Item, *, renderer: Renderer, links: Links, now: datetime
+) -> int:
+    """Build the item's message for a sample recipient exactly as the sender does and return
+    its size in bytes; raises :class:`~notifier.errors.MessageTooLargeError` when it exceeds
+    :func:`~notifier.message_size.message_size_limit` (the configured limit, or the SMTP
+    server's SIZE when that is smaller)."""
+    recipient = await sample_recipient(session, item, renderer, links)
+
+    def build() -> int:
+        prepared = renderer.prepare(item)
+        message_id = renderer.message_id(0, 0)
+        return len(renderer.build_bytes(prepared, recipient, message_id=message_id, date=now))
+
+    # A long text takes seconds to render: not in the event loop the service shares.
+    size = await asyncio.to_thread(build)
+    check_message_size(size, await message_size_limit(session, renderer.settings))
+    return size
+
+
+async def schedule(
+    session: AsyncSession,
+    draft: Draft,
+    *,
+    actor: str,
+    now: datetime,
+    renderer: Renderer,
+    links: Links,
+) -> Item:
+    """Store the announcement as scheduled, in the caller's transaction. Raises
+    :class:`~notifier.errors.MessageTooLargeError` (before storing anything) when its message
+    would be too large (see :func:`check_size`)."""
     item = draft_item(draft, actor=actor, now=now)
+    await check_size(session, item, renderer=renderer, links=links, now=now)
     session.add(item)
     await session.flush()
     await record(

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import getpass
 import logging
 import os
+import secrets
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from email.message import EmailMessage
@@ -22,18 +25,13 @@ from .catcher import MailStore
 from .clock import utcnow
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .db import Database, queries
+from .db.failures import database_error
 from .db.models import Item, ItemStatus, OutboxState, SourceState
-from .errors import ConfigError, NotFoundError, NotifierError
-from .labels import (
-    FINAL_STATES,
-    ITEM_LABELS,
-    ROLE_LABELS,
-    STATE_LABELS,
-    megabytes,
-    smtp_state,
-)
+from .errors import ConfigError, FileError, NotFoundError, NotifierError, megabytes, os_reason
+from .labels import FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS, smtp_state
+from .links import Links
 from .organisations import LEVEL_LABELS, load_organisations
-from .rendering import german_datetime
+from .rendering import Renderer, german_datetime
 from .service import ROLES, Service, prepare_database
 from .subscribers import export_subscribers, import_subscribers
 
@@ -53,17 +51,46 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def run_async(func: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
-    """Run an async command body; turn notifier's errors into one clear message and exit 1."""
+    """Run an async command body in an event loop of its own."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return asyncio.run(func(*args, **kwargs))
-        except NotifierError as exc:
-            click.echo(f"Fehler: {exc}", err=True)
-            sys.exit(1)
+        return asyncio.run(func(*args, **kwargs))
 
     return wrapper
+
+
+def _failure(exc: Exception, obj: dict[str, Any] | None) -> NotifierError | None:
+    """What a command's exception means for people; None for a bug (its traceback is shown)."""
+    loaded: list[Settings] = (obj or {}).get("loaded", [])
+    if loaded:
+        found = database_error(exc, loaded[0].database_url)
+        if found is not None:
+            return found
+    if isinstance(exc, NotifierError):
+        return exc
+    if isinstance(exc, OSError):
+        return FileError.from_os(exc) if exc.filename else NotifierError(os_reason(exc))
+    return None
+
+
+class _Notifier(click.Group):
+    """The ``notifier`` group. Whatever fails in one of its commands ends in one German line on
+    stderr, "Fehler: …", and exit code 1; ``--verbose`` shows the traceback before it."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if isinstance(exc, OSError) and exc.errno == errno.EPIPE:
+                raise  # click ends quietly when a pipe reader (e.g. head) has gone
+            failure = _failure(exc, ctx.obj)
+            if failure is None:
+                raise
+            if (ctx.obj or {}).get("verbose"):
+                traceback.print_exception(exc)
+            click.echo(f"Fehler: {failure}", err=True)
+            sys.exit(1)
 
 
 async def _open(settings: Settings) -> Database:
@@ -72,7 +99,7 @@ async def _open(settings: Settings) -> Database:
     return db
 
 
-@click.group()
+@click.group(cls=_Notifier)
 @click.option(
     "--config",
     "config_path",
@@ -81,7 +108,12 @@ async def _open(settings: Settings) -> Database:
     show_default="config.toml oder $NOTIFIER_CONFIG",
     help="Konfigurationsdatei.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Ausführliche Protokollausgabe.")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Ausführliche Protokollausgabe; bei Fehlern auch der Traceback.",
+)
 @click.pass_context
 def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
     """notifier: Benachrichtigungsdienst von EIFELKREIS VERBINDET."""
@@ -107,7 +139,7 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
                 sys.exit(2)
         return loaded[0]
 
-    ctx.obj = {"settings": settings}
+    ctx.obj = {"settings": settings, "loaded": loaded, "verbose": verbose}
 
 
 @main.command()
@@ -329,7 +361,10 @@ async def subscribers_export(ctx: click.Context, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        await asyncio.to_thread(output.write_text, text, encoding="utf-8")
+        try:
+            await asyncio.to_thread(output.write_text, text, encoding="utf-8")
+        except OSError as exc:  # a failed write names no file
+            raise FileError.from_os(exc, output) from exc
         click.echo(f"{text.count(chr(10)) - 1} Abonnenten nach {output} geschrieben.")
 
 
@@ -367,21 +402,34 @@ async def announce(ctx: click.Context, file: Path, dry_run: bool, follow: bool) 
     settings = _settings(ctx)
     tz = settings.scheduler.tz
     now = utcnow()
+    renderer = Renderer(settings)
+    # The size check renders the message with personal links; they lead nowhere, and a key of
+    # the moment signs them as long as the service's key would, without this command creating
+    # or reading the service's key file.
+    links = Links(settings, key=secrets.token_bytes(32))
+    item = None
     async with await _open(settings) as db, db.transaction() as session:
         draft = await ann.parse_announcement(
             session, file, topic_keys=set(settings.topic_keys), tz=tz, now=now
         )
-        audience = await ann.audience(session, ann.draft_item(draft, actor=_actor(), now=now))
-        click.echo(f"Mitteilung: {draft.subject}")
-        click.echo(
-            f"Versand:    {german_datetime(draft.send_at, tz)}"
-            + (" (wichtig)" if draft.important else "")
-        )
-        _print_audience(audience)
+        unsaved = ann.draft_item(draft, actor=_actor(), now=now)
+        audience = await ann.audience(session, unsaved)
         if dry_run:
-            click.echo("Probelauf: nichts geplant.")
-            return
-        item = await ann.schedule(session, draft, actor=_actor(), now=now)
+            await ann.check_size(session, unsaved, renderer=renderer, links=links, now=now)
+        else:
+            item = await ann.schedule(
+                session, draft, actor=_actor(), now=now, renderer=renderer, links=links
+            )
+    # Only now, with the transaction committed: the audience reads as success.
+    click.echo(f"Mitteilung: {draft.subject}")
+    click.echo(
+        f"Versand:    {german_datetime(draft.send_at, tz)}"
+        + (" (wichtig)" if draft.important else "")
+    )
+    _print_audience(audience)
+    if item is None:
+        click.echo("Probelauf: nichts geplant.")
+        return
     click.echo(f"Geplant als Mitteilung Nr. {item.id}.")
     if follow:
         click.echo("Versand (wartet auf den Sendezeitpunkt und den laufenden Dienst):")
@@ -616,11 +664,7 @@ def _text_part(message: EmailMessage) -> str:
 @click.pass_context
 def mails_show(ctx: click.Context, number: int, raw: bool, html: bool) -> None:
     """Nachricht NUMBER anzeigen."""
-    try:
-        mail = _mail_store(ctx).get(number)
-    except NotifierError as exc:
-        click.echo(f"Fehler: {exc}", err=True)
-        sys.exit(1)
+    mail = _mail_store(ctx).get(number)
     if raw:
         click.echo(mail.path.read_bytes().decode("utf-8", errors="replace"), nl=False)
         return

@@ -68,6 +68,8 @@ class MailSettings(_Section):
     imprint_text: str
     imprint_url: str
     public_base_url: str
+    # The largest message (headers and every part, as sent); larger announcements are refused.
+    max_message_bytes: Annotated[int, Field(gt=0)] = 10_000_000
 
     @field_validator("sender_name", "sender_address", "reply_to", "list_id", "message_id_domain")
     @classmethod

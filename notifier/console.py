@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from . import announcements as ann
 from . import audit
 from .config import Settings
-from .db import queries, reports
+from .db import reports
 from .db.models import (
     Item,
     ItemKind,
@@ -181,13 +181,23 @@ def draft_item(draft: ann.Draft, *, actor: str, now: datetime) -> Item:
 
 
 async def edit_announcement(
-    session: AsyncSession, item_id: int, draft: ann.Draft, *, actor: str, now: datetime
+    session: AsyncSession,
+    item_id: int,
+    draft: ann.Draft,
+    *,
+    actor: str,
+    now: datetime,
+    renderer: Renderer,
+    links: Links,
 ) -> Item:
-    """Change a scheduled announcement; raises :class:`NotFoundError`, or :class:`StateError`
-    once it is sent or cancelled."""
+    """Change a scheduled announcement; raises :class:`NotFoundError`, :class:`StateError`
+    once it is sent or cancelled, or :class:`~notifier.errors.MessageTooLargeError` (see
+    :func:`notifier.announcements.check_size`)."""
     item = await session.get(Item, item_id)
     if item is None or item.kind is not ItemKind.announcement:
         raise NotFoundError(f"keine Mitteilung mit der Nummer {item_id}")
+    changed_item = draft_item(draft, actor=actor, now=now)
+    await ann.check_size(session, changed_item, renderer=renderer, links=links, now=now)
     values = {
         "subject": draft.subject,
         "body": draft.body,
@@ -231,33 +241,6 @@ class Rendered:
     html: str
     text: str
     recipient: Recipient
-
-
-async def sample_recipient(
-    session: AsyncSession, item: Item, renderer: Renderer, links: Links
-) -> Recipient:
-    """The first recipient of the item's audience (or a made-up one), with personal links that
-    lead nowhere: a preview must not hand out a real subscriber's links."""
-    sub = await reports.first_recipient(session, await queries.audience_for(session, item))
-    preferences, unsubscribe = links.personal_urls(0, -1)
-    if sub is None:
-        return Recipient(
-            "erika.musterfrau@example.org",
-            "Erika Musterfrau",
-            "Musterhausen",
-            [],
-            preferences,
-            unsubscribe,
-        )
-    topics = [] if sub.all_topics else [s.topic_key for s in sub.subscriptions]
-    return Recipient(
-        sub.email,
-        sub.name,
-        sub.organisation.name,
-        renderer.topic_list(topics),
-        preferences,
-        unsubscribe,
-    )
 
 
 def render(renderer: Renderer, item: Item, recipient: Recipient) -> Rendered:

@@ -6,7 +6,10 @@ callers can react to them and the CLI can print one clear line.
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class NotifierError(Exception):
@@ -102,3 +105,98 @@ class SmtpUnavailable(TemporaryDeliveryError):
     """No session with the SMTP server could be set up (refused, unreachable, a 421 greeting,
     a failed TLS handshake or login): no message was tried. The sender pauses the connection
     instead of trying the next message at once."""
+
+
+def megabytes(size: int, *, round_up: bool = False) -> str:
+    """A size in bytes for people: ``12,3 MB`` (one decimal), below 1 MB ``350 kB``. Sizes
+    compared with a limit round up and the limit down, so "too large" never reads as equal."""
+    unit, name = (1_000_000, "MB") if size >= 1_000_000 else (1_000, "kB")
+    step = unit // 10 if name == "MB" else unit
+    count = -(-size // step) if round_up else size // step
+    if name == "kB":
+        return f"{count} kB"
+    whole, tenth = divmod(count, 10)
+    return f"{whole} MB" if tenth == 0 else f"{whole},{tenth} MB"
+
+
+class MessageTooLargeError(NotifierError):
+    """A message would be larger than allowed; ``size`` and ``limit`` are in bytes."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"Die Nachricht ist mit {megabytes(size, round_up=True)} zu groß "
+            f"(höchstens {megabytes(limit)})."
+        )
+
+
+# German descriptions of what goes wrong with storage, shared by the database and files.
+DISK_FULL = "kein Speicherplatz frei"
+READ_ONLY = "keine Schreibberechtigung oder schreibgeschützt"
+_OS_REASONS = {
+    errno.ENOSPC: DISK_FULL,
+    errno.EDQUOT: "Speicherkontingent erschöpft",
+    errno.EACCES: READ_ONLY,
+    errno.EPERM: READ_ONLY,
+    errno.EROFS: READ_ONLY,
+    errno.ENOENT: "nicht vorhanden",
+    errno.ENOTDIR: "ein Teil des Pfades ist kein Verzeichnis",
+    errno.EISDIR: "ist ein Verzeichnis",
+}
+
+
+def os_reason(exc: OSError) -> str:
+    """What an operating-system error means, in German (the system's text for rare ones)."""
+    return _OS_REASONS.get(exc.errno or 0) or exc.strerror or str(exc)
+
+
+class FileError(NotifierError):
+    """A file could not be read or written; ``path`` names it, ``errno`` is the system's."""
+
+    def __init__(self, path: str, errno: int | None, problem: str) -> None:
+        self.path = path
+        self.errno = errno
+        self.problem = problem
+        super().__init__(f"Datei {path}: {problem}")
+
+    @classmethod
+    def from_os(cls, exc: OSError, path: object = None) -> FileError:
+        """The error for ``exc`` about ``path`` (by default the file the error names)."""
+        named = path if path is not None else exc.filename
+        return cls(str(named) if named is not None else "?", exc.errno, os_reason(exc))
+
+
+class DatabaseError(NotifierError):
+    """The database failed, refused a statement, or could not be reached.
+
+    ``cause`` names the common causes (a key of :attr:`CAUSES`), None for others; ``detail`` is
+    the driver's message (first line, secrets masked), ``where`` the database file or URL
+    without its password.
+    """
+
+    CAUSES: ClassVar[Mapping[str, str]] = {
+        "disk_full": DISK_FULL,
+        "read_only": READ_ONLY,
+        "locked": "gesperrt, ein anderer Prozess schreibt gerade",
+        "cannot_open": "die Datenbankdatei lässt sich nicht öffnen",
+        "not_a_database": "die Datei ist keine SQLite-Datenbank",
+        "corrupt": "die Datenbankdatei ist beschädigt",
+        "io_error": "Ein-/Ausgabefehler des Datenträgers",
+        "unreachable": "der Datenbankserver ist nicht erreichbar",
+        "login_refused": "Anmeldung am Datenbankserver abgelehnt",
+        "no_database": "die Datenbank existiert auf dem Server nicht",
+        "connection_lost": "die Verbindung zum Datenbankserver ist abgebrochen",
+    }
+
+    def __init__(self, cause: str | None, detail: str, where: str = "") -> None:
+        self.cause = cause
+        self.detail = detail
+        self.where = where
+        reason = self.CAUSES.get(cause or "")
+        if reason:
+            within = f"{where}: {detail}" if where else detail
+            text = f"Datenbank: {reason} ({within})"
+        else:
+            text = f"Datenbank: {detail}" + (f" ({where})" if where else "")
+        super().__init__(text)

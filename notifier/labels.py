@@ -59,10 +59,3 @@ def smtp_state(reachable: bool, since: str, reason: str | None, waiting: int | N
     if waiting is not None:
         text += f" – {waiting:,} Nachrichten warteten da".replace(",", ".")
     return text
-
-
-def megabytes(size: int) -> str:
-    """A size in bytes as people read it: "10 MB", "2,5 MB", "900 kB"."""
-    if size < 1_000_000:
-        return f"{max(size // 1000, 1)} kB"
-    return f"{size / 1_000_000:.1f}".replace(".", ",").removesuffix(",0") + " MB"

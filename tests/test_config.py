@@ -73,6 +73,16 @@ def test_port_out_of_range_is_refused(tmp_path: Path) -> None:
     assert "70000" in str(error)
 
 
+def test_message_size_limit_must_be_positive(tmp_path: Path) -> None:
+    assert load_settings(REPO_CONFIG, environ={}).mail.max_message_bytes == 10_000_000
+    data = repo_config()
+    data["mail"]["max_message_bytes"] = 0
+    error = config_error(write_toml(tmp_path / "config.toml", data))
+
+    assert error.key == "mail.max_message_bytes"
+    assert "greater than 0" in str(error)
+
+
 def test_unknown_key_is_named(tmp_path: Path) -> None:
     data = repo_config()
     data["smtp"]["hots"] = "mail.example"

@@ -259,6 +259,10 @@ async def test_a_message_over_the_servers_size_fails_with_its_limit(project: Pro
     assert [(s, c) for _, s, c, _, _ in rows] == [(OutboxState.failed, 552)] * 2
     assert rows[0][3].startswith("zu groß für den Mailserver (max. 1 kB)"), rows
     assert small.messages() == []
+    # The sender recorded the server's SIZE: the next announcement is refused at once.
+    refused = project.cli("announce", project.write("b.md", note("Auch zu groß")), ok=False)
+    assert refused.exit_code == 1
+    assert "zu groß (höchstens 1 kB)" in refused.output, refused.output
 
 
 # -- 4. an address that can never be sent fails at once and is suppressed -------------------------

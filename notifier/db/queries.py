@@ -777,17 +777,9 @@ def set_sender_status(
     )
 
 
-def drop_sender_status(
-    connection: Connection, owner: str | None = None, *, older_than: datetime | None = None
-) -> None:
-    """Remove a sender's record (at its clean stop), or every record not refreshed since
-    ``older_than`` (of processes that ended without a clean stop)."""
-    stmt = delete(SenderStatus)
-    if owner is not None:
-        stmt = stmt.where(SenderStatus.owner == owner)
-    if older_than is not None:
-        stmt = stmt.where(SenderStatus.updated_at < older_than)
-    connection.execute(stmt)
+def drop_sender_status(connection: Connection, *, older_than: datetime) -> None:
+    """Remove the records not refreshed since ``older_than`` (of senders long gone)."""
+    connection.execute(delete(SenderStatus).where(SenderStatus.updated_at < older_than))
 
 
 # A sender refreshes its status record every minute; one older than this is of a process that

@@ -185,12 +185,8 @@ class Sender:
             task.cancel()
         await asyncio.gather(*self._helpers, return_exceptions=True)
         self._helpers = []
-        if self._status_reported is not None:
-            with contextlib.suppress(Exception):
-                await self.db.write(
-                    lambda connection: queries.drop_sender_status(connection, self._owner)
-                )
-            self._status_reported = None
+        with contextlib.suppress(Exception):  # the database may be the trouble
+            await self._report_status(final=True)
         if self._limiter is not None:
             await self._limiter.close()
         for transport in self._transports:
@@ -786,7 +782,10 @@ class Sender:
     def _status_changed(self) -> bool:
         return self._smtp_state() != self._status_reported
 
-    async def _report_status(self) -> None:
+    async def _report_status(self, *, final: bool = False) -> None:
+        """Write the sender's SMTP state (when it changed, and every STATUS_SECONDS). ``final``
+        (at the stop): written as no longer fresh, so status displays leave the stopped sender
+        out at once, while the server's SIZE stays known for a day (announce checks it)."""
         state = self._smtp_state()
         if state is None:
             return
@@ -813,7 +812,7 @@ class Sender:
                 self._owner,
                 reachable=reachable,
                 since=since,
-                now=now,
+                now=now - queries.SENDER_STATUS_FRESH if final else now,
                 reason=outage.reason if outage is not None else None,
                 waiting=waiting,
                 max_size=max_size,

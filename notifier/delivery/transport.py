@@ -32,8 +32,12 @@ from aiosmtplib.response import SMTPResponse
 from aiosmtplib.typing import SMTPStatus
 
 from ..config import SmtpSettings
-from ..errors import PermanentDeliveryError, SmtpUnavailable, TemporaryDeliveryError
-from ..labels import megabytes
+from ..errors import (
+    PermanentDeliveryError,
+    SmtpUnavailable,
+    TemporaryDeliveryError,
+    megabytes,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -24,9 +24,10 @@ from .. import console
 from ..accounts import check_token
 from ..db import queries, reports
 from ..db.models import Item, OutboxState, Role
-from ..errors import FieldError, NotFoundError, StateError
+from ..errors import FieldError, MessageTooLargeError, NotFoundError, StateError
 from ..organisations import organisation_index
 from .app import context_of
+from .officekit import renderer
 
 router = APIRouter(tags=["notifier"])
 _bearer = HTTPBearer(
@@ -257,7 +258,12 @@ async def create_announcement(
             )
         except console.FieldErrors as exc:
             raise invalid(exc.errors) from exc
-        item = await ann.schedule(session, draft, actor=actor, now=now)
+        try:
+            item = await ann.schedule(
+                session, draft, actor=actor, now=now, renderer=renderer(ctx), links=ctx.links
+            )
+        except MessageTooLargeError as exc:
+            raise invalid({"body": str(exc)}) from exc
         out = await _announcement_out(session, item)
     ctx.wake()
     return out

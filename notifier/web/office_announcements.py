@@ -17,7 +17,7 @@ from .. import announcements as ann
 from .. import audit, console
 from ..db import queries, reports
 from ..db.models import Item, ItemStatus, OutboxState
-from ..errors import DeliveryError, NotFoundError, StateError
+from ..errors import DeliveryError, MessageTooLargeError, NotFoundError, StateError
 from ..labels import ITEM_LABELS, ROLE_LABELS, STATE_LABELS
 from ..organisations import LEVEL_LABELS, organisation_index
 from .app import checked_form, context_of
@@ -251,20 +251,31 @@ async def _submit(request: Request, user: OfficeUser, item_id: int | None) -> Re
         if errors:
             draft = None
         elif draft is not None and action == "planen":
+            mail, links = renderer(ctx), ctx.links
             try:
                 if item_id is None:
-                    item = await ann.schedule(session, draft, actor=user.actor, now=now)
+                    item = await ann.schedule(
+                        session, draft, actor=user.actor, now=now, renderer=mail, links=links
+                    )
                 else:
                     item = await console.edit_announcement(
-                        session, item_id, draft, actor=user.actor, now=now
+                        session,
+                        item_id,
+                        draft,
+                        actor=user.actor,
+                        now=now,
+                        renderer=mail,
+                        links=links,
                     )
                 saved = item.id
             except StateError as exc:
                 problem = str(exc)
+            except MessageTooLargeError as exc:
+                errors["body"] = str(exc)
         if draft is not None and action != "planen":
             item = console.draft_item(draft, actor=user.actor, now=now)
             audience = await ann.audience(session, item)
-            recipient = await console.sample_recipient(session, item, renderer(ctx), ctx.links)
+            recipient = await ann.sample_recipient(session, item, renderer(ctx), ctx.links)
             preview = (item, audience, recipient)
     if errors or problem:
         return await _form_page(
@@ -413,7 +424,7 @@ async def announcement_email(request: Request, item_id: int, user: CurrentUser) 
     ctx = context_of(request)
     async with ctx.db.reading() as session:
         item = await _announcement(session, item_id)
-        recipient = await console.sample_recipient(session, item, renderer(ctx), ctx.links)
+        recipient = await ann.sample_recipient(session, item, renderer(ctx), ctx.links)
     return mail_frame(console.render(renderer(ctx), item, recipient).html)
 
 
