@@ -1,9 +1,9 @@
 """The delivery engine: claims due outbox rows, builds each message and sends it over a pool of
 reused SMTP connections, honouring the configured rate limits.
 
-Each connection sends its next message only once the outcome of its last one is committed
-(outcomes of all connections are written together, in one transaction per round), so a crash
-repeats at most one message per connection; rows claimed by a crashed process come back when
+A connection sends a message only once the outcomes of all but its last few
+(UNRECORDED_PER_CONNECTION) are committed (outcomes of all connections are written together, in
+one transaction per round), so a crash repeats at most that many messages per connection; rows claimed by a crashed process come back when
 their lease expires. A live process renews the leases of the rows it holds. A clean stop
 finishes the messages being sent and hands the others back.
 """
@@ -46,8 +46,14 @@ logger = logging.getLogger(__name__)
 
 MAX_BACKOFF = timedelta(hours=2)
 # Messages a connection may have sent whose outcome is not committed yet: what a crash can
-# repeat per connection.
-UNRECORDED_PER_CONNECTION = 1
+# repeat per connection. One (each message waiting for the last one's commit) cut the
+# benchmark's rate to about half: a write round (the gap below plus the transaction, a few ms,
+# more while the other sender process holds the write lock) is longer than a message takes;
+# four keep the connections busy through a round.
+UNRECORDED_PER_CONNECTION = 4
+# The recorder waits this long after each write before the next: back-to-back writes of two
+# processes kept SQLite's write lock taken nearly all the time, and claims starved behind them.
+FLUSH_GAP_SECONDS = 0.01
 # How often the queued messages' items are checked for a cancellation.
 CANCEL_CHECK_SECONDS = 0.5
 # While a batch is being queued (personal links signed, recipients made), the loop gets a turn
@@ -81,8 +87,8 @@ class Sender:
     Promises: a live sender never sends a row twice and never has a row taken from under it
     (it holds no more rows than its connections send within half a lease at the pace it sees,
     renews the leases of every row it holds, and sends a row only while its lease has at least
-    half its length to run); a message's outcome is committed before the next message goes out
-    on the same connection, so a crash repeats at most one message per connection.
+    half its length to run); no connection has more than UNRECORDED_PER_CONNECTION messages
+    out whose outcome is not committed, so a crash repeats at most that many per connection.
     """
 
     def __init__(
@@ -526,8 +532,8 @@ class Sender:
         data = self._build(job, message_id)
         if data is None:
             return None
-        # What this connection sent before is committed before the next message goes out,
-        # so a crash repeats at most the one message per connection that is on the wire.
+        # What this connection sent before is committed (all but the last few) before the next
+        # message goes out, so a crash repeats at most that few per connection.
         while len(unrecorded) >= UNRECORDED_PER_CONNECTION:
             await unrecorded.popleft()
         if self._stopping or not self._holds(claimed) or not self._lease_left(claimed):
@@ -675,6 +681,9 @@ class Sender:
                 await asyncio.sleep(self._recording.failed(exc))
             else:
                 self._recording.recovered()
+                # Leave the database's write lock to the claims (ours and other processes')
+                # for a moment: back-to-back writes starved them, and the connections ran dry.
+                await asyncio.sleep(FLUSH_GAP_SECONDS)
 
     async def _flush(self) -> None:
         """Write waiting outcomes (and hand back unsent messages) in one transaction."""
