@@ -159,7 +159,7 @@ async def test_leases_are_renewed_while_rows_wait_and_a_lost_row_is_not_sent(
     assert any("Vorfall" in r.getMessage() for r in caplog.records)
 
 
-# -- 2. a crash repeats at most a few messages per connection ---------------------------------------
+# -- 2. a crash repeats at most a few messages per connection ------------------------------------
 
 
 def sending_now(project: Project) -> int:

@@ -3,9 +3,10 @@ reused SMTP connections, honouring the configured rate limits.
 
 A connection sends a message only once the outcomes of all but its last few
 (UNRECORDED_PER_CONNECTION) are committed (outcomes of all connections are written together, in
-one transaction per round), so a crash repeats at most that many messages per connection; rows claimed by a crashed process come back when
-their lease expires. A live process renews the leases of the rows it holds. A clean stop
-finishes the messages being sent and hands the others back.
+one transaction per round), so a crash repeats at most that many messages per connection; rows
+claimed by a crashed process come back when their lease expires. A live process renews the
+leases of the rows it holds. A clean stop finishes the messages being sent and hands the others
+back.
 """
 
 from __future__ import annotations
