@@ -13,11 +13,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from .addresses import normalise_email
 from .audit import record
 from .clock import utcnow
 from .csvfiles import read_csv
@@ -29,19 +29,6 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ["email", "name", "role", "organisation", "topics", "rhythm"]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def normalise_email(value: str) -> str:
-    """Syntax-check an address and return its normal form (lower case, IDNA domain).
-
-    Raises ``ValueError`` with the reason.
-    """
-    try:
-        result = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from exc
-    # The ASCII form (IDNA domain) is what SMTP needs; a non-ASCII local part keeps Unicode.
-    return (result.ascii_email or result.normalized).lower()
 
 
 @dataclass(frozen=True)
@@ -109,9 +96,7 @@ def _check_row(
     try:
         email = normalise_email(row["email"])
     except ValueError as exc:
-        problems.append(
-            RowProblem(line, "email", f"ungültige E-Mail-Adresse {row['email']!r}: {exc}")
-        )
+        problems.append(RowProblem(line, "email", f"{row['email']!r}: {exc}"))
     name = row["name"]
     if not name:
         problems.append(RowProblem(line, "name", "leer"))

@@ -470,3 +470,63 @@ def test_header_problems(tree: Project, header: str, problem: str) -> None:
     assert result.exit_code == 1
     assert f"Zeile 1, {problem}" in result.output
     assert subscriber_count(tree) == 0
+
+
+def test_umlauts_before_the_at_are_refused_with_the_row_and_a_german_reason(tree: Project) -> None:
+    """Without SMTPUTF8 no message to such an address can be sent, so the file is refused."""
+    path = tree.write(
+        "umlaute.csv",
+        f"{HEADER}\n"
+        f"{GOOD_ROW}\n"  # 2
+        "jürgen@kreis.example,Jürgen Weber,staff,07232,,daily\n"  # 3
+        "ÄNDERUNG@BÜRGERMEISTER.DE,Änderung,staff,07232,,daily\n",  # 4
+    )
+
+    result = tree.cli("subscribers", "import", path, ok=False)
+
+    assert result.exit_code == 1
+    out = result.output
+    assert "2 Fehler, nichts wurde gespeichert" in out
+    assert (
+        "Zeile 3, Spalte 'email': 'jürgen@kreis.example': Umlaute und andere Sonderzeichen sind "
+        "vor dem @ nicht möglich (ü); bitte eine Adresse ohne Umlaute verwenden, "
+        "z. B. juergen@kreis.example." in out
+    )
+    assert "Zeile 4, Spalte 'email': 'ÄNDERUNG@BÜRGERMEISTER.DE': Umlaute" in out
+    assert subscriber_count(tree) == 0
+
+
+def test_syntax_errors_of_addresses_are_explained_in_german(tree: Project) -> None:
+    path = tree.write(
+        "syntax.csv",
+        f"{HEADER}\n"
+        "keine-adresse,A,staff,07232,,daily\n"  # 2
+        "leer@,B,staff,07232,,daily\n"  # 3
+        "x@ohne-punkt,C,staff,07232,,daily\n"  # 4
+        "zwei..punkte@kreis.example,D,staff,07232,,daily\n",  # 5
+    )
+
+    out = tree.cli("subscribers", "import", path, ok=False).output
+
+    assert "Zeile 2, Spalte 'email': 'keine-adresse': Keine gültige E-Mail-Adresse: das " in out
+    assert "Zeile 3, Spalte 'email': 'leer@': Keine gültige E-Mail-Adresse: nach dem @ " in out
+    assert "Zeile 4, Spalte 'email': 'x@ohne-punkt': Keine gültige E-Mail-Adresse: die " in out
+    assert "Zeile 5, Spalte 'email': 'zwei..punkte@kreis.example': Keine gültige" in out
+    # None of email_validator's English reasons reaches people.
+    assert "@-sign" not in out and "email address" not in out and "period" not in out
+
+
+def test_international_domain_is_stored_idna_encoded(tree: Project) -> None:
+    stored = "info@" + "bürgermeister.de".encode("idna").decode("ascii")
+    path = tree.write(
+        "idn.csv", f"{HEADER}\nINFO@Bürgermeister.DE,Bürgermeister,mayor,07232,,daily\n"
+    )
+
+    assert "1 neu" in tree.cli("subscribers", "import", path).output
+
+    assert stored.startswith("info@xn--")
+    assert query(tree, "SELECT email FROM subscribers") == [(stored,)]
+    assert list(exported(tree)) == [stored]
+    # The Unicode and the IDNA spelling are the same address.
+    again = tree.write("idna.csv", f"{HEADER}\n{stored},Bürgermeister,mayor,07232,,daily\n")
+    assert "0 neu, 0 geändert, 1 unverändert." in tree.cli("subscribers", "import", again).output

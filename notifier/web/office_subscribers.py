@@ -16,6 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from .. import audit, console, subscriber_admin
+from ..addresses import display_email
 from ..db import reports
 from ..db.models import Role, Subscriber, SubscriberStatus
 from ..errors import InputError, StateError
@@ -232,7 +233,7 @@ async def _edit_page(
         user,
         "office/subscriber.html",
         {
-            "title": f"Abonnent {sub.email}",
+            "title": f"Abonnent {display_email(sub.email)}",
             "subscriber": sub,
             "status_label": SUBSCRIBER_LABELS[sub.status],
             "values": values or subscriber_values(sub, label),
