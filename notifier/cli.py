@@ -296,13 +296,13 @@ async def subscribers_import(ctx: click.Context, file: Path, dry_run: bool, if_e
             await session.rollback()
     prefix = "Probelauf, nichts gespeichert: " if dry_run else ""
     click.echo(
-        f"{prefix}{file}: {len(report.added)} neu, {len(report.updated)} geändert, "
-        f"{len(report.unchanged)} unverändert."
+        f"{prefix}{file}: {report.added} neu, {report.updated} geändert, "
+        f"{report.unchanged} unverändert."
     )
     if report.kept_inactive:
         click.echo(
             f"  {len(report.kept_inactive)} abgemeldete Adressen bleiben abgemeldet: "
-            + ", ".join(report.kept_inactive)
+            + ", ".join(display_email(e) for e in report.kept_inactive)
         )
 
 

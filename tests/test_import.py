@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -530,3 +534,77 @@ def test_international_domain_is_stored_idna_encoded(tree: Project) -> None:
     # The Unicode and the IDNA spelling are the same address.
     again = tree.write("idna.csv", f"{HEADER}\n{stored},Bürgermeister,mayor,07232,,daily\n")
     assert "0 neu, 0 geändert, 1 unverändert." in tree.cli("subscribers", "import", again).output
+
+
+def test_problems_beyond_the_first_hundred_are_counted(tree: Project) -> None:
+    rows = "".join(f"x{i}@gemeinde.example,X,staff,07232,,nie\n" for i in range(150))
+    path = tree.write("viele.csv", f"{HEADER}\n{rows}")
+
+    out = tree.cli("subscribers", "import", path, ok=False).output
+
+    assert "150 Fehler, nichts wurde gespeichert" in out
+    assert out.count("Spalte 'rhythm'") == 100
+    assert "Zeile 101, Spalte 'rhythm'" in out and "Zeile 102," not in out
+    assert out.rstrip().endswith("… und 50 weitere")
+
+
+def test_windows_1252_is_recognised_after_the_first_megabyte(tree: Project) -> None:
+    """The encoding is decided on the whole file, though it is read a row at a time."""
+    blank = ";;;;;\r\n" * 300_000  # rows Excel leaves empty: skipped
+    text = (
+        "email;name;role;organisation;topics;rhythm\r\n"
+        f"{blank}juergen@gemeinde.example;Jürgen Größ;mayor;Prüm;;nie\r\n"
+    )
+    path = tree.write("spaet.csv", text, "cp1252")
+    assert len(blank) > 2**20
+
+    out = tree.cli("subscribers", "import", path, ok=False).output
+
+    assert "Zeile 300002, Spalte 'rhythm'" in out
+    fixed = tree.write("spaet.csv", text.replace(";nie", ";daily"), "cp1252")
+    assert "1 neu" in tree.cli("subscribers", "import", fixed).output
+    assert query(tree, "SELECT name FROM subscribers") == [("Jürgen Größ",)]
+
+
+def _run_measured(project: Project, *args: str | Path) -> tuple[int, str, float]:
+    """Run ``notifier --config … ARGS`` as a process of its own; its exit code, output and peak
+    resident memory in MB (from the kernel's accounting when it is reaped)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "notifier", "--config", str(project.config), *map(str, args)],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    with proc.stdout:
+        output = proc.stdout.read().decode()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+    return proc.returncode, output, usage.ru_maxrss / 1024  # ru_maxrss: KiB on Linux
+
+
+def test_a_50_mb_file_with_a_bad_last_row_is_refused_in_bounded_memory(tree: Project) -> None:
+    """The file is checked as it is read: memory does not grow with its size (it took 846 MB
+    when every row was kept)."""
+    path = tree.root / "gross.csv"
+    line = size = 1
+    with path.open("w", encoding="ascii", newline="") as out:
+        out.write(HEADER + "\n")
+        while size < 50 * 2**20:
+            line += 1
+            size += out.write(
+                f"vorname.nachname{line}@og-gemeinde-{line % 232}.example,Vorname Nachname "
+                f"{line},staff,07232,strategie;versorgung,daily\n"
+            )
+        line += 1
+        out.write("letzte@gemeinde.example,Letzte Zeile,staff,07232,,stuendlich\n")
+
+    code, output, peak_mb = _run_measured(tree, "subscribers", "import", path)
+
+    assert code == 1, output
+    assert f"{path}: 1 Fehler, nichts wurde gespeichert" in output
+    assert f"Zeile {line}, Spalte 'rhythm': 'stuendlich'" in output
+    assert subscriber_count(tree) == 0
+    assert peak_mb <= 150, f"peak RSS {peak_mb:.0f} MB"
