@@ -21,6 +21,7 @@ import click
 from sqlalchemy import select
 
 from . import announcements as ann
+from .addresses import check_email, display_email
 from .catcher import MailStore
 from .clock import utcnow
 from .config import DEFAULT_CONFIG, Settings, load_settings
@@ -218,9 +219,7 @@ async def users_add(ctx: click.Context, name: str, email: str, password: str) ->
     from .accounts import add_user
 
     if email:
-        from .selfservice import check_email
-
-        email = check_email(email)
+        email = check_email("--email", email)
     async with await _open(_settings(ctx)) as db, db.transaction() as session:
         await add_user(session, name, password, email=email, actor=_actor(), now=utcnow())
     click.echo(f"Anmeldung {name!r} angelegt.")
@@ -239,7 +238,8 @@ async def users_list(ctx: click.Context) -> None:
     for user in rows:
         last = german_datetime(user.last_login_at, tz) if user.last_login_at else "nie"
         state = "aktiv" if user.active else "deaktiviert"
-        click.echo(f"{user.name:<24} {user.email or '–':<36} {state:<12} zuletzt: {last}")
+        address = display_email(user.email) if user.email else "–"
+        click.echo(f"{user.name:<24} {address:<36} {state:<12} zuletzt: {last}")
 
 
 @main.group()
@@ -305,7 +305,7 @@ async def organisations_load(ctx: click.Context, file: Path, if_empty: bool) -> 
         f"{len(report.removed)} entfernt."
     )
     for email, old, new in report.moved_subscribers:
-        click.echo(f"  {email}: von {old} nach {new} verschoben (Einheit entfernt)")
+        click.echo(f"  {display_email(email)}: von {old} nach {new} verschoben (Einheit entfernt)")
 
 
 @main.group()
@@ -335,13 +335,13 @@ async def subscribers_import(ctx: click.Context, file: Path, dry_run: bool, if_e
             await session.rollback()
     prefix = "Probelauf, nichts gespeichert: " if dry_run else ""
     click.echo(
-        f"{prefix}{file}: {len(report.added)} neu, {len(report.updated)} geändert, "
-        f"{len(report.unchanged)} unverändert."
+        f"{prefix}{file}: {report.added} neu, {report.updated} geändert, "
+        f"{report.unchanged} unverändert."
     )
     if report.kept_inactive:
         click.echo(
             f"  {len(report.kept_inactive)} abgemeldete Adressen bleiben abgemeldet: "
-            + ", ".join(report.kept_inactive)
+            + ", ".join(display_email(e) for e in report.kept_inactive)
         )
 
 
@@ -575,8 +575,8 @@ async def status(ctx: click.Context, failures: int) -> None:
             else ""
         )
         click.echo(
-            f"  {when}  {f.email}  {STATE_LABELS[f.state]} nach {f.attempts} Versuch(en){retry}: "
-            f"{f.code or '-'} {f.reply or ''}".rstrip()
+            f"  {when}  {display_email(f.email)}  {STATE_LABELS[f.state]} nach {f.attempts} "
+            f"Versuch(en){retry}: {f.code or '-'} {f.reply or ''}".rstrip()
         )
 
 

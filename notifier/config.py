@@ -193,6 +193,15 @@ class SourcesSettings(_Section):
         return [*self.feed, *self.calendar]
 
 
+def _idna(domain: str) -> str:
+    import idna  # only for a domain outside ASCII: a sender process does without it
+
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise ValueError(f"{domain!r} is not a valid domain name ({exc})") from exc
+
+
 class WebSettings(_Section):
     """The web application (preference centre, office console, JSON API)."""
 
@@ -223,7 +232,9 @@ class WebSettings(_Section):
     @field_validator("allowed_domains")
     @classmethod
     def _domains(cls, value: list[str]) -> list[str]:
-        return [d.strip().lower().lstrip("@") for d in value if d.strip()]
+        domains = [d.strip().lower().lstrip("@") for d in value if d.strip()]
+        # Addresses are stored with IDNA domains (notifier.addresses); so are these.
+        return [d if d.isascii() else _idna(d) for d in domains]
 
 
 class PathSettings(_Section):

@@ -36,7 +36,6 @@ from .delivery.transport import SmtpTransport
 from .errors import FieldError, NotFoundError, NotifierError, StateError
 from .links import Links
 from .rendering import Recipient, Renderer
-from .subscribers import normalise_email
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]")
 MAX_SUBJECT = 300
@@ -66,15 +65,6 @@ def check_line(field: str, value: str, *, max_length: int, required: bool = True
     if len(text) > max_length:
         raise FieldError(field, f"Höchstens {max_length} Zeichen.")
     return text
-
-
-def check_email(field: str, value: str) -> str:
-    if _CONTROL.search(value):
-        raise FieldError(field, "Die E-Mail-Adresse darf keine Zeilenumbrüche enthalten.")
-    try:
-        return normalise_email(value.strip())
-    except ValueError as exc:
-        raise FieldError(field, f"Keine gültige E-Mail-Adresse ({exc}).") from exc
 
 
 def check_link(field: str, value: str) -> str:

@@ -39,14 +39,31 @@ class RowProblem:
         return f"Zeile {self.line}, Spalte '{self.column}': {self.reason}"
 
 
-class InputError(NotifierError):
-    """An input file (CSV, announcement) was refused whole; ``problems`` lists every reason."""
+# An input error lists at most this many problems (the first ones) and counts the others.
+MAX_LISTED = 100
 
-    def __init__(self, path: str, problems: list[RowProblem], summary: str | None = None) -> None:
+
+class InputError(NotifierError):
+    """An input file (CSV, announcement) was refused whole; ``problems`` lists the reasons (the
+    first :data:`MAX_LISTED`), ``total`` counts them all."""
+
+    def __init__(
+        self,
+        path: str,
+        problems: list[RowProblem],
+        summary: str | None = None,
+        *,
+        total: int | None = None,
+    ) -> None:
         self.path = path
-        self.problems = problems
-        head = summary or f"{path}: {len(problems)} Fehler, nichts wurde gespeichert"
-        super().__init__("\n".join([head, *(f"  {p}" for p in problems)]))
+        self.problems = problems[:MAX_LISTED]
+        self.total = len(problems) if total is None else total
+        self.omitted = self.total - len(self.problems)
+        head = summary or f"{path}: {self.total} Fehler, nichts wurde gespeichert"
+        lines = [head, *(f"  {p}" for p in self.problems)]
+        if self.omitted:
+            lines.append(f"  … und {self.omitted} weitere")
+        super().__init__("\n".join(lines))
 
 
 class FieldError(NotifierError, ValueError):

@@ -55,12 +55,16 @@ class SyncReport:
 
 def parse_organisations(path: Path) -> list[OrgRow]:
     """Read and check an organisations CSV (``key,name,kind,parent``); the file is refused whole."""
-    table = read_csv(path, COLUMNS)
-    problems: list[RowProblem] = list(table.problems)
+    with read_csv(path, COLUMNS) as table:
+        entries = list(table)  # the tree is small; it is checked as a whole
+    problems = [e for e in entries if isinstance(e, RowProblem)]
     by_key: dict[str, int] = {}
     by_name: dict[str, str] = {}
     raw: list[tuple[int, dict[str, str]]] = []
-    for line, row in table.rows:
+    for entry in entries:
+        if isinstance(entry, RowProblem):
+            continue
+        line, row = entry
         key, name = row["key"], row["name"]
         bad = False
         if not key:

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from . import audit
+from .addresses import check_email
 from .config import Settings
 from .db.models import (
     BriefingQueue,
@@ -33,7 +34,6 @@ from .db.models import (
 )
 from .errors import FieldError
 from .links import LinkError, LinkTarget
-from .subscribers import normalise_email
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # At most one service e-mail (confirmation, personal link) per address in this time: a form
@@ -64,15 +64,6 @@ def check_name(value: str) -> str:
             "Der Name darf keine Zeilenumbrüche enthalten und höchstens 200 Zeichen lang sein.",
         )
     return name
-
-
-def check_email(value: str) -> str:
-    if _CONTROL.search(value):
-        raise FieldError("email", "Die E-Mail-Adresse darf keine Zeilenumbrüche enthalten.")
-    try:
-        return normalise_email(value.strip())
-    except ValueError as exc:
-        raise FieldError("email", f"Bitte prüfen Sie die E-Mail-Adresse ({exc}).") from exc
 
 
 def check_choices(
@@ -157,7 +148,7 @@ async def sign_up(
     confirmation e-mail. A subscribed address keeps its settings and gets its personal link. A
     suppressed address (its mail bounces) gets nothing.
     """
-    address = check_email(email)
+    address = check_email("email", email)
     sub = await session.scalar(
         select(Subscriber)
         .where(Subscriber.email == address)

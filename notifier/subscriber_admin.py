@@ -15,8 +15,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import audit
+from .addresses import check_email
 from .config import Settings
-from .console import FieldErrors, check_email, check_line, check_topics
+from .console import FieldErrors, check_line, check_topics
 from .db import reports
 from .db.models import Organisation, Rhythm, Role, Subscriber, SubscriberStatus, Subscription
 from .errors import FieldError, StateError

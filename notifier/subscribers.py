@@ -1,26 +1,28 @@
-"""Subscribers: CSV import (validated whole, then written in one transaction) and export."""
+"""Subscribers: CSV import (checked whole, then written in one transaction) and export."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import io
+import itertools
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from email_validator import EmailNotValidError, validate_email
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from .addresses import AddressError, normalise_email
 from .audit import record
 from .clock import utcnow
-from .csvfiles import read_csv
+from .csvfiles import FirstLines, Problems, read_csv
 from .db.models import Organisation, Rhythm, Role, Subscriber, SubscriberStatus, Subscription
 from .errors import InputError, RowProblem
 from .organisations import organisation_index
@@ -29,19 +31,8 @@ logger = logging.getLogger(__name__)
 
 COLUMNS = ["email", "name", "role", "organisation", "topics", "rhythm"]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def normalise_email(value: str) -> str:
-    """Syntax-check an address and return its normal form (lower case, IDNA domain).
-
-    Raises ``ValueError`` with the reason.
-    """
-    try:
-        result = validate_email(value, check_deliverability=False)
-    except EmailNotValidError as exc:
-        raise ValueError(str(exc)) from exc
-    # The ASCII form (IDNA domain) is what SMTP needs; a non-ASCII local part keeps Unicode.
-    return (result.ascii_email or result.normalized).lower()
+# Rows applied per step of an import: a chunk's objects are freed once it is written.
+CHUNK_ROWS = 500
 
 
 @dataclass(frozen=True)
@@ -90,40 +81,39 @@ def active_subscriber(data: SubscriberData, now: datetime) -> Subscriber:
 
 @dataclass
 class ImportReport:
-    added: list[str] = field(default_factory=list)
-    updated: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
     # Unsubscribed or suppressed addresses: the file does not subscribe them again.
     kept_inactive: list[str] = field(default_factory=list)
 
 
+Units = tuple[dict[str, Organisation], dict[str, Organisation]]  # by key, by name
+
+
 def _check_row(
-    line: int,
-    row: dict[str, str],
-    units: tuple[dict[str, Organisation], dict[str, Organisation]],
-    topic_keys: set[str],
-    problems: list[RowProblem],
-) -> SubscriberRow | None:
+    line: int, row: dict[str, str], units: Units, topic_keys: set[str], problems: Problems
+) -> tuple[str, SubscriberRow | None]:
+    """The row's normalised address ("" if it is not valid), and the row if nothing is wrong
+    with it; each problem goes to ``problems``."""
     before = len(problems)
     email = ""
     try:
         email = normalise_email(row["email"])
-    except ValueError as exc:
-        problems.append(
-            RowProblem(line, "email", f"ungültige E-Mail-Adresse {row['email']!r}: {exc}")
-        )
+    except AddressError as exc:
+        problems.add(RowProblem(line, "email", f"{row['email']!r}: {exc}"))
     name = row["name"]
     if not name:
-        problems.append(RowProblem(line, "name", "leer"))
+        problems.add(RowProblem(line, "name", "leer"))
     elif _CONTROL.search(name) or len(name) > 200:
-        problems.append(RowProblem(line, "name", "Steuerzeichen oder länger als 200 Zeichen"))
+        problems.add(RowProblem(line, "name", "Steuerzeichen oder länger als 200 Zeichen"))
     role = Role.__members__.get(row["role"])
     if role is None:
         allowed = ", ".join(Role.__members__)
-        problems.append(RowProblem(line, "role", f"{row['role']!r} ist keine von {allowed}"))
+        problems.add(RowProblem(line, "role", f"{row['role']!r} ist keine von {allowed}"))
     org = units[0].get(row["organisation"]) or units[1].get(row["organisation"])
     if org is None:
-        problems.append(
+        problems.add(
             RowProblem(
                 line,
                 "organisation",
@@ -133,61 +123,75 @@ def _check_row(
     topics = tuple(sorted({t.strip() for t in re.split(r"[;,]", row["topics"]) if t.strip()}))
     unknown = [t for t in topics if t not in topic_keys]
     if unknown:
-        problems.append(RowProblem(line, "topics", "unbekannte Themen: " + ", ".join(unknown)))
+        problems.add(RowProblem(line, "topics", "unbekannte Themen: " + ", ".join(unknown)))
     rhythm = Rhythm.__members__.get(row["rhythm"])
     if rhythm is None:
         allowed = ", ".join(Rhythm.__members__)
-        problems.append(RowProblem(line, "rhythm", f"{row['rhythm']!r} ist keiner von {allowed}"))
+        problems.add(RowProblem(line, "rhythm", f"{row['rhythm']!r} ist keiner von {allowed}"))
     if len(problems) > before or role is None or org is None or rhythm is None:
-        return None
-    return SubscriberRow(line, email, name, role, org, topics, rhythm)
+        return email, None
+    return email, SubscriberRow(line, email, name, role, org, topics, rhythm)
 
 
-async def parse_subscribers(
-    session: AsyncSession, path: Path, topic_keys: set[str]
-) -> list[SubscriberRow]:
-    """Read and check a subscriber CSV against the stored tree and the known topics.
+def _check_file(path: Path, units: Units, topic_keys: set[str]) -> None:
+    """The first pass over a subscriber CSV: check every row against the stored tree and the
+    known topics, and find addresses that occur twice. Keeps no rows.
 
-    Raises :class:`InputError` listing every bad row; nothing is returned half.
+    Raises :class:`InputError` listing the bad rows.
     """
-    table = read_csv(path, COLUMNS)
-    units = await organisation_index(session)
-    problems: list[RowProblem] = list(table.problems)
-    rows: list[SubscriberRow] = []
-    first_line: dict[str, int] = {}
-    for line, raw in table.rows:
-        row = _check_row(line, raw, units, topic_keys, problems)
-        if row is None:
-            # Still note the address, so a later row with it is reported as a duplicate.
-            with contextlib.suppress(ValueError):
-                first_line.setdefault(normalise_email(raw["email"]), line)
-            continue
-        if row.email in first_line:
-            problems.append(
-                RowProblem(
-                    line, "email", f"{row.email} steht schon in Zeile {first_line[row.email]}"
-                )
-            )
-            continue
-        first_line[row.email] = line
-        rows.append(row)
-    if problems:
-        raise InputError(table.path, sorted(problems, key=lambda p: p.line))
-    return rows
+    problems = Problems()
+    with read_csv(path, COLUMNS) as table, FirstLines() as seen:
+        for record in table:
+            if isinstance(record, RowProblem):
+                problems.add(record)
+                continue
+            line, raw = record
+            email, row = _check_row(line, raw, units, topic_keys, problems)
+            # A bad row's address counts too, so a later row with it is reported as a duplicate.
+            first = seen.note(email, line) if email else None
+            if first is not None and row is not None:
+                problems.add(RowProblem(line, "email", f"{email} steht schon in Zeile {first}"))
+    problems.raise_if_any(table.path)
+
+
+def _rows(path: Path, units: Units, topic_keys: set[str]) -> Generator[SubscriberRow]:
+    """The second pass: the rows of a file that :func:`_check_file` passed. They are checked
+    again, in case the file changed in between; :class:`InputError` then ends the import."""
+    problems = Problems()
+    with read_csv(path, COLUMNS) as table:
+        for record in table:
+            if isinstance(record, RowProblem):
+                problems.add(record)
+                continue
+            _, row = _check_row(*record, units, topic_keys, problems)
+            if row is not None:
+                yield row
+    problems.raise_if_any(table.path)
+
+
+def _version(path: Path) -> tuple[int, int]:
+    try:
+        stat = path.stat()
+    except OSError as exc:
+        raise InputError(str(path), [], f"{path}: Datei nicht lesbar: {exc.strerror}") from exc
+    return stat.st_size, stat.st_mtime_ns
 
 
 def _topics_of(sub: Subscriber) -> tuple[str, ...]:
     return () if sub.all_topics else tuple(sorted(s.topic_key for s in sub.subscriptions))
 
 
-async def apply_subscribers(
-    session: AsyncSession, rows: Sequence[SubscriberRow], *, actor: str, dry_run: bool = False
-) -> ImportReport:
-    """Insert new subscribers and update changed ones, in the caller's transaction.
-
-    Importing the same rows twice changes nothing. With ``dry_run`` nothing is written.
-    """
-    report = ImportReport()
+async def _apply(
+    session: AsyncSession,
+    rows: Sequence[SubscriberRow],
+    report: ImportReport,
+    *,
+    actor: str,
+    now: datetime,
+    dry_run: bool,
+) -> None:
+    """Insert the new subscribers among ``rows`` and update the changed ones; counts them in
+    ``report``. With ``dry_run`` nothing is written."""
     existing = {
         s.email: s
         for s in (
@@ -198,12 +202,11 @@ async def apply_subscribers(
             )
         ).all()
     }
-    now = utcnow()
     added: list[Subscriber] = []
     for row in rows:
         sub = existing.get(row.email)
         if sub is None:
-            report.added.append(row.email)
+            report.added += 1
             if dry_run:
                 continue
             sub = active_subscriber(row, now)
@@ -216,9 +219,9 @@ async def apply_subscribers(
         after = (row.name, row.role, row.organisation.id, row.rhythm, row.topics)
         if before == after:
             if sub.status is SubscriberStatus.active:
-                report.unchanged.append(row.email)
+                report.unchanged += 1
             continue
-        report.updated.append(row.email)
+        report.updated += 1
         if dry_run:
             continue
         sub.name, sub.role, sub.organisation_id, sub.rhythm = (
@@ -246,24 +249,48 @@ async def apply_subscribers(
             {"email": row.email, "changed": changed},
         )
     if added:
-        # One flush for all new rows (batched INSERTs) gives them their ids for the audit log;
-        # a flush per row made an import of 10,000 rows take half a minute.
+        # One flush for the chunk's new rows (batched INSERTs) gives them their ids for the
+        # audit log; a flush per row made an import of 10,000 rows take half a minute.
         await session.flush()
         for sub in added:
             await record(
                 session, actor, "subscriber.imported", "subscriber", sub.id, {"email": sub.email}
             )
+    # Written now, the chunk's objects are no longer held by the session and can be freed.
     await session.flush()
-    return report
 
 
 async def import_subscribers(
     session: AsyncSession, path: Path, topic_keys: set[str], *, actor: str, dry_run: bool = False
 ) -> ImportReport:
-    """Check a whole CSV file, then apply it; raises :class:`InputError` and writes nothing if
-    any row is bad."""
-    rows = await parse_subscribers(session, path, topic_keys)
-    return await apply_subscribers(session, rows, actor=actor, dry_run=dry_run)
+    """Import a subscriber CSV in the caller's transaction: new addresses are added, changed
+    ones updated; importing the same file twice changes nothing. With ``dry_run`` nothing is
+    written.
+
+    Raises :class:`InputError` listing the bad rows, before anything is written, if any row is
+    bad. The file is read twice, a row at a time: first every row is checked (keeping only the
+    addresses, on disk, to find duplicates), then the rows are applied in chunks of
+    :data:`CHUNK_ROWS`; memory stays flat whatever the size of the file. Should the file change
+    in between, :class:`InputError` says so and the caller's rollback undoes the chunks.
+    """
+    units = await organisation_index(session)
+    version = await asyncio.to_thread(_version, path)
+    await asyncio.to_thread(_check_file, path, units, topic_keys)
+    report = ImportReport()
+    now = utcnow()
+    with contextlib.closing(_rows(path, units, topic_keys)) as rows:
+        # Reading and checking a chunk takes a while: in a thread, the web application keeps
+        # answering meanwhile.
+        while chunk := await asyncio.to_thread(list, itertools.islice(rows, CHUNK_ROWS)):
+            await _apply(session, chunk, report, actor=actor, now=now, dry_run=dry_run)
+    if await asyncio.to_thread(_version, path) != version:
+        raise InputError(
+            str(path),
+            [],
+            f"{path}: Die Datei wurde während des Imports geändert; nichts wurde gespeichert. "
+            "Bitte noch einmal importieren.",
+        )
+    return report
 
 
 async def export_subscribers(session: AsyncSession) -> str:

@@ -292,3 +292,14 @@ def test_cli_runs_with_the_test_config(project: Project) -> None:
 
     assert "wartend" in result.output
     assert (project.root / "var" / "test.db").is_file()
+
+
+def test_allowed_domains_are_compared_in_their_idna_form(tmp_path: Path) -> None:
+    data = repo_config()
+    data["web"]["allowed_domains"] = ["@Bürgermeister.de", "vg-pruem.example"]
+    path = write_toml(tmp_path / "config.toml", data)
+
+    settings = load_settings(path, environ={})
+
+    idna = "bürgermeister.de".encode("idna").decode("ascii")
+    assert settings.web.allowed_domains == [idna, "vg-pruem.example"]

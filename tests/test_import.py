@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import sqlite3
+import subprocess
+import sys
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -470,3 +474,148 @@ def test_header_problems(tree: Project, header: str, problem: str) -> None:
     assert result.exit_code == 1
     assert f"Zeile 1, {problem}" in result.output
     assert subscriber_count(tree) == 0
+
+
+def test_umlauts_before_the_at_are_refused_with_the_row_and_a_german_reason(tree: Project) -> None:
+    """Without SMTPUTF8 no message to such an address can be sent, so the file is refused."""
+    path = tree.write(
+        "umlaute.csv",
+        f"{HEADER}\n"
+        f"{GOOD_ROW}\n"  # 2
+        "jürgen@kreis.example,Jürgen Weber,staff,07232,,daily\n"  # 3
+        "ÄNDERUNG@BÜRGERMEISTER.DE,Änderung,staff,07232,,daily\n",  # 4
+    )
+
+    result = tree.cli("subscribers", "import", path, ok=False)
+
+    assert result.exit_code == 1
+    out = result.output
+    assert "2 Fehler, nichts wurde gespeichert" in out
+    assert (
+        "Zeile 3, Spalte 'email': 'jürgen@kreis.example': Umlaute und andere Sonderzeichen sind "
+        "vor dem @ nicht möglich (ü); bitte eine Adresse ohne Umlaute verwenden, "
+        "z. B. juergen@kreis.example." in out
+    )
+    assert "Zeile 4, Spalte 'email': 'ÄNDERUNG@BÜRGERMEISTER.DE': Umlaute" in out
+    assert subscriber_count(tree) == 0
+
+
+def test_syntax_errors_of_addresses_are_explained_in_german(tree: Project) -> None:
+    path = tree.write(
+        "syntax.csv",
+        f"{HEADER}\n"
+        "keine-adresse,A,staff,07232,,daily\n"  # 2
+        "leer@,B,staff,07232,,daily\n"  # 3
+        "x@ohne-punkt,C,staff,07232,,daily\n"  # 4
+        "zwei..punkte@kreis.example,D,staff,07232,,daily\n",  # 5
+    )
+
+    out = tree.cli("subscribers", "import", path, ok=False).output
+
+    assert "Zeile 2, Spalte 'email': 'keine-adresse': Keine gültige E-Mail-Adresse: das " in out
+    assert "Zeile 3, Spalte 'email': 'leer@': Keine gültige E-Mail-Adresse: nach dem @ " in out
+    assert "Zeile 4, Spalte 'email': 'x@ohne-punkt': Keine gültige E-Mail-Adresse: die " in out
+    assert "Zeile 5, Spalte 'email': 'zwei..punkte@kreis.example': Keine gültige" in out
+    # None of email_validator's English reasons reaches people.
+    assert "@-sign" not in out and "email address" not in out and "period" not in out
+
+
+def test_international_domain_is_stored_idna_encoded(tree: Project) -> None:
+    stored = "info@" + "bürgermeister.de".encode("idna").decode("ascii")
+    path = tree.write(
+        "idn.csv", f"{HEADER}\nINFO@Bürgermeister.DE,Bürgermeister,mayor,07232,,daily\n"
+    )
+
+    assert "1 neu" in tree.cli("subscribers", "import", path).output
+
+    assert stored.startswith("info@xn--")
+    assert query(tree, "SELECT email FROM subscribers") == [(stored,)]
+    assert list(exported(tree)) == [stored]
+    # The Unicode and the IDNA spelling are the same address.
+    again = tree.write("idna.csv", f"{HEADER}\n{stored},Bürgermeister,mayor,07232,,daily\n")
+    assert "0 neu, 0 geändert, 1 unverändert." in tree.cli("subscribers", "import", again).output
+
+
+def test_problems_beyond_the_first_hundred_are_counted(tree: Project) -> None:
+    rows = "".join(f"x{i}@gemeinde.example,X,staff,07232,,nie\n" for i in range(150))
+    path = tree.write("viele.csv", f"{HEADER}\n{rows}")
+
+    out = tree.cli("subscribers", "import", path, ok=False).output
+
+    assert "150 Fehler, nichts wurde gespeichert" in out
+    assert out.count("Spalte 'rhythm'") == 100
+    assert "Zeile 101, Spalte 'rhythm'" in out and "Zeile 102," not in out
+    assert out.rstrip().endswith("… und 50 weitere")
+
+
+def test_windows_1252_is_recognised_after_the_first_megabyte(tree: Project) -> None:
+    """The encoding is decided on the whole file, though it is read a row at a time."""
+    blank = ";;;;;\r\n" * 300_000  # rows Excel leaves empty: skipped
+    text = (
+        "email;name;role;organisation;topics;rhythm\r\n"
+        f"{blank}juergen@gemeinde.example;Jürgen Größ;mayor;Prüm;;nie\r\n"
+    )
+    path = tree.write("spaet.csv", text, "cp1252")
+    assert len(blank) > 2**20
+
+    out = tree.cli("subscribers", "import", path, ok=False).output
+
+    assert "Zeile 300002, Spalte 'rhythm'" in out
+    fixed = tree.write("spaet.csv", text.replace(";nie", ";daily"), "cp1252")
+    assert "1 neu" in tree.cli("subscribers", "import", fixed).output
+    assert query(tree, "SELECT name FROM subscribers") == [("Jürgen Größ",)]
+
+
+# Runs its arguments as a child and prints the child's peak resident memory (KiB) last. The
+# kernel counts in a child's peak the memory of the process it was forked from (pytest itself,
+# near 200 MB late in the suite), so the command is started from this small process instead.
+_MEASURE = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[1:])
+_, status, usage = os.wait4(child.pid, 0)
+child.returncode = os.waitstatus_to_exitcode(status)
+print(usage.ru_maxrss, file=sys.stderr)
+sys.exit(child.returncode)
+"""
+
+
+def _run_measured(project: Project, *args: str | Path) -> tuple[int, str, float]:
+    """Run ``notifier --config … ARGS`` as a process of its own; its exit code, output and peak
+    resident memory in MB."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFIER_")}
+    command = [sys.executable, "-m", "notifier", "--config", str(project.config), *args]
+    done = subprocess.run(
+        [sys.executable, "-c", _MEASURE, *map(str, command)],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    output, _, peak_kib = done.stderr.rstrip().rpartition("\n")
+    return done.returncode, done.stdout + output, int(peak_kib) / 1024
+
+
+def test_a_50_mb_file_with_a_bad_last_row_is_refused_in_bounded_memory(tree: Project) -> None:
+    """The file is checked as it is read: memory does not grow with its size (it took 846 MB
+    when every row was kept)."""
+    path = tree.root / "gross.csv"
+    line = size = 1
+    with path.open("w", encoding="ascii", newline="") as out:
+        out.write(HEADER + "\n")
+        while size < 50 * 2**20:
+            line += 1
+            size += out.write(
+                f"vorname.nachname{line}@og-gemeinde-{line % 232}.example,Vorname Nachname "
+                f"{line},staff,07232,strategie;versorgung,daily\n"
+            )
+        line += 1
+        out.write("letzte@gemeinde.example,Letzte Zeile,staff,07232,,stuendlich\n")
+
+    code, output, peak_mb = _run_measured(tree, "subscribers", "import", path)
+
+    assert code == 1, output
+    assert f"{path}: 1 Fehler, nichts wurde gespeichert" in output
+    assert f"Zeile {line}, Spalte 'rhythm': 'stuendlich'" in output
+    assert subscriber_count(tree) == 0
+    assert peak_mb <= 150, f"peak RSS {peak_mb:.0f} MB"

@@ -573,3 +573,89 @@ def test_subscribers_search_edit_approve_deactivate_import_export(
         line.startswith("neu@og.example,Neu,mayor,") and line.endswith(",,daily") for line in lines
     )
     assert not any(line.startswith("peter.meyer@") for line in lines)  # deactivated
+
+
+def test_umlauts_before_the_at_are_refused_everywhere_and_domains_shown_in_unicode(
+    web: Callable[..., Web], project: Project
+) -> None:
+    """Sign-up form, JSON API, the office's upload and form refuse an address that cannot be
+    sent without SMTPUTF8, with a German reason; an international domain is stored IDNA-encoded
+    and shown in Unicode."""
+    site = _start(web, project)
+    umlaut = "Umlaute und andere Sonderzeichen sind vor dem @ nicht möglich (ü)"
+    domain = "bürgermeister.de".encode("idna").decode("ascii")
+
+    signup = site.client.post(
+        "/anmelden",
+        data={
+            "email": "jürgen@og-bettingen.example",
+            "name": "Jürgen Weber",
+            "organisation": "Bettingen (Verbandsgemeinde Bitburger Land)",
+            "role": "mayor",
+            "rhythm": "weekly",
+            "all_topics": "1",
+            "consent": "1",
+            "csrf_token": site.csrf("/anmelden"),
+        },
+    )
+    assert signup.status_code == 422
+    assert f"E-Mail-Adresse: {umlaut}" in signup.text
+    assert "z. B. juergen@og-bettingen.example" in signup.text
+
+    token = project.cli("tokens", "add", "crm").output.splitlines()[0]
+    with httpx.Client(
+        base_url=site.url("/api/v1"), headers={"Authorization": f"Bearer {token}"}, timeout=15
+    ) as api:
+        person = {"name": "Jürgen", "organisation": "Speicher", "role": "mayor"}
+        refused = api.post("/subscribers", json={**person, "email": "jürgen@og.example"})
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["detail"]
+        assert error["loc"][-1] == "email" and error["msg"].startswith(umlaut)
+        without_at = api.post("/subscribers", json={**person, "email": "jürgen"})
+        assert without_at.json()["detail"][0]["msg"] == (
+            "Keine gültige E-Mail-Adresse: das @-Zeichen fehlt."
+        )
+        added = api.post("/subscribers", json={**person, "email": "Info@Bürgermeister.de"})
+        assert added.status_code == 201, added.text
+        assert added.json()["email"] == f"info@{domain}"
+        sub_id = added.json()["id"]
+
+    _login(site)
+    listed = site.client.get("/buero/abonnenten", params={"q": "info@"})
+    assert f'/buero/abonnenten/{sub_id}">info@bürgermeister.de</a>' in listed.text
+    detail = site.client.get(f"/buero/abonnenten/{sub_id}")
+    assert "<p>info@bürgermeister.de · Status" in detail.text
+    assert 'value="info@bürgermeister.de"' in detail.text
+    form = {
+        "email": "jürgen@bürgermeister.de",
+        "name": "Jürgen",
+        "organisation": "Bitburg",
+        "role": "mayor",
+        "rhythm": "immediate",
+        "all_topics": "1",
+    }
+    edited = _post(site, f"/buero/abonnenten/{sub_id}", form)
+    assert edited.status_code == 422 and f"E-Mail-Adresse: {umlaut}" in edited.text
+    # Saving the form as shown keeps the stored IDNA form.
+    saved = _post(site, f"/buero/abonnenten/{sub_id}", {**form, "email": "info@bürgermeister.de"})
+    assert saved.status_code == 303
+
+    upload = site.client.post(
+        "/buero/abonnenten/import",
+        data={"csrf_token": site.csrf("/buero/abonnenten/import")},
+        files={
+            "file": (
+                "umlaute.csv",
+                "email,name,role,organisation,topics,rhythm\n"
+                "neu@og.example,Neu,mayor,Speicher,,daily\n"
+                "jürgen@og.example,Jürgen,mayor,Speicher,,daily\n".encode(),
+            )
+        },
+    )
+    assert upload.status_code == 422
+    assert "1 Fehler in umlaute.csv: nichts wurde gespeichert." in upload.text
+    assert f"<td>3</td><td>email</td><td>&#39;jürgen@og.example&#39;: {umlaut}" in upload.text
+    with _db(project) as db:
+        emails = dict(db.execute("SELECT id, email FROM subscribers").fetchall())
+    assert emails[sub_id] == f"info@{domain}"
+    assert all(e.isascii() and not e.endswith("@og.example") for e in emails.values())

@@ -27,6 +27,7 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+from ..addresses import display_email
 from ..catcher import MailStore
 from ..config import Settings
 from ..db import Database
@@ -118,6 +119,7 @@ def _templates(settings: Settings) -> Jinja2Templates:
     tz = settings.scheduler.tz
     env.filters["datum_zeit"] = lambda value: german_datetime(value, tz) if value else "–"
     env.filters["datum"] = lambda value: german_date(value, tz) if value else "–"
+    env.filters["adresse"] = display_email
     return Jinja2Templates(env=env)
 
 

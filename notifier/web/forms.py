@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.datastructures import FormData
 
+from ..addresses import display_email
 from ..db.models import Subscriber
 
 
@@ -24,7 +25,7 @@ def fields(form: FormData, name: str) -> list[str]:
 def subscriber_values(sub: Subscriber, organisation: str) -> dict[str, Any]:
     """A subscriber as the form shows them; ``organisation`` is the unit's label."""
     return {
-        "email": sub.email,
+        "email": display_email(sub.email),
         "name": sub.name,
         "organisation": organisation,
         "role": sub.role.value,

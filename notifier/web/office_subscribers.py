@@ -16,11 +16,12 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from .. import audit, console, subscriber_admin
+from ..addresses import display_email
 from ..db import reports
 from ..db.models import Role, Subscriber, SubscriberStatus
 from ..errors import InputError, StateError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, ROLE_LABELS, SUBSCRIBER_LABELS
-from ..subscribers import apply_subscribers, export_subscribers, parse_subscribers
+from ..subscribers import export_subscribers, import_subscribers
 from .app import checked_form, context_of
 from .forms import field, submitted_subscriber, subscriber_values
 from .officekit import (
@@ -136,6 +137,7 @@ def _import_page(
         {
             "title": "Abonnenten importieren",
             "problems": [],
+            "omitted": 0,
             "report": None,
             "error": "",
             "filename": "",
@@ -180,8 +182,9 @@ async def import_upload(request: Request, user: CurrentUser) -> Response:
     path = await asyncio.to_thread(_write_temp, data)
     try:
         async with ctx.db.transaction() as session:
-            rows = await parse_subscribers(session, path, set(ctx.settings.topic_keys))
-            report = await apply_subscribers(session, rows, actor=user.actor, dry_run=dry_run)
+            report = await import_subscribers(
+                session, path, set(ctx.settings.topic_keys), actor=user.actor, dry_run=dry_run
+            )
     except InputError as exc:
         summary = "" if exc.problems else str(exc).replace(str(path), filename)
         return _import_page(
@@ -189,8 +192,8 @@ async def import_upload(request: Request, user: CurrentUser) -> Response:
             user,
             {
                 "problems": exc.problems,
-                "error": summary
-                or f"{len(exc.problems)} Fehler in {filename}: nichts wurde gespeichert.",
+                "omitted": exc.omitted,
+                "error": summary or f"{exc.total} Fehler in {filename}: nichts wurde gespeichert.",
                 "filename": filename,
                 "dry_run": dry_run,
             },
@@ -232,7 +235,7 @@ async def _edit_page(
         user,
         "office/subscriber.html",
         {
-            "title": f"Abonnent {sub.email}",
+            "title": f"Abonnent {display_email(sub.email)}",
             "subscriber": sub,
             "status_label": SUBSCRIBER_LABELS[sub.status],
             "values": values or subscriber_values(sub, label),

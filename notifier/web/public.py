@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from .. import selfservice
+from ..addresses import check_email
 from ..db.models import Organisation, OrgKind, Subscriber, SubscriberStatus
 from ..errors import FieldError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, SUBSCRIBER_LABELS
@@ -112,7 +113,7 @@ async def signup(request: Request) -> Response:
         orgs = {o.id: o for o in (await session.scalars(select(Organisation))).all()}
         choices = None
         try:
-            selfservice.check_email(field(form, "email"))
+            check_email("email", field(form, "email"))
         except FieldError as exc:
             errors[exc.field] = exc.problem
         try:
