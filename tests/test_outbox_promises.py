@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text, update
@@ -39,6 +40,18 @@ def note(subject: str) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def sender_of(project: Project, db: Database, **transport: Any) -> Sender:
+    """An in-process sender with the project's settings, on the real clock."""
+    settings = project.settings
+    return Sender(
+        db,
+        settings,
+        Renderer(settings),
+        lambda: SmtpTransport(settings.smtp, **transport),
+        utcnow,
+    )
 
 
 async def states(db: Database) -> Counter[OutboxState]:
@@ -114,9 +127,7 @@ async def test_leases_are_renewed_while_rows_wait_and_a_lost_row_is_not_sent(
     settings = project.settings
     async with Database(settings.database_url) as db:
         await release_due(db, utcnow())
-        sender = Sender(
-            db, settings, Renderer(settings), lambda: SmtpTransport(settings.smtp), utcnow
-        )
+        sender = sender_of(project, db)
         task = asyncio.create_task(sender.run())
         deadline = time.monotonic() + 10
         while (await states(db))[OutboxState.sending] < 4:
@@ -204,17 +215,10 @@ def test_sigkill_repeats_at_most_four_messages_per_connection(
 # -- 3. a message too large for the server fails for good ----------------------------------------
 
 
-async def run_once(project: Project, **transport: object) -> None:
-    settings = project.settings
-    async with Database(settings.database_url) as db:
+async def run_once(project: Project, **transport: Any) -> None:
+    async with Database(project.settings.database_url) as db:
         await release_due(db, utcnow())
-        sender = Sender(
-            db,
-            settings,
-            Renderer(settings),
-            lambda: SmtpTransport(settings.smtp, **transport),  # type: ignore[arg-type]
-            utcnow,
-        )
+        sender = sender_of(project, db, **transport)
         await sender.run_once()
         await sender.close()
 
@@ -359,9 +363,7 @@ async def test_an_unreachable_server_pauses_sending_and_says_so_once(
     caplog.set_level(logging.INFO, logger="notifier")
     async with Database(settings.database_url) as db:
         await release_due(db, utcnow())
-        sender = Sender(
-            db, settings, Renderer(settings), lambda: SmtpTransport(settings.smtp), utcnow
-        )
+        sender = sender_of(project, db)
         task = asyncio.create_task(sender.run())
         await asyncio.sleep(4)
         attempts = listener.accepted
@@ -409,9 +411,7 @@ async def test_a_failing_database_is_logged_once_and_sending_goes_on_after_it(
     settings = project.settings
     async with Database(settings.database_url) as db:
         await release_due(db, utcnow())
-        sender = Sender(
-            db, settings, Renderer(settings), lambda: SmtpTransport(settings.smtp), utcnow
-        )
+        sender = sender_of(project, db)
         task = asyncio.create_task(sender.run())
         await asyncio.to_thread(project.smtp.wait_for, 30, 20)
         path = project.root / "var" / "test.db"
