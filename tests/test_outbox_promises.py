@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text, update
 
-from notifier.db import Database
+from notifier.db import Database, queries
 from notifier.db.models import OutboxMessage, OutboxState, SenderStatus, Subscriber
 from notifier.delivery import Sender, SmtpTransport
 from notifier.delivery.sender import UNRECORDED_PER_CONNECTION
@@ -437,3 +437,40 @@ async def test_a_failing_database_is_logged_once_and_sending_goes_on_after_it(
     # At most the messages on the wire when the table went away come twice: their outcomes
     # could not be written, and their rows came back when the lease ran out (not here: 300 s).
     assert set(received.values()) == {1}
+
+
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
+async def test_an_outcome_for_a_row_another_claim_took_changes_nothing_and_is_reported(
+    project: Project, request: pytest.FixtureRequest, database: str
+) -> None:
+    """record_outcomes writes the outcomes of the rows a claim still holds and returns the
+    others (SQLite: found by the changed-row count; PostgreSQL: checked and locked first)."""
+    if database == "postgresql":
+        project.write_config({"database": {"url": request.getfixturevalue("postgres_url")}})
+    project.seed(project.write("people.csv", people(4)))
+    project.cli("announce", project.write("a.md", note("Verloren")))
+    async with Database(project.settings.database_url) as db:
+        now = utcnow()
+        await release_due(db, now)
+        rows = await db.write(
+            lambda c: queries.claim_batch(c, now, 10, timedelta(seconds=60), "mine:1:a:1")
+        )
+        taken = rows[1].id
+        await db.write(
+            lambda c: c.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == taken)
+                .values(lease_owner="other:2:b:1")
+            )
+        )
+        outcomes = [
+            queries.Outcome(r.id, OutboxState.sent, now, code=250, reply="ok", owner=r.owner)
+            for r in rows
+        ]
+        lost = await db.write(lambda c: queries.record_outcomes(c, outcomes))
+        async with db.reading() as session:
+            result = dict(
+                (await session.execute(select(OutboxMessage.id, OutboxMessage.state))).all()
+            )
+    assert lost == [taken]
+    assert result == {r.id: OutboxState.sent for r in rows} | {taken: OutboxState.sending}

@@ -635,7 +635,16 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> list
     "sending" and leased to the outcome's claim change, so a late outcome cannot overwrite a
     newer state or a row another process has claimed since: the ids of such outcomes are
     returned (nothing was written for them)."""
-    held = still_held(connection, [(o.outbox_id, o.owner) for o in outcomes])
+    # SQLite counts the rows an executemany changed, and its write transaction shuts out every
+    # other writer: the guarded update alone tells whether every row was still held (a check
+    # follows only when one was not). PostgreSQL does not count them: the rows are checked
+    # (and locked) first.
+    counted = connection.dialect.name == "sqlite"
+    held = (
+        {o.outbox_id for o in outcomes}
+        if counted
+        else still_held(connection, [(o.outbox_id, o.owner) for o in outcomes])
+    )
     by_state: dict[OutboxState, list[dict[str, Any]]] = {}
     for o in outcomes:
         if o.outbox_id not in held:
@@ -652,6 +661,7 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> list
                 "b_owner": o.owner,
             }
         )
+    changed = 0
     for state, params in by_state.items():
         values: dict[str, Any] = {
             "state": state,
@@ -676,7 +686,20 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> list
             )
             .values(values)
         )
-        connection.execute(stmt, params)
+        changed += connection.execute(stmt, params).rowcount
+    if counted and changed != len(outcomes):
+        # Which did not change: those not now in the state the outcome wrote, at its time.
+        written = {o.outbox_id: (o.state, o.at) for o in outcomes}
+        held = {
+            i
+            for chunk in _chunks(sorted(written))
+            for i, state, at, owner in connection.execute(
+                select(
+                    _OUTBOX.c.id, _OUTBOX.c.state, _OUTBOX.c.updated_at, _OUTBOX.c.lease_owner
+                ).where(_OUTBOX.c.id.in_(chunk))
+            )
+            if owner is None and (state, at) == written[i]
+        }
     return [o.outbox_id for o in outcomes if o.outbox_id not in held]
 
 
