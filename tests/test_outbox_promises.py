@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import sqlite3
 import threading
@@ -25,8 +26,9 @@ from notifier.delivery.sender import UNRECORDED_PER_CONNECTION
 from notifier.rendering import Renderer
 from notifier.routing import release_due
 
-from .conftest import Project, Running
+from .conftest import Project, Running, Web
 from .smtpd import RecordingSMTP
+from .test_web_office import _login, _start
 
 
 def people(count: int, domain: str = "langsam.example") -> str:
@@ -474,3 +476,24 @@ async def test_an_outcome_for_a_row_another_claim_took_changes_nothing_and_is_re
             )
     assert lost == [taken]
     assert result == {r.id: OutboxState.sent for r in rows} | {taken: OutboxState.sending}
+
+
+def test_the_dashboard_shows_an_unreachable_server(
+    project: Project, web: Callable[..., Web]
+) -> None:
+    """A sender's record of an unreachable server (as the keeper writes it) shows on the
+    office's dashboard as an alert, with the reason and how many messages were waiting."""
+    site = _start(web, project)
+    now = utcnow()
+    with sqlite3.connect(project.root / "var" / "test.db") as db:
+        db.execute(
+            "INSERT INTO sender_status (owner, reachable, since, reason, waiting, max_size,"
+            " updated_at) VALUES ('host:4711:abc', 0, ?, 'Verbindung abgelehnt', 20000, NULL, ?)",
+            (now.isoformat(sep=" "), now.isoformat(sep=" ")),
+        )
+    assert _login(site).status_code == 303
+    page = site.client.get("/buero").text
+    alert = re.search(r'<div class="error-summary" role="alert">(.*?)</div>', page, re.S)
+    assert alert, page
+    assert "SMTP nicht erreichbar seit" in alert.group(1)
+    assert "(Verbindung abgelehnt) – 20.000 Nachrichten warteten da" in alert.group(1)
