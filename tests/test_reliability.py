@@ -384,6 +384,8 @@ async def test_refused_sender_does_not_suppress_the_recipients(project: Project)
     """A 5xx reply to MAIL FROM says nothing about the recipient's address (the server refuses
     our sender: a configuration or reputation problem); it must not count as the recipient's
     hard failure, or one wrong sender address suppresses every subscriber."""
+    # Retries an hour apart: the deferred messages of one round are not due in the next.
+    project.write_config({"delivery": {"retry_base_seconds": 3600}})
     await asyncio.to_thread(project.seed, project.write("people.csv", people(3)))
     project.smtp.refuse_sender = "553 5.7.1 Absender nicht erlaubt"
     async with Database(project.settings.database_url) as db:

@@ -64,6 +64,8 @@ YIELD_EVERY = 25
 # (of processes that ended without a clean stop) are removed.
 STATUS_SECONDS = 60.0
 STATUS_KEPT = timedelta(days=1)
+# A stop waits this long for the messages on the wire (the service gives the sender 10 s).
+CLOSE_GRACE_SECONDS = 8.0
 
 
 @dataclass(frozen=True)
@@ -167,37 +169,42 @@ class Sender:
         self.wake.set()
 
     async def close(self) -> None:
-        """Wait for the connections' current messages, record everything, close connections."""
+        """Wait for the connections' current messages, record everything, close connections.
+        The connections are closed even if this is cancelled half-way (a service that stops
+        waits for it a limited time)."""
         self.stop()
-        while not self._jobs.empty():  # waiting messages go back to the outbox
-            job = self._jobs.get_nowait()
-            if job is not None:
-                self._hand_back(job)
-            self._jobs.task_done()
-        for _ in self._workers:
-            await self._jobs.put(None)
-        if self._workers:
-            # A message on the wire finishes (within the SMTP timeouts), and its outcome is
-            # written. Should the database refuse that write for longer, the connection is
-            # given up: the row comes back when its lease runs out.
-            grace = 3 * self.settings.smtp.timeout + 5
-            _, late = await asyncio.wait(self._workers, timeout=grace)
-            for task in late:
+        try:
+            while not self._jobs.empty():  # waiting messages go back to the outbox
+                job = self._jobs.get_nowait()
+                if job is not None:
+                    self._hand_back(job)
+                self._jobs.task_done()
+            for _ in self._workers:
+                await self._jobs.put(None)
+            if self._workers:
+                # A message on the wire finishes and its outcome is written. Should that take
+                # longer (a stalled server, a database refusing the write), the connection is
+                # given up: the row comes back when its lease runs out.
+                _, late = await asyncio.wait(self._workers, timeout=CLOSE_GRACE_SECONDS)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*self._workers, return_exceptions=True)
+            self._workers = []
+            with contextlib.suppress(Exception):  # logged before; kept for nothing more
+                await self._flush()
+            for task in self._helpers:
                 task.cancel()
-            await asyncio.gather(*self._workers, return_exceptions=True)
-        self._workers = []
-        with contextlib.suppress(Exception):  # logged by _flush's caller before; kept on failure
-            await self._flush()
-        for task in self._helpers:
-            task.cancel()
-        await asyncio.gather(*self._helpers, return_exceptions=True)
-        self._helpers = []
-        with contextlib.suppress(Exception):  # the database may be the trouble
-            await self._report_status(final=True)
-        if self._limiter is not None:
-            await self._limiter.close()
-        for transport in self._transports:
-            await transport.close()
+            await asyncio.gather(*self._helpers, return_exceptions=True)
+            self._helpers = []
+            with contextlib.suppress(Exception):  # the database may be the trouble
+                await self._report_status(final=True)
+        finally:
+            for task in [*self._workers, *self._helpers]:
+                task.cancel()
+            if self._limiter is not None:
+                await self._limiter.close()
+            for transport in self._transports:
+                await transport.close()
 
     def _start_workers(self) -> None:
         if not self._workers:
