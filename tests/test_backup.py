@@ -6,6 +6,8 @@ real processes, the real recording SMTP server; nothing is mocked."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -117,6 +119,9 @@ def test_backup_refuses_an_existing_file_and_restore_a_file_that_is_no_database(
     assert "existiert schon; überschreiben mit --force" in refused.output, refused.output
     assert file.read_text("utf-8") == "keine Datenbank"
 
+    elsewhere = project.cli("db", "backup", project.root / "fehlt" / "a.db", ok=False)
+    assert "das Verzeichnis" in elsewhere.output and "existiert nicht" in elsewhere.output
+
     bad = project.cli("db", "restore", file, ok=False)
     assert bad.exit_code == 1 and "keine SQLite-Datenbank" in bad.output, bad.output
 
@@ -153,3 +158,37 @@ def test_postgresql_is_refused_with_pg_dump(project: Project) -> None:
         refused = project.cli("db", *args, ok=False)
         assert refused.exit_code == 1
         assert "pg_dump -Fc" in refused.output and "geheim" not in refused.output
+
+
+def test_restore_folds_a_stale_wal_into_the_kept_file_and_leaves_none_beside_the_backup(
+    project: Project,
+) -> None:
+    """A process that ended without closing the database (a crash) leaves a -wal holding
+    writes not yet in the file: restore keeps them with the replaced file, and no -wal of the
+    old file is left to be replayed into the restored one."""
+    project.seed()
+    file = project.root / "sicherung.db"
+    project.cli("db", "backup", file)
+    database = project.root / "var" / "test.db"
+    crash = (
+        "import os, sqlite3, sys\n"
+        "db = sqlite3.connect(sys.argv[1], isolation_level=None)\n"
+        "db.execute('PRAGMA wal_autocheckpoint=0')\n"
+        "db.execute('CREATE TABLE spur (x)')\n"
+        "db.execute(\"INSERT INTO spur VALUES ('nach der Sicherung')\")\n"
+        "os._exit(0)\n"
+    )
+    subprocess.run([sys.executable, "-c", crash, str(database)], check=True)
+    assert database.with_name("test.db-wal").stat().st_size > 0
+
+    restored = project.cli("db", "restore", file)
+    (kept,) = database.parent.glob("test.db.vor-wiederherstellung-*")
+    assert f"liegt unter {kept}" in restored.output, restored.output
+    assert not database.with_name("test.db-wal").exists()
+    assert not kept.with_name(kept.name + "-wal").exists()
+    with sqlite3.connect(kept) as db:
+        assert db.execute("SELECT x FROM spur").fetchall() == [("nach der Sicherung",)]
+    with sqlite3.connect(database) as db:
+        tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "spur" not in tables and "subscribers" in tables
+    assert "12 Abonnenten" in project.cli("db", "backup", project.root / "danach.db").output
