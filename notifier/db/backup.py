@@ -120,7 +120,8 @@ def _named(exc: sqlite3.Error, path: Path) -> NotifierError:
 
 def verify(path: Path) -> Checked:
     """Check that ``path`` is a whole notifier database: ``integrity_check`` is ok and its
-    schema is at a migration this version knows. Raises :class:`BackupError` otherwise."""
+    schema is at a migration this version knows. Raises :class:`BackupError` otherwise, or
+    :class:`~notifier.errors.DatabaseError` when SQLite cannot read it (not a database …)."""
     if not path.is_file():
         raise BackupError(path, "die Datei existiert nicht")
     with _connected(path) as connection:
