@@ -26,6 +26,7 @@ from .catcher import MailStore
 from .clock import utcnow
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .db import Database, queries
+from .db import backup as backups
 from .db.failures import database_error
 from .db.models import Item, ItemStatus, OutboxState, SourceState
 from .errors import ConfigError, FileError, NotFoundError, NotifierError, megabytes, os_reason
@@ -196,6 +197,50 @@ async def migrate(ctx: click.Context) -> None:
     """Datenbankschema anlegen bzw. aktualisieren."""
     async with await _open(_settings(ctx)):
         click.echo("Datenbank ist auf dem neuesten Stand.")
+
+
+@main.group()
+def db() -> None:
+    """Sicherung und Wiederherstellung der SQLite-Datenbank."""
+
+
+def _counts(checked: backups.Checked) -> str:
+    return ", ".join(
+        f"{checked.counts.get(table, 0)} {label}" for table, label in backups.COUNTED.items()
+    )
+
+
+def _revision(checked: backups.Checked) -> str:
+    if checked.at_head:
+        return f"Schema-Stand {checked.revision}"
+    return f"Schema-Stand {checked.revision}, wird beim nächsten Start migriert"
+
+
+@db.command("backup")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--force", is_flag=True, help="Eine vorhandene Datei FILE überschreiben.")
+@click.pass_context
+def db_backup(ctx: click.Context, file: Path, force: bool) -> None:
+    """Die Datenbank nach FILE sichern und die Kopie prüfen (auch während der Dienst sendet)."""
+    checked = backups.backup(_settings(ctx).database_url, file, force=force)
+    click.echo(
+        f"Sicherung {file} geschrieben und geprüft: {megabytes(checked.size)}, "
+        f"{_counts(checked)}, {_revision(checked)}."
+    )
+
+
+@db.command("restore")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.pass_context
+def db_restore(ctx: click.Context, file: Path) -> None:
+    """Die Sicherung FILE als Datenbank einsetzen (nur bei beendetem Dienst)."""
+    done = backups.restore(_settings(ctx).database_url, file, now=utcnow())
+    click.echo(
+        f"Sicherung {file} geprüft und als {done.database} eingesetzt: "
+        f"{_counts(done.backup)}, {_revision(done.backup)}."
+    )
+    if done.kept is not None:
+        click.echo(f"Die bisherige Datenbank liegt unter {done.kept}.")
 
 
 @main.group()

@@ -41,20 +41,31 @@ _REVISION = re.compile(r'^revision(?:: str)? = "(\w+)"', re.M)
 _DOWN = re.compile(r'^down_revision(?:: str \| None)? = (?:"(\w+)"|None)', re.M)
 
 
-def head_revision() -> str | None:
-    """The newest migration's id, read from the files (None if that is not clear: Alembic
-    then decides)."""
-    revisions: set[str] = set()
-    downs: set[str] = set()
+def _revisions() -> dict[str, str | None] | None:
+    """Each migration's id and the id it follows, read from the files (None if a file does not
+    say so plainly)."""
+    found: dict[str, str | None] = {}
     for path in (MIGRATIONS / "versions").glob("*.py"):
         text = path.read_text("utf-8")
         revision, down = _REVISION.search(text), _DOWN.search(text)
         if revision is None or down is None:
             return None
-        revisions.add(revision.group(1))
-        if down.group(1):
-            downs.add(down.group(1))
-    heads = revisions - downs
+        found[revision.group(1)] = down.group(1) or None
+    return found
+
+
+def known_revisions() -> frozenset[str]:
+    """The ids of every migration of this version (empty if the files are not plain)."""
+    return frozenset(_revisions() or ())
+
+
+def head_revision() -> str | None:
+    """The newest migration's id, read from the files (None if that is not clear: Alembic
+    then decides)."""
+    revisions = _revisions()
+    if revisions is None:
+        return None
+    heads = set(revisions) - {down for down in revisions.values() if down}
     return heads.pop() if len(heads) == 1 else None
 
 
