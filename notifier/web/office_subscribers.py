@@ -108,18 +108,22 @@ async def subscriber_list(
 
 
 @router.get("/abonnenten/export.csv")
-async def export(request: Request, user: CurrentUser) -> Response:
+async def export(request: Request, user: CurrentUser, excel: bool = False) -> Response:
+    """The active subscribers in the import format; ``?excel=1``: the form for German Excel."""
     ctx = context_of(request)
     now = ctx.clock()
     async with ctx.db.transaction() as session:
-        text = await export_subscribers(session)
-        await audit.record(session, user.actor, "subscribers.exported", "subscribers", None, {})
+        text = await export_subscribers(session, excel=excel)
+        await audit.record(
+            session, user.actor, "subscribers.exported", "subscribers", None, {"excel": excel}
+        )
     day = now.astimezone(ctx.settings.scheduler.tz).strftime("%Y-%m-%d")
+    name = f"abonnenten-{day}-excel.csv" if excel else f"abonnenten-{day}.csv"
     return Response(
         text,
         media_type="text/csv; charset=utf-8",
         headers={
-            "Content-Disposition": f'attachment; filename="abonnenten-{day}.csv"',
+            "Content-Disposition": f'attachment; filename="{name}"',
             "Cache-Control": "no-store",
         },
     )
