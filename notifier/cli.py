@@ -397,12 +397,17 @@ async def subscribers_import(ctx: click.Context, file: Path, dry_run: bool, if_e
     type=click.Path(dir_okay=False, path_type=Path),
     help="Zieldatei (sonst Standardausgabe).",
 )
+@click.option(
+    "--excel",
+    is_flag=True,
+    help="Für Excel: mit Semikolon getrennt und mit BOM, so öffnet Excel die Datei direkt.",
+)
 @click.pass_context
 @run_async
-async def subscribers_export(ctx: click.Context, output: Path | None) -> None:
+async def subscribers_export(ctx: click.Context, output: Path | None, excel: bool) -> None:
     """Aktive Abonnenten im Importformat ausgeben."""
     async with await _open(_settings(ctx)) as db, db.transaction() as session:
-        text = await export_subscribers(session)
+        text = await export_subscribers(session, excel=excel)
     if output is None:
         click.echo(text, nl=False)
     else:

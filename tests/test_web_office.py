@@ -574,6 +574,21 @@ def test_subscribers_search_edit_approve_deactivate_import_export(
     )
     assert not any(line.startswith("peter.meyer@") for line in lines)  # deactivated
 
+    # Formulas are neutralised (OWASP), in both forms; the Excel form is ;-separated with a BOM.
+    with _db(project) as db:
+        db.execute(
+            "UPDATE subscribers SET name = '=HYPERLINK(\"x\")' WHERE email = 'neu@og.example'"
+        )
+    listing = site.client.get("/buero/abonnenten").text
+    assert 'href="/buero/abonnenten/export.csv?excel=1">Für Excel herunterladen</a>' in listing
+    plain = site.client.get("/buero/abonnenten/export.csv").text
+    assert 'neu@og.example,"\'=HYPERLINK(""x"")",mayor,' in plain
+    excel = site.client.get("/buero/abonnenten/export.csv", params={"excel": "1"})
+    assert excel.status_code == 200
+    assert "-excel.csv" in excel.headers["content-disposition"]
+    assert excel.content.startswith(b"\xef\xbb\xbfemail;name;role;organisation;topics;rhythm\r\n")
+    assert '\r\nneu@og.example;"\'=HYPERLINK(""x"")";mayor;' in excel.content.decode("utf-8-sig")
+
 
 def test_umlauts_before_the_at_are_refused_everywhere_and_domains_shown_in_unicode(
     web: Callable[..., Web], project: Project

@@ -129,6 +129,9 @@ def test_office_compose_preview_schedule_and_follow_in_a_browser(
     expect(page.get_by_role("heading", name="Anmeldung für das Projektbüro")).to_be_visible()
 
 
+LONG_URL = "https://eifelkreis-verbindet.example/" + "x" * 120
+
+
 def test_mail_catcher_pages_on_a_phone(
     web: Callable[..., Web], project: Project, browser_page: Any
 ) -> None:
@@ -142,7 +145,7 @@ def test_mail_catcher_pages_on_a_phone(
     _log_in(page, site)
     page.goto(site.url("/buero/mitteilungen/neu"))
     page.get_by_label("Betreff").fill("Probe für das Handy")
-    page.get_by_label("Text (Markdown)").fill("Ein *kurzer* Text.")
+    page.get_by_label("Text (Markdown)").fill(f"Ein *kurzer* Text.\n\n{LONG_URL}")
     page.get_by_role("button", name="Test an mich senden").click()
     expect(page.get_by_role("status")).to_have_text(f"Die Test-E-Mail ist an {EMAIL} verschickt.")
     # Scheduled for later, it can be edited and cancelled.
@@ -168,4 +171,9 @@ def test_mail_catcher_pages_on_a_phone(
     page.get_by_role("link", name="[Test] Probe für das Handy").click()
     expect(page.frame_locator("iframe.mail").locator("em", has_text="kurzer")).to_be_visible()
     assert "Ein *kurzer* Text." in page.locator("pre.mail").inner_text()
+    # A long unbreakable URL wraps, on the page and in the e-mail's HTML.
+    overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the catcher's page is wider than the phone's screen by {overflow}px"
+    mail_html = page.frame_locator("iframe.mail").locator("html")
+    assert mail_html.evaluate("e => e.scrollWidth - e.clientWidth") <= 0
     assert_accessible(page, "Nachricht im Mail-Catcher")

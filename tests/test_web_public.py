@@ -60,6 +60,10 @@ def test_sign_up_confirm_change_and_unsubscribe(web: Callable[..., Web], project
     assert message["List-Unsubscribe"] is None  # not subscribed yet
     text = message.get_body(("plain",)).get_content()
     confirm = site.link(text, "bestaetigen")
+    # The written-out link may break anywhere: it would make the mail wider than a phone.
+    html = message.get_body(("html",)).get_content()
+    wrapping = '<span style="word-break: break-all; overflow-wrap: anywhere;">'
+    assert f"{wrapping}{site.base}{confirm}</span>" in html
 
     # The link shows a page with a button; only the POST confirms (mail scanners GET links).
     page = site.client.get(confirm)

@@ -28,6 +28,7 @@ from ..errors import FieldError, MessageTooLargeError, NotFoundError, StateError
 from ..organisations import organisation_index
 from .app import context_of
 from .officekit import renderer
+from .params import Offset, RowId
 
 router = APIRouter(tags=["notifier"])
 _bearer = HTTPBearer(
@@ -285,14 +286,14 @@ async def _announcement(session: AsyncSession, item_id: int) -> Item:
 
 
 @router.get("/announcements/{item_id}", response_model=AnnouncementOut)
-async def get_announcement(request: Request, item_id: int, actor: Actor) -> AnnouncementOut:
+async def get_announcement(request: Request, item_id: RowId, actor: Actor) -> AnnouncementOut:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
         return await _announcement_out(session, await _announcement(session, item_id))
 
 
 @router.post("/announcements/{item_id}/cancel", response_model=AnnouncementOut)
-async def cancel_announcement(request: Request, item_id: int, actor: Actor) -> AnnouncementOut:
+async def cancel_announcement(request: Request, item_id: RowId, actor: Actor) -> AnnouncementOut:
     """Cancel: messages not yet sent do not go out. 409 once sent completely or cancelled."""
     ctx = context_of(request)
     async with ctx.db.transaction() as session:
@@ -320,11 +321,11 @@ class DeliveryOut(BaseModel):
 @router.get("/announcements/{item_id}/deliveries", response_model=list[DeliveryOut])
 async def deliveries(
     request: Request,
-    item_id: int,
+    item_id: RowId,
     actor: Actor,
     state: OutboxState | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 500,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> list[DeliveryOut]:
     """The delivery state of every recipient (failures first)."""
     ctx = context_of(request)

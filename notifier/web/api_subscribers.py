@@ -17,6 +17,7 @@ from ..errors import StateError
 from ..organisations import organisation_index
 from .api import Actor, invalid, router
 from .app import context_of
+from .params import Offset, RowId
 
 # -- subscribers -----------------------------------------------------------------------------
 
@@ -66,7 +67,7 @@ async def list_subscribers(
     topic: str | None = None,
     status: SubscriberStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> SubscriberPage:
     ctx = context_of(request)
     if topic is not None and topic not in ctx.settings.topic_keys:
@@ -93,7 +94,7 @@ async def _subscriber(session: AsyncSession, subscriber_id: int) -> Subscriber:
 
 
 @router.get("/subscribers/{subscriber_id}", response_model=SubscriberOut)
-async def get_subscriber(request: Request, subscriber_id: int, actor: Actor) -> SubscriberOut:
+async def get_subscriber(request: Request, subscriber_id: RowId, actor: Actor) -> SubscriberOut:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
         return _subscriber_out(await _subscriber(session, subscriber_id))
@@ -167,7 +168,7 @@ async def create_subscriber(request: Request, data: SubscriberIn, actor: Actor) 
 
 @router.patch("/subscribers/{subscriber_id}", response_model=SubscriberOut)
 async def change_subscriber(
-    request: Request, subscriber_id: int, data: SubscriberPatch, actor: Actor
+    request: Request, subscriber_id: RowId, data: SubscriberPatch, actor: Actor
 ) -> SubscriberOut:
     ctx = context_of(request)
     now = ctx.clock()

@@ -33,6 +33,7 @@ from .officekit import (
     smtp_endpoint,
     units,
 )
+from .params import PageNo, RowId
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ async def compose(request: Request, user: CurrentUser) -> Response:
 
 
 @router.get("/mitteilungen/{item_id}/bearbeiten")
-async def edit_form(request: Request, item_id: int, user: CurrentUser) -> Response:
+async def edit_form(request: Request, item_id: RowId, user: CurrentUser) -> Response:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
         item = await _announcement(session, item_id)
@@ -215,7 +216,7 @@ async def edit_form(request: Request, item_id: int, user: CurrentUser) -> Respon
 
 
 @router.post("/mitteilungen/{item_id}/bearbeiten")
-async def edit(request: Request, item_id: int, user: CurrentUser) -> Response:
+async def edit(request: Request, item_id: RowId, user: CurrentUser) -> Response:
     return await _submit(request, user, item_id)
 
 
@@ -355,10 +356,10 @@ async def _send_test(
 @router.get("/mitteilungen/{item_id}")
 async def announcement(
     request: Request,
-    item_id: int,
+    item_id: RowId,
     user: CurrentUser,
     zustand: str = "",
-    seite: int = 1,
+    seite: PageNo = 1,
     geplant: str = "",
     gespeichert: str = "",
     abgesagt: str = "",
@@ -420,7 +421,7 @@ async def announcement(
 
 
 @router.get("/mitteilungen/{item_id}/email")
-async def announcement_email(request: Request, item_id: int, user: CurrentUser) -> Response:
+async def announcement_email(request: Request, item_id: RowId, user: CurrentUser) -> Response:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
         item = await _announcement(session, item_id)
@@ -429,7 +430,7 @@ async def announcement_email(request: Request, item_id: int, user: CurrentUser) 
 
 
 @router.post("/mitteilungen/{item_id}/absagen")
-async def cancel(request: Request, item_id: int, user: CurrentUser) -> Response:
+async def cancel(request: Request, item_id: RowId, user: CurrentUser) -> Response:
     ctx = context_of(request)
     await checked_form(request)
     try:

@@ -32,6 +32,7 @@ from .officekit import (
     unit_by_label,
     units,
 )
+from .params import PageNo, RowId
 
 PAGE_SIZE = 50
 MAX_UPLOAD = 5 * 2**20
@@ -55,7 +56,7 @@ async def subscriber_list(
     role: str = "",
     topic: str = "",
     status: str = "",
-    seite: int = 1,
+    seite: PageNo = 1,
 ) -> Response:
     ctx = context_of(request)
     page_no = max(seite, 1)
@@ -107,18 +108,22 @@ async def subscriber_list(
 
 
 @router.get("/abonnenten/export.csv")
-async def export(request: Request, user: CurrentUser) -> Response:
+async def export(request: Request, user: CurrentUser, excel: bool = False) -> Response:
+    """The active subscribers in the import format; ``?excel=1``: the form for German Excel."""
     ctx = context_of(request)
     now = ctx.clock()
     async with ctx.db.transaction() as session:
-        text = await export_subscribers(session)
-        await audit.record(session, user.actor, "subscribers.exported", "subscribers", None, {})
+        text = await export_subscribers(session, excel=excel)
+        await audit.record(
+            session, user.actor, "subscribers.exported", "subscribers", None, {"excel": excel}
+        )
     day = now.astimezone(ctx.settings.scheduler.tz).strftime("%Y-%m-%d")
+    name = f"abonnenten-{day}-excel.csv" if excel else f"abonnenten-{day}.csv"
     return Response(
         text,
         media_type="text/csv; charset=utf-8",
         headers={
-            "Content-Disposition": f'attachment; filename="abonnenten-{day}.csv"',
+            "Content-Disposition": f'attachment; filename="{name}"',
             "Cache-Control": "no-store",
         },
     )
@@ -255,14 +260,14 @@ async def _edit_page(
 
 @router.get("/abonnenten/{subscriber_id}")
 async def subscriber_form(
-    request: Request, subscriber_id: int, user: CurrentUser, gespeichert: str = ""
+    request: Request, subscriber_id: RowId, user: CurrentUser, gespeichert: str = ""
 ) -> Response:
     notice = {"1": "Die Änderungen sind gespeichert.", "status": "Der Status ist geändert."}
     return await _edit_page(request, user, subscriber_id, notice=notice.get(gespeichert, ""))
 
 
 @router.post("/abonnenten/{subscriber_id}")
-async def subscriber_save(request: Request, subscriber_id: int, user: CurrentUser) -> Response:
+async def subscriber_save(request: Request, subscriber_id: RowId, user: CurrentUser) -> Response:
     ctx = context_of(request)
     form = await checked_form(request)
     values = submitted_subscriber(form)
@@ -301,7 +306,7 @@ async def subscriber_save(request: Request, subscriber_id: int, user: CurrentUse
 
 
 @router.post("/abonnenten/{subscriber_id}/status")
-async def subscriber_status(request: Request, subscriber_id: int, user: CurrentUser) -> Response:
+async def subscriber_status(request: Request, subscriber_id: RowId, user: CurrentUser) -> Response:
     ctx = context_of(request)
     form = await checked_form(request)
     wanted = SubscriberStatus.__members__.get(field(form, "status"))
