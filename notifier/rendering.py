@@ -36,6 +36,11 @@ _POLICY = policy.SMTP.clone(max_line_length=998)
 GENERAL_TOPIC = "Allgemein"
 
 
+def markdown_html(text: str) -> Markup:
+    """CommonMark as HTML; raw HTML in the text is escaped, not passed through."""
+    return Markup(_MARKDOWN.render(text))  # noqa: S704 - raw HTML disabled
+
+
 def german_datetime(value: datetime, tz: ZoneInfo) -> str:
     """``Montag, 7. Dezember 2026, 09:00 Uhr`` in the given zone."""
     return format_datetime(value, "EEEE, d. MMMM y, HH:mm 'Uhr'", tzinfo=tz, locale="de_DE")
@@ -176,7 +181,7 @@ class Renderer:
         """Everything of a message about ``item`` that is the same for every recipient."""
         context: dict[str, Any] = {"item": item, "notice": notice}
         if item.kind is ItemKind.announcement:
-            context["body_html"] = Markup(_MARKDOWN.render(item.body))  # noqa: S704 - no raw HTML
+            context["body_html"] = markdown_html(item.body)
             context["body_text"] = item.body.strip()
             return Prepared("announcement", item.subject, context)
         if item.kind is ItemKind.update:
@@ -262,11 +267,7 @@ class Renderer:
         if events:
             parts.append(_plural(len(events), "Termin", "Termine"))
         subject = f"Ihr {label}: {', '.join(parts)}"
-        bodies = {
-            i.id: Markup(_MARKDOWN.render(i.body))  # noqa: S704 - raw HTML disabled
-            for i in news
-            if i.kind is ItemKind.announcement
-        }
+        bodies = {i.id: markdown_html(i.body) for i in news if i.kind is ItemKind.announcement}
         context = {"label": label, "groups": grouped, "events": events, "bodies": bodies}
         return Prepared("briefing", subject, context, shared=False)
 
