@@ -241,6 +241,22 @@ class PathSettings(_Section):
     templates: str = "templates"
 
 
+class LegalSettings(_Section):
+    """The Markdown files of the privacy notice (``/datenschutz``) and the accessibility
+    statement (``/barrierefreiheit``); relative paths are resolved against the config file's
+    folder. Both must exist: the start stops otherwise."""
+
+    privacy_file: str = "legal/datenschutz.md"
+    accessibility_file: str = "legal/barrierefreiheit.md"
+
+    @field_validator("privacy_file", "accessibility_file")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a Markdown file")
+        return value
+
+
 class Topic(_Section):
     key: str
     title: str
@@ -264,6 +280,7 @@ class Settings(_Section):
     scheduler: SchedulerSettings = SchedulerSettings()
     delivery: DeliverySettings = DeliverySettings()
     paths: PathSettings = PathSettings()
+    legal: LegalSettings = LegalSettings()
     web: WebSettings = WebSettings()
     briefings: BriefingSettings = BriefingSettings()
     sources: SourcesSettings = SourcesSettings()
@@ -384,7 +401,7 @@ def load_settings(
     raw["config_file"] = file.resolve()
 
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = _dotted(first["loc"])
@@ -395,3 +412,13 @@ def load_settings(
         if more:
             problem += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise ConfigError(shown, key, problem) from None
+    _check_legal_files(settings, shown)
+    return settings
+
+
+def _check_legal_files(settings: Settings, shown: str) -> None:
+    # Every e-mail links to the privacy notice: a service without it must not start.
+    for key in ("privacy_file", "accessibility_file"):
+        path = settings.path(getattr(settings.legal, key))
+        if not path.is_file():
+            raise ConfigError(shown, f"legal.{key}", f"file not found: {path}")

@@ -72,6 +72,10 @@ class Project:
                 "scheduler": {"poll_seconds": 0.2},
                 "delivery": {"idle_poll_seconds": 0.2, "retry_base_seconds": 1},
                 "paths": {"templates": str(REPO / "templates")},
+                "legal": {
+                    "privacy_file": str(REPO / "legal" / "datenschutz.md"),
+                    "accessibility_file": str(REPO / "legal" / "barrierefreiheit.md"),
+                },
             },
         )
         _merge(data, changes)

@@ -18,7 +18,11 @@ REPO_CONFIG = REPO / "config.toml"
 
 
 def repo_config() -> dict[str, Any]:
-    return tomllib.loads(REPO_CONFIG.read_text("utf-8"))
+    """The repo's config with its legal files named absolutely (so it loads from any folder)."""
+    data = tomllib.loads(REPO_CONFIG.read_text("utf-8"))
+    for key, path in data["legal"].items():
+        data["legal"][key] = str(REPO / path)
+    return data
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
@@ -48,6 +52,11 @@ def test_repo_config_loads_as_it_is() -> None:
     # The default SQLite file lies under the config file's folder, not the working directory.
     assert settings.database_url == f"sqlite+aiosqlite:///{REPO / 'var' / 'notifier.db'}"
     assert settings.path(settings.paths.templates) == REPO / "templates"
+    # The example statements are found when the service runs from the checkout.
+    assert settings.path(settings.legal.privacy_file) == REPO / "legal" / "datenschutz.md"
+    assert (
+        settings.path(settings.legal.accessibility_file) == REPO / "legal" / "barrierefreiheit.md"
+    )
 
 
 def test_wrong_type_names_file_and_key(tmp_path: Path) -> None:

@@ -31,6 +31,7 @@ from ..addresses import display_email
 from ..catcher import MailStore
 from ..config import Settings
 from ..db import Database
+from ..legal import LegalPages, load_legal_pages
 from ..links import Links, secret_key
 from ..rendering import german_date, german_datetime
 
@@ -48,6 +49,8 @@ class WebContext:
     links: Links
     clock: Callable[[], datetime]
     templates: Jinja2Templates
+    # The privacy notice and the accessibility statement, read once at start.
+    legal: LegalPages
     # Wakes the sender when a request queued a message (a sign-up's confirmation).
     wake: Callable[[], None] = lambda: None
     # The built-in mail catcher's store (only with [smtp] catcher = true).
@@ -231,6 +234,7 @@ def create_app(
         links=Links(settings, key),
         clock=clock,
         templates=_templates(settings),
+        legal=load_legal_pages(settings),
         wake=wake,
         mails=mails,
     )

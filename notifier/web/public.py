@@ -1,5 +1,6 @@
 """Public pages: sign-up (``/anmelden``), confirmation (``/bestaetigen/<token>``), preferences
-(``/einstellungen/<token>``) and unsubscribe (``/abmelden/<token>``, RFC 8058 one-click)."""
+(``/einstellungen/<token>``), unsubscribe (``/abmelden/<token>``, RFC 8058 one-click), the
+privacy notice (``/datenschutz``) and the accessibility statement (``/barrierefreiheit``)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,24 @@ def _values_of(sub: Subscriber, units: list[Unit]) -> dict[str, Any]:
 
 def _values_from(form: FormData) -> dict[str, Any]:
     return {**submitted_subscriber(form), "consent": field(form, "consent") == "1"}
+
+
+# -- statements ------------------------------------------------------------------------------
+
+
+@router.get("/datenschutz")
+async def privacy_notice(request: Request) -> Response:
+    body = context_of(request).legal.privacy
+    title = "Datenschutzerklärung"
+    return page(request, "public/legal.html", {"title": title, "body": body})
+
+
+@router.get("/barrierefreiheit")
+async def accessibility_statement(request: Request) -> Response:
+    body = context_of(request).legal.accessibility
+    return page(
+        request, "public/legal.html", {"title": "Erklärung zur Barrierefreiheit", "body": body}
+    )
 
 
 # -- sign-up ---------------------------------------------------------------------------------
