@@ -142,6 +142,9 @@ class Prepared:
     attachment: tuple[bytes, str] | None = None  # (iCalendar bytes, METHOD)
     # Sent to many recipients: render once with placeholders, then fill in per recipient.
     shared: bool = True
+    # Newsletter mail (List-Id, List-Unsubscribe, Precedence: bulk, Feedback-ID); False for the
+    # transactional service messages to one person.
+    bulk: bool = True
     skeleton: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
@@ -303,7 +306,7 @@ class Renderer:
         if notice not in subjects:
             raise ValueError(f"unknown service message {notice!r}")
         context = {"confirm_hours": self.settings.web.confirm_hours}
-        return Prepared(f"service_{notice}", subjects[notice], context, shared=False)
+        return Prepared(f"service_{notice}", subjects[notice], context, shared=False, bulk=False)
 
     # -- personalising -----------------------------------------------------------------------
 
@@ -359,6 +362,9 @@ class Renderer:
                 reply_to=self.mail.reply_to,
                 list_id=self.mail.list_id,
                 attachment=prepared.attachment,
+                bulk=prepared.bulk,
+                feedback_id=self.mail.feedback_id,
+                unsubscribe_mailto=self.mail.unsubscribe_mailto,
             )
             prepared.skeleton["headers"] = shared
         html, text = self.render(prepared, recipient)
@@ -376,7 +382,8 @@ class Renderer:
     def build(
         self, prepared: Prepared, recipient: Recipient, *, message_id: str, date: datetime
     ) -> EmailMessage:
-        """A multipart/alternative message (multipart/mixed with a calendar file for events).
+        """A multipart/alternative message (multipart/mixed with a calendar file for events);
+        the list headers only on bulk mail (see :attr:`Prepared.bulk`).
 
         Raises ``ValueError`` if a header value would carry a line break (header injection).
         """
@@ -389,11 +396,16 @@ class Renderer:
             msg["Reply-To"] = self.mail.reply_to
         msg["Date"] = rfc2822_date(date)
         msg["Message-ID"] = message_id
-        msg["List-Id"] = f"{self.mail.sender_name} <{self.mail.list_id}>"
-        if recipient.unsubscribe_url:
-            msg["List-Unsubscribe"] = f"<{recipient.unsubscribe_url}>"
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        msg["Precedence"] = "bulk"
+        if prepared.bulk:
+            msg["List-Id"] = f"{self.mail.sender_name} <{self.mail.list_id}>"
+            if self.mail.feedback_id:
+                msg["Feedback-ID"] = self.mail.feedback_id
+            if recipient.unsubscribe_url:
+                msg["List-Unsubscribe"] = mime.list_unsubscribe(
+                    recipient.unsubscribe_url, self.mail.unsubscribe_mailto
+                )
+                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+            msg["Precedence"] = "bulk"
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
         msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")
