@@ -68,6 +68,10 @@ class MailSettings(_Section):
     imprint_text: str
     imprint_url: str
     public_base_url: str
+    # Feedback-ID header of bulk mail (Gmail's feedback loop); empty: none.
+    feedback_id: str = ""
+    # An address that List-Unsubscribe names besides the HTTPS link; empty: none.
+    unsubscribe_mailto: str = ""
     # The largest message (headers and every part, as sent); larger announcements are refused.
     max_message_bytes: Annotated[int, Field(gt=0)] = 10_000_000
 
@@ -76,6 +80,22 @@ class MailSettings(_Section):
     def _single_line(cls, value: str) -> str:
         if any(c in value for c in "\r\n"):
             raise ValueError("must be a single line")
+        return value
+
+    @field_validator("feedback_id")
+    @classmethod
+    def _feedback_id(cls, value: str) -> str:
+        # Gmail reads colon-separated fields (a:b:c:SenderId); one token without spaces.
+        if value and not re.fullmatch(r"[\x21-\x7e]{1,200}", value):
+            raise ValueError("must be one line of printable ASCII without spaces, such as a:b:c:id")
+        return value
+
+    @field_validator("unsubscribe_mailto")
+    @classmethod
+    def _unsubscribe_mailto(cls, value: str) -> str:
+        # Plain ASCII: it goes into the header as it is, followed by ?subject=unsubscribe.
+        if value and not re.fullmatch(r"[A-Za-z0-9.!#$%&'*+/=^_`{|}~\-]+@[A-Za-z0-9.\-]+", value):
+            raise ValueError("must be an e-mail address such as abmelden@example.org")
         return value
 
     @field_validator("public_base_url")

@@ -63,6 +63,9 @@ class SharedHeaders:
 
     head: bytes
     attachment: bytes | None  # a whole MIME part, without its boundary line
+    # What follows the URL in List-Unsubscribe (through List-Unsubscribe-Post); empty for a
+    # message that is no bulk mail, which carries neither.
+    unsubscribe_tail: bytes = b""
     # Quoted-printable lines of the bodies, shared by every copy (see _qp).
     qp_lines: dict[str, bytes] = field(default_factory=dict, compare=False)
 
@@ -75,17 +78,28 @@ def shared_headers(
     reply_to: str,
     list_id: str,
     attachment: tuple[bytes, str] | None,
+    bulk: bool = True,
+    feedback_id: str = "",
+    unsubscribe_mailto: str = "",
 ) -> SharedHeaders:
-    """Encode the common headers once. Raises ``ValueError`` on a line break in any of them."""
+    """Encode the common headers once: List-Id, Feedback-ID (if given) and Precedence only
+    for ``bulk`` mail. Raises ``ValueError`` on a line break in any of them."""
     head = b"".join(
         [
             _header("Subject", subject),
             _header("From", Address(sender_name, addr_spec=sender_address)),
             _header("Reply-To", reply_to) if reply_to else b"",
-            _header("List-Id", f"{sender_name} <{list_id}>"),
-            b"Precedence: bulk\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n",
+            _header("List-Id", f"{sender_name} <{list_id}>") if bulk else b"",
+            _header("Feedback-ID", feedback_id) if bulk and feedback_id else b"",
+            b"Precedence: bulk\r\n" if bulk else b"",
+            b"Auto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n",
         ]
     )
+    tail = b""
+    if bulk:
+        # The per-recipient header is "List-Unsubscribe: <" + URL + this.
+        after = list_unsubscribe("", unsubscribe_mailto).removeprefix("<")
+        tail = (after + "\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n").encode()
     part = None
     if attachment is not None:
         data, method = attachment
@@ -95,7 +109,15 @@ def shared_headers(
             "Content-Transfer-Encoding: base64\r\n"
             'Content-Disposition: attachment; filename="termin.ics"\r\n\r\n'
         ).encode() + encoded
-    return SharedHeaders(head, part)
+    return SharedHeaders(head, part, tail)
+
+
+def list_unsubscribe(url: str, mailto: str = "") -> str:
+    """The List-Unsubscribe value (RFC 2369): the HTTPS link (one-click, RFC 8058) first, then
+    with ``mailto`` an address for mail programs that send a message instead."""
+    if not mailto:
+        return f"<{url}>"
+    return f"<{url}>, <mailto:{mailto}?subject=unsubscribe>"
 
 
 def personal_message(
@@ -109,8 +131,8 @@ def personal_message(
     html: str,
     unsubscribe_url: str = "",
 ) -> bytes:
-    """One recipient's message as bytes (CRLF line ends). With an ``unsubscribe_url`` it
-    carries ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 8058 one-click).
+    """One recipient's message as bytes (CRLF line ends). With an ``unsubscribe_url`` a bulk
+    message carries ``List-Unsubscribe`` and ``List-Unsubscribe-Post`` (RFC 8058 one-click).
 
     Raises ``ValueError`` if the name, address, Message-ID or URL carries a line break."""
     for value in (to_name, to_address, message_id, unsubscribe_url):
@@ -135,11 +157,10 @@ def personal_message(
     personal = (
         f"To: {to}\r\nDate: {format_datetime(date)}\r\nMessage-ID: {message_id}\r\n"
     ).encode("ascii")
-    if unsubscribe_url:
+    if unsubscribe_url and shared.unsubscribe_tail:
         personal += (
-            f"List-Unsubscribe: <{unsubscribe_url}>\r\n"
-            "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n"
-        ).encode("ascii")
+            b"List-Unsubscribe: <" + unsubscribe_url.encode("ascii") + shared.unsubscribe_tail
+        )
     if shared.attachment is None:
         content_type = f'Content-Type: multipart/alternative; boundary="{alternative}"\r\n\r\n'
         return shared.head + personal + content_type.encode() + body

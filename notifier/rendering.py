@@ -147,7 +147,33 @@ class Prepared:
     attachment: tuple[bytes, str] | None = None  # (iCalendar bytes, METHOD)
     # Sent to many recipients: render once with placeholders, then fill in per recipient.
     shared: bool = True
+    # Newsletter mail (List-Id, List-Unsubscribe, Precedence: bulk, Feedback-ID); False for the
+    # transactional service messages to one person.
+    bulk: bool = True
     skeleton: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+class MessageIds:
+    """Message-IDs ``<outbox id>.<keyed hash>@domain``.
+
+    The hash of the outbox row and subscriber is keyed with the database's secret (see
+    :func:`notifier.db.queries.message_id_key`): a retried row keeps its Message-ID, while two
+    installations (whose outbox ids repeat) never send the same one. Everything but the hash
+    is prepared once; the sender makes thousands per second.
+    """
+
+    def __init__(self, domain: str, key: bytes) -> None:
+        if len(key) < 16:
+            raise ValueError("the Message-ID key needs at least 16 bytes")
+        self._key = key
+        self._tail = f"@{domain}>"
+
+    def __call__(self, outbox_id: int, subscriber_id: int) -> str:
+        """The Message-ID of one outbox row (the same for each of its attempts)."""
+        digest = hashlib.blake2b(
+            f"{outbox_id}:{subscriber_id}".encode(), key=self._key, digest_size=12
+        ).hexdigest()
+        return f"<{outbox_id}.{digest}{self._tail}"
 
 
 class Renderer:
@@ -281,7 +307,7 @@ class Renderer:
         if notice not in subjects:
             raise ValueError(f"unknown service message {notice!r}")
         context = {"confirm_hours": self.settings.web.confirm_hours}
-        return Prepared(f"service_{notice}", subjects[notice], context, shared=False)
+        return Prepared(f"service_{notice}", subjects[notice], context, shared=False, bulk=False)
 
     # -- personalising -----------------------------------------------------------------------
 
@@ -320,11 +346,6 @@ class Renderer:
         text = "".join(p if isinstance(p, str) else values[p] for p in skeleton[1])
         return html, text
 
-    def message_id(self, outbox_id: int, subscriber_id: int) -> str:
-        """A stable Message-ID per outbox row: a retried message keeps its identity."""
-        digest = hashlib.sha256(f"{outbox_id}:{subscriber_id}".encode()).hexdigest()[:16]
-        return f"<{outbox_id}.{digest}@{self.mail.domain}>"
-
     def build_bytes(
         self, prepared: Prepared, recipient: Recipient, *, message_id: str, date: datetime
     ) -> bytes:
@@ -342,6 +363,9 @@ class Renderer:
                 reply_to=self.mail.reply_to,
                 list_id=self.mail.list_id,
                 attachment=prepared.attachment,
+                bulk=prepared.bulk,
+                feedback_id=self.mail.feedback_id,
+                unsubscribe_mailto=self.mail.unsubscribe_mailto,
             )
             prepared.skeleton["headers"] = shared
         html, text = self.render(prepared, recipient)
@@ -359,7 +383,8 @@ class Renderer:
     def build(
         self, prepared: Prepared, recipient: Recipient, *, message_id: str, date: datetime
     ) -> EmailMessage:
-        """A multipart/alternative message (multipart/mixed with a calendar file for events).
+        """A multipart/alternative message (multipart/mixed with a calendar file for events);
+        the list headers only on bulk mail (see :attr:`Prepared.bulk`).
 
         Raises ``ValueError`` if a header value would carry a line break (header injection).
         """
@@ -372,11 +397,16 @@ class Renderer:
             msg["Reply-To"] = self.mail.reply_to
         msg["Date"] = rfc2822_date(date)
         msg["Message-ID"] = message_id
-        msg["List-Id"] = f"{self.mail.sender_name} <{self.mail.list_id}>"
-        if recipient.unsubscribe_url:
-            msg["List-Unsubscribe"] = f"<{recipient.unsubscribe_url}>"
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-        msg["Precedence"] = "bulk"
+        if prepared.bulk:
+            msg["List-Id"] = f"{self.mail.sender_name} <{self.mail.list_id}>"
+            if self.mail.feedback_id:
+                msg["Feedback-ID"] = self.mail.feedback_id
+            if recipient.unsubscribe_url:
+                msg["List-Unsubscribe"] = mime.list_unsubscribe(
+                    recipient.unsubscribe_url, self.mail.unsubscribe_mailto
+                )
+                msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+            msg["Precedence"] = "bulk"
         msg["Auto-Submitted"] = "auto-generated"
         msg.set_content(text, subtype="plain", charset="utf-8", cte="quoted-printable")
         msg.add_alternative(html, subtype="html", charset="utf-8", cte="quoted-printable")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import ipaddress
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
+from urllib.parse import urlsplit
 
 from .catcher import MailCatcher
 from .clock import utcnow
@@ -52,6 +54,30 @@ async def prepare_database(db: Database, settings: Settings) -> None:
     await db.migrate()
     async with db.transaction() as session:
         await sync_topics(session, settings.topics)
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` names this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_about_plain_http(settings: Settings) -> None:
+    """One warning when recipients reach the service over http:// from elsewhere: the big
+    providers (Gmail, GMX, WEB.DE, T-Online) offer one-click unsubscribing (RFC 8058) only for
+    HTTPS links."""
+    url = settings.mail.public_base_url
+    if url.startswith("http://") and not is_loopback_url(url):
+        logger.warning(
+            "[mail] public_base_url %s verwendet http://: Abmelden mit einem Klick "
+            "(List-Unsubscribe-Post) setzt bei den E-Mail-Anbietern HTTPS voraus.",
+            url,
+        )
 
 
 ROLES = ("sender", "scheduler", "web")
@@ -96,6 +122,8 @@ class Service:
         settings = self.settings
         loop = asyncio.get_running_loop()
         limit_malloc_arenas()
+        if self.parent_pid is None:  # a helper's parent has warned already
+            warn_about_plain_http(settings)
         async with AsyncExitStack() as stack:
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):

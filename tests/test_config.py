@@ -312,3 +312,24 @@ def test_allowed_domains_are_compared_in_their_idna_form(tmp_path: Path) -> None
 
     idna = "bürgermeister.de".encode("idna").decode("ascii")
     assert settings.web.allowed_domains == [idna, "vg-pruem.example"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("feedback_id", "a:b c:id"),
+        ("feedback_id", "a:b\r\nBcc: x@example.org"),
+        ("unsubscribe_mailto", "ab@kreis.example?subject=x"),
+        ("unsubscribe_mailto", "kein-at-zeichen"),
+    ],
+)
+def test_feedback_id_and_unsubscribe_mailto_are_checked(
+    tmp_path: Path, key: str, value: str
+) -> None:
+    assert load_settings(REPO_CONFIG, environ={}).mail.feedback_id == ""
+    assert load_settings(REPO_CONFIG, environ={}).mail.unsubscribe_mailto == ""
+    data = repo_config()
+    data["mail"][key] = value
+    error = config_error(write_toml(tmp_path / "config.toml", data))
+
+    assert error.key == f"mail.{key}"

@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -99,6 +100,42 @@ async def test_temporary_failure_is_retried_with_backoff(seeded: Project) -> Non
         assert (await states(db))["p1@vg-arzfeld.example"][0] is OutboxState.sent
         await sender.close()
     assert len(seeded.smtp.messages()) == 6
+
+
+async def send_all(project: Project) -> dict[str, str]:
+    """Release and send what is due in ``project``; the Message-ID each recipient got."""
+    clock = Clock()
+    before = len(project.smtp.messages())
+    async with Database(project.settings.database_url) as db:
+        await release_due(db, clock())
+        sender = await sender_for(project, db, clock)
+        handled = await sender.run_once()
+        await sender.close()
+    sent = project.smtp.messages()[before:]
+    assert handled == len(sent) == 6
+    return {m.rcpt_tos[0]: str(m.message["Message-ID"]) for m in sent}
+
+
+async def test_message_ids_differ_between_databases_and_repeat_for_a_row(
+    seeded: Project, tmp_path: Path
+) -> None:
+    # A second installation with the same people and announcement: the same outbox ids.
+    (tmp_path / "zwei").mkdir()
+    other = Project(tmp_path / "zwei", seeded.smtp)
+    other.seed(other.write("people.csv", PEOPLE))
+    other.cli("announce", other.write("a.md", NOTE))
+    database = seeded.root / "var" / "test.db"
+    shutil.copyfile(database, tmp_path / "before.db")
+
+    first = await send_all(seeded)
+    second = await send_all(other)
+    assert sorted(i.split(".")[0] for i in first.values()) == [f"<{n}" for n in range(1, 7)]
+    assert sorted(i.split(".")[0] for i in second.values()) == [f"<{n}" for n in range(1, 7)]
+    assert not set(first.values()) & set(second.values())
+    # The same rows sent again from a restored copy (as after a crash before their outcome was
+    # written): each keeps its Message-ID.
+    shutil.copyfile(tmp_path / "before.db", database)
+    assert await send_all(seeded) == first
 
 
 async def test_permanent_failure_fails_only_that_recipient(seeded: Project) -> None:

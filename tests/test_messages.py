@@ -62,6 +62,9 @@ def normalised(data: bytes) -> tuple[Any, ...]:
             "Reply-To",
             "Message-ID",
             "List-Id",
+            "List-Unsubscribe",
+            "List-Unsubscribe-Post",
+            "Feedback-ID",
             "Precedence",
             "Auto-Submitted",
             "MIME-Version",
@@ -105,6 +108,8 @@ def prepared_messages(renderer: Renderer) -> list[Prepared]:
         renderer.prepare_briefing(
             Rhythm.weekly, [item(ItemKind.announcement), update, event], None
         ),
+        renderer.prepare_service("confirm"),
+        renderer.prepare_service("links"),
     ]
 
 
@@ -116,6 +121,49 @@ def test_fast_messages_equal_the_straightforward_ones(renderer: Renderer) -> Non
             assert normalised(fast) == normalised(plain.as_bytes()), (prepared.subject, recipient)
             assert max(len(line) for line in fast.split(b"\r\n")) <= 998
             assert b"\n" not in fast.replace(b"\r\n", b"")  # CRLF only
+
+
+LIST_HEADERS = ("List-Id", "List-Unsubscribe", "List-Unsubscribe-Post", "Precedence", "Feedback-ID")
+
+
+@pytest.mark.parametrize("extras", [False, True])
+def test_only_bulk_mail_carries_list_headers(project: Project, extras: bool) -> None:
+    # The sign-up confirmation and the personal-link mail are transactional: no list headers,
+    # even for a recipient with an unsubscribe link; newsletters keep them (and, when
+    # configured, the feedback id and the mailto address), on both paths alike.
+    if extras:
+        project.write_config(
+            {
+                "mail": {
+                    "feedback_id": "ankuendigung:kreis:ev",
+                    "unsubscribe_mailto": "ab@kreis.example",
+                }
+            }
+        )
+    renderer = Renderer(project.settings)
+    linked = RECIPIENTS[1]
+    for prepared in prepared_messages(renderer):
+        for data in (
+            renderer.build_bytes(prepared, linked, message_id="<1.a@x.example>", date=NOW),
+            renderer.build(prepared, linked, message_id="<1.a@x.example>", date=NOW).as_bytes(),
+        ):
+            msg = message_from_bytes(data, policy=policy.default)
+            present = {name: str(msg[name]) for name in LIST_HEADERS if name in msg}
+            if prepared.template.startswith("service_"):
+                assert present == {}, prepared.template
+                continue
+            unsubscribe = f"<{linked.unsubscribe_url}>"
+            if extras:
+                unsubscribe += ", <mailto:ab@kreis.example?subject=unsubscribe>"
+            expected = {
+                "List-Id": "EIFELKREIS VERBINDET <newsletter.eifelkreis-verbindet.example>",
+                "List-Unsubscribe": unsubscribe,
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                "Precedence": "bulk",
+            }
+            if extras:
+                expected["Feedback-ID"] = "ankuendigung:kreis:ev"
+            assert present == expected, prepared.template
 
 
 def test_the_skeleton_is_rendered_once_per_message_kind(renderer: Renderer) -> None:

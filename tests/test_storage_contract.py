@@ -402,3 +402,25 @@ async def test_leader_lock_has_one_holder_and_passes_on(backend: str) -> None:
     finally:
         await db.engine.dispose()
         await other.engine.dispose()
+
+
+# -- installation ----------------------------------------------------------------------------------
+
+
+async def test_the_message_id_key_is_made_once_per_database(store: Project) -> None:
+    db = Database(store.settings.database_url)
+    try:
+        async with db.transaction() as session:
+            made = await queries.message_id_key(session)
+        async with db.transaction() as session:
+            assert await queries.message_id_key(session) == made
+        assert len(made) == 32
+        # A database that lost the row gets a new key instead of failing.
+        async with db.transaction() as session:
+            await session.execute(text("DELETE FROM installation"))
+        async with db.transaction() as session:
+            remade = await queries.message_id_key(session)
+        async with db.transaction() as session:
+            assert await queries.message_id_key(session) == remade != made
+    finally:
+        await db.engine.dispose()

@@ -361,6 +361,16 @@ class SenderStatus(Base):
     updated_at: Mapped[datetime]
 
 
+class InstallationValue(Base):
+    """Values made once per database, such as the secret that keeps this installation's
+    Message-IDs apart from another's (a copy of the database keeps them)."""
+
+    __tablename__ = "installation"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
 class AuditEntry(Base):
     """Who changed what, when: imports, announcements, cancellations, organisation syncs."""
 

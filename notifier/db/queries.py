@@ -14,6 +14,7 @@ single statement that re-checks its condition on the row it changes (``UPDATE â€
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,6 +52,7 @@ from .models import (
     BriefingQueue,
     Digest,
     DigestItem,
+    InstallationValue,
     Item,
     ItemKind,
     ItemStatus,
@@ -825,6 +827,26 @@ async def smtp_size_limit(session: AsyncSession) -> int | None:
     recorded (senders keep theirs up to a day after they end), if any."""
     value = await session.scalar(select(func.min(SenderStatus.max_size)))
     return int(value) if value else None
+
+
+MESSAGE_ID_KEY = "message_id_key"
+
+
+async def message_id_key(session: AsyncSession) -> bytes:
+    """This database's secret for Message-IDs (32 bytes). Migration 0010 makes it; a database
+    that lost the row gets a new one here (the first writer wins). A copy of the database keeps
+    it, so a restored installation keeps its Message-IDs; two databases have different ones."""
+    query = select(InstallationValue.value).where(InstallationValue.key == MESSAGE_ID_KEY)
+    value = await session.scalar(query)
+    if value is None:
+        await session.execute(
+            _insert(session)(InstallationValue)
+            .values(key=MESSAGE_ID_KEY, value=secrets.token_hex(32))
+            .on_conflict_do_nothing()
+        )
+        value = await session.scalar(query)
+        assert value is not None
+    return bytes.fromhex(value)
 
 
 async def open_count(session: AsyncSession) -> int:

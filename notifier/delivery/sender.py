@@ -38,7 +38,7 @@ from ..errors import (
     TemporaryDeliveryError,
 )
 from ..links import Links
-from ..rendering import Prepared, Recipient, Renderer
+from ..rendering import MessageIds, Prepared, Recipient, Renderer
 from .health import SmtpHealth, Trouble
 from .ratelimit import SharedRateLimiter
 from .transport import SmtpTransport
@@ -113,6 +113,7 @@ class Sender:
         self._stop_event = asyncio.Event()
         # Prepared messages by item, notice and version: an event that changed is prepared anew.
         self._prepared: dict[tuple[int, str, int, str | None], Prepared] = {}
+        self._message_ids: MessageIds | None = None  # keyed with the database's secret, once
         self._transports = [transports() for _ in range(self.delivery.connections)]
         # Room for a whole batch: the next claim (a database round trip, perhaps waiting for
         # another process's transaction) happens while the connections still have work.
@@ -294,6 +295,10 @@ class Sender:
         # with a turn for the connections after each message: the first messages leave sooner.
         # So does a probe while the SMTP server is unreachable.
         resuming = self._resuming or self._smtp.outage is not None
+        if self._message_ids is None:
+            async with self.db.transaction() as session:
+                key = await queries.message_id_key(session)
+            self._message_ids = MessageIds(self.settings.mail.domain, key)
         size = min(limit, 4 * len(self._transports)) if resuming else limit
         rows = await self.db.write(
             lambda connection: queries.claim_batch(connection, now, size, lease, owner)
@@ -536,7 +541,8 @@ class Sender:
     ) -> asyncio.Future[None] | None:
         """Send one message; returns the future of its outcome's commit (None: handed back)."""
         claimed = job.claimed
-        message_id = self.renderer.message_id(claimed.id, claimed.subscriber_id)
+        assert self._message_ids is not None  # read before the first claim
+        message_id = self._message_ids(claimed.id, claimed.subscriber_id)
         data = self._build(job, message_id)
         if data is None:
             return None
