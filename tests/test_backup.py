@@ -139,6 +139,7 @@ def test_an_older_backup_is_migrated_when_the_service_starts(project: Project) -
     # A backup made before the newest migration: the database as 0008 left it.
     with sqlite3.connect(project.root / "var" / "test.db") as db:
         db.execute("DROP TABLE sender_status")
+        db.execute("DROP TABLE installation")
         db.execute("UPDATE alembic_version SET version_num = '0008'")
     project.cli("db", "backup", older)
     restored = project.cli("db", "restore", older)
