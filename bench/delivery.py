@@ -742,6 +742,8 @@ def make_project(
     config["smtp"] = {**smtp, "catcher": False, "host": HOST, "port": port, "tls": "none"}
     config["catcher"] = {**config.get("catcher", {}), "directory": str(folder / "mails")}
     config["paths"] = {**config.get("paths", {}), "templates": str(REPO / "templates")}
+    if "legal" in config:  # the example texts of the checkout, as the templates
+        config["legal"] = {k: str(REPO / v) for k, v in config["legal"].items()}
     if "web" in config:  # the web application runs as it does by default, on a free port
         config["web"] = {**config["web"], "port": 0}
     wanted = dict(delivery)
