@@ -1,8 +1,10 @@
 """Logins of the project office and bearer tokens of the JSON API.
 
 Passwords are hashed with argon2 (argon2-cffi); API tokens are random and only their SHA-256 is
-stored, so neither can be read back from the database. Repeated failed logins lock an account for
-a while (``[web] login_max_failures``, ``login_lockout_minutes``).
+stored, so neither can be read back from the database. Failed logins are throttled per client
+address and name with growing waits (``[web] login_max_failures``, ``login_max_delay_minutes``);
+the account itself is never locked, so nobody can keep the office out by guessing. Passwords must
+be long and not easy to guess (zxcvbn, which ships lists of common passwords, names and words).
 """
 
 from __future__ import annotations
@@ -17,17 +19,26 @@ from datetime import datetime, timedelta
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import audit
 from .config import WebSettings
-from .db.models import ApiToken, User
+from .db.models import ApiToken, LoginThrottle, User
+from .db.queries import count_login_failure
 from .errors import FieldError, NotFoundError
 
 _hasher = PasswordHasher()
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,99}$")
 MIN_PASSWORD = 10
+MAX_PASSWORD = 200
+# zxcvbn's score from 0 (among the most common passwords) to 4; 3 means "safely unguessable"
+# for an online attack, which is what a login page faces.
+MIN_PASSWORD_SCORE = 3
+# Failures from one address over all names that start the wait, per failure allowed for a name.
+ADDRESS_FACTOR = 10
+# Rows of failures older than this are forgotten.
+THROTTLE_MEMORY = timedelta(days=1)
 TOKEN_PREFIX = "ntf_"  # noqa: S105 (a prefix that tells a token apart, not a secret)
 
 
@@ -40,14 +51,33 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+def check_password(password: str, *, user_inputs: tuple[str, ...] = ()) -> None:
+    """Raises :class:`FieldError` for a password that is too short, too long or easy to guess:
+    a common password, a word or name with small changes, a keyboard row, a date, or the user's
+    own name or address (``user_inputs``)."""
+    from zxcvbn import zxcvbn  # its dictionaries take a moment to load; only here
+
+    if len(password) < MIN_PASSWORD:
+        raise FieldError("password", f"zu kurz (mindestens {MIN_PASSWORD} Zeichen)")
+    if len(password) > MAX_PASSWORD:
+        raise FieldError("password", f"zu lang (höchstens {MAX_PASSWORD} Zeichen)")
+    found = zxcvbn(password, user_inputs=[i for i in user_inputs if i])
+    if found["score"] < MIN_PASSWORD_SCORE:
+        raise FieldError(
+            "password",
+            "zu leicht zu erraten (ein häufiges Passwort, ein Wort oder Name mit kleinen "
+            "Änderungen, eine Tastaturfolge, ein Datum oder der eigene Name); bitte eine "
+            "längere Folge mehrerer Wörter wählen",
+        )
+
+
 async def add_user(
     session: AsyncSession, name: str, password: str, *, email: str = "", actor: str, now: datetime
 ) -> User:
     """A new office login; raises :class:`FieldError` for a bad name, a short password or a
     name that is taken."""
     _check_name(name)
-    if len(password) < MIN_PASSWORD:
-        raise FieldError("password", f"zu kurz (mindestens {MIN_PASSWORD} Zeichen)")
+    check_password(password, user_inputs=(name, email, email.partition("@")[0]))
     if await session.scalar(select(User.id).where(User.name == name)) is not None:
         raise FieldError("name", f"{name!r} gibt es schon")
     user = User(name=name, email=email, password_hash=hash_password(password), created_at=now)
@@ -60,41 +90,85 @@ async def add_user(
 @dataclass(frozen=True)
 class LoginResult:
     user: User | None
-    locked_until: datetime | None = None
+    # Set when the attempt was not even checked: the client must wait until then.
+    wait_until: datetime | None = None
+
+
+def _throttle_keys(client: str, name: str) -> tuple[str, str]:
+    """Keys of the (address, name) and the (address) counters; hashes, so that the table holds
+    neither the address nor what was typed as a name."""
+    by_name = hashlib.sha256(f"name\0{client}\0{name.casefold()}".encode()).hexdigest()
+    by_address = hashlib.sha256(f"address\0{client}".encode()).hexdigest()
+    return by_name, by_address
+
+
+def _wait(failures: int, allowed: int, settings: WebSettings) -> timedelta | None:
+    """2, 4, 8 … seconds for each failure beyond ``allowed``, at most the configured maximum."""
+    beyond = failures - allowed
+    if beyond < 0:
+        return None
+    seconds = min(2.0 ** min(beyond + 1, 30), settings.login_max_delay_minutes * 60)
+    return timedelta(seconds=seconds)
 
 
 async def check_login(
-    session: AsyncSession, name: str, password: str, *, settings: WebSettings, now: datetime
+    session: AsyncSession,
+    name: str,
+    password: str,
+    *,
+    client: str,
+    settings: WebSettings,
+    now: datetime,
 ) -> LoginResult:
-    """The user if name and password are right and the account is not locked.
+    """The user if name and password are right.
 
-    Every failure counts; after ``login_max_failures`` in a row the account is locked for
-    ``login_lockout_minutes`` (also against the right password). Unknown names cost the same
-    hashing time as known ones, so timing does not tell which names exist.
+    Failures are counted per client address and name, and per address over all names; beyond
+    ``login_max_failures`` (ten times that for the address) the next attempt from there must wait
+    a growing time and is refused unchecked until then. A name that does not exist is counted,
+    throttled and answered exactly like one that does, and costs the same hashing time, so
+    neither the answer nor its timing tells which names exist. The account is never locked: the
+    office logs in from its own address while someone else guesses.
     """
+    by_name, by_address = _throttle_keys(client, name)
+    await session.execute(
+        delete(LoginThrottle).where(LoginThrottle.last_failure_at < now - THROTTLE_MEMORY)
+    )
+    rows = {
+        row.key: row
+        for row in await session.scalars(
+            select(LoginThrottle).where(LoginThrottle.key.in_((by_name, by_address)))
+        )
+    }
+    waits = [row.wait_until for row in rows.values() if row.wait_until and row.wait_until > now]
+    if waits:
+        return LoginResult(None, max(waits))
+
     user = await session.scalar(select(User).where(User.name == name, User.active.is_(True)))
-    if user is None:
+    if user is not None:
+        try:
+            _hasher.verify(user.password_hash, password)
+        except (VerificationError, InvalidHashError):
+            user = None
+        else:
+            if _hasher.check_needs_rehash(user.password_hash):
+                user.password_hash = hash_password(password)
+            user.last_login_at = now
+            if by_name in rows:
+                await session.delete(rows[by_name])
+            return LoginResult(user)
+    else:
         with contextlib.suppress(VerificationError):
             _hasher.verify(_dummy_hash(), password)
-        return LoginResult(None)
-    if user.locked_until is not None and user.locked_until > now:
-        return LoginResult(None, user.locked_until)
-    try:
-        _hasher.verify(user.password_hash, password)
-    except (VerificationError, InvalidHashError):
-        user.failed_logins += 1
-        if user.failed_logins >= settings.login_max_failures:
-            user.locked_until = now + timedelta(minutes=settings.login_lockout_minutes)
-            user.failed_logins = 0
-            await audit.record(session, f"user:{name}", "lock", "user", user.id, {})
-            return LoginResult(None, user.locked_until)
-        return LoginResult(None)
-    if _hasher.check_needs_rehash(user.password_hash):
-        user.password_hash = hash_password(password)
-    user.failed_logins = 0
-    user.locked_until = None
-    user.last_login_at = now
-    return LoginResult(user)
+
+    allowed = settings.login_max_failures
+    for key, limit in ((by_name, allowed), (by_address, allowed * ADDRESS_FACTOR)):
+        failures = await count_login_failure(session, key, now=now)
+        wait = _wait(failures, limit, settings)
+        if wait is not None:
+            await session.execute(
+                update(LoginThrottle).where(LoginThrottle.key == key).values(wait_until=now + wait)
+            )
+    return LoginResult(None)
 
 
 @functools.cache

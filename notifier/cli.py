@@ -243,6 +243,29 @@ def db_restore(ctx: click.Context, file: Path) -> None:
         click.echo(f"Die bisherige Datenbank liegt unter {done.kept}.")
 
 
+def _new_password(given: str | None, *, password_stdin: bool) -> str:
+    """The password of ``users add``: as given, from stdin with ``--password-stdin``, or asked
+    for at a terminal; never read silently from a pipe."""
+    if given is not None and password_stdin:
+        raise click.UsageError("--password und --password-stdin schließen einander aus.")
+    if given is not None:
+        return given
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise click.UsageError(
+            "Die Standardeingabe ist kein Terminal: Passwort mit --password-stdin aus der "
+            "Standardeingabe lesen lassen (oder am Terminal abfragen lassen)."
+        )
+    return str(
+        click.prompt(
+            "Passwort",
+            hide_input=True,
+            confirmation_prompt="Passwort wiederholen",
+        )
+    )
+
+
 @main.group()
 def users() -> None:
     """Anmeldungen des Projektbüros für die Web-Oberfläche."""
@@ -251,18 +274,30 @@ def users() -> None:
 @users.command("add")
 @click.argument("name")
 @click.option("--email", default="", help="Adresse für Test-E-Mails aus der Oberfläche.")
-@click.password_option(
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Das Passwort aus der ersten Zeile der Standardeingabe lesen (für Skripte).",
+)
+@click.option(
     "--password",
-    prompt="Passwort",
-    confirmation_prompt="Passwort wiederholen",
-    help="Wird abgefragt (ohne Anzeige), wenn nicht angegeben.",
+    default=None,
+    help="Das Passwort als Argument (sichtbar in der Prozessliste; besser abfragen lassen).",
 )
 @click.pass_context
 @run_async
-async def users_add(ctx: click.Context, name: str, email: str, password: str) -> None:
-    """Eine Anmeldung NAME anlegen; das Passwort wird mit argon2 gehasht gespeichert."""
+async def users_add(
+    ctx: click.Context, name: str, email: str, password_stdin: bool, password: str | None
+) -> None:
+    """Eine Anmeldung NAME anlegen; das Passwort wird mit argon2 gehasht gespeichert.
+
+    Ohne --password/--password-stdin wird es am Terminal abgefragt (zweimal, ohne Anzeige).
+    Kommt die Standardeingabe nicht von einem Terminal, ist --password-stdin nötig: ein
+    versehentlich umgeleitetes Passwort wird nicht stillschweigend übernommen.
+    """
     from .accounts import add_user
 
+    password = _new_password(password, password_stdin=password_stdin)
     if email:
         email = check_email("--email", email)
     async with await _open(_settings(ctx)) as db, db.transaction() as session:

@@ -244,9 +244,12 @@ class WebSettings(_Section):
         "Informationen von EIFELKREIS VERBINDET per E-Mail zu senden. Ich kann die Einwilligung "
         "jederzeit über den Link in jeder E-Mail widerrufen."
     )
-    # Office logins: after this many failures in a row the account waits lockout_minutes.
+    # Office logins are throttled per client address and name (never the account as a whole):
+    # after login_max_failures failures the next attempt from that address for that name waits
+    # 2, 4, 8 … seconds, at most login_max_delay_minutes; ten times as many failures from one
+    # address over all names throttle the address alike.
     login_max_failures: Annotated[int, Field(ge=1)] = 5
-    login_lockout_minutes: Annotated[float, Field(gt=0)] = 15.0
+    login_max_delay_minutes: Annotated[float, Field(gt=0)] = 15.0
     session_hours: Annotated[float, Field(gt=0)] = 12.0
 
     @field_validator("allowed_domains")

@@ -1,4 +1,4 @@
-"""The project office's console over HTTP against a real ``notifier run``: login and lock-out,
+"""The project office's console over HTTP against a real ``notifier run``: login and throttling,
 the dashboard, announcements from compose to delivery, subscribers, the mail catcher, and the
 security of every form (CSRF, header injection)."""
 
@@ -165,23 +165,60 @@ def test_login_dashboard_catcher_and_logout(web: Callable[..., Web], project: Pr
     assert len(_audit(project, "login")) == 2
 
 
-def test_login_brute_force_locks_the_account(web: Callable[..., Web], project: Project) -> None:
+def _client_from(site: Web, address: str) -> httpx.Client:
+    """A client whose connections come from another loopback address (another office PC)."""
+    transport = httpx.HTTPTransport(local_address=address)
+    return httpx.Client(base_url=site.base, transport=transport, follow_redirects=False)
+
+
+def _login_as(site: Web, client: httpx.Client, name: str, password: str) -> httpx.Response:
+    token = site.csrf("/buero/anmelden", client)
+    data = {"name": name, "password": password, "csrf_token": token}
+    return client.post("/buero/anmelden", data=data)
+
+
+def test_guessing_is_throttled_per_address_and_never_locks_the_office_out(
+    web: Callable[..., Web], project: Project
+) -> None:
     site = _start(web, project, {"web": {"login_max_failures": 3}})
     statuses = [_login(site, f"falsch-{i}-falsch").status_code for i in range(3)]
-    assert statuses == [401, 401, 429]
-    # Locked: the right password does not help either, and no session is made.
-    locked = _login(site)
-    assert locked.status_code == 429
-    assert "Zu viele fehlgeschlagene Anmeldungen" in locked.text and "gesperrt" in locked.text
+    assert statuses == [401, 401, 401]
+    # The guesser's address now waits (2 s after the third failure): the right password is not
+    # even checked from there, and no session is made.
+    throttled = _login(site)
+    assert throttled.status_code == 429, throttled.text
+    assert "Zu viele fehlgeschlagene Anmeldungen" in throttled.text
+    assert 1 <= int(throttled.headers["retry-after"]) <= 2
     assert site.client.get("/buero").status_code == 303
+    # The office, at another address, logs in at once: nobody can keep it out by guessing.
+    with _client_from(site, "127.0.0.2") as office:
+        assert _login_as(site, office, USER, PASSWORD).status_code == 303
+        assert office.get("/buero").status_code == 200
+    # After the wait the right password works from the guesser's address too, and resets it.
+    time.sleep(2.1)
+    assert _login(site).status_code == 303
     with _db(project) as db:
-        assert db.execute("SELECT locked_until IS NOT NULL FROM users").fetchone() == (1,)
-    # Unknown names get the same answer as wrong passwords.
-    token = site.csrf("/buero/anmelden")
-    unknown = site.client.post(
-        "/buero/anmelden", data={"name": "niemand", "password": "x" * 12, "csrf_token": token}
-    )
-    assert unknown.status_code == 401 and "Name oder Passwort ist nicht richtig." in unknown.text
+        stored = db.execute("SELECT key FROM login_throttle").fetchall()
+    # Hashes only: neither the address nor the name typed is stored.
+    assert stored and all(re.fullmatch(r"[0-9a-f]{64}", key) for (key,) in stored)
+
+
+def test_unknown_names_are_answered_and_throttled_like_real_ones(
+    web: Callable[..., Web], project: Project
+) -> None:
+    site = _start(web, project, {"web": {"login_max_failures": 2}})
+    answers: dict[str, list[tuple[int, str]]] = {}
+    for name, address in ((USER, "127.0.0.3"), ("niemand", "127.0.0.4")):
+        with _client_from(site, address) as client:
+            answers[name] = []
+            for i in range(3):
+                reply = _login_as(site, client, name, f"falsch-{i}-falsch")
+                error = re.search(r'id="fehler">.*?<p>(.*?)</p>', reply.text, re.S)
+                text = re.sub(r"\d\d:\d\d:\d\d", "…", error.group(1) if error else "")
+                answers[name].append((reply.status_code, text.strip()))
+    assert [status for status, _ in answers[USER]] == [401, 401, 429]
+    assert answers["niemand"] == answers[USER]
+    assert answers[USER][0][1] == "Name oder Passwort ist nicht richtig."
 
 
 def test_announcement_compose_preview_schedule_edit_deliver_cancel(

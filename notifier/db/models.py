@@ -412,12 +412,26 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime]
-    failed_logins: Mapped[int] = mapped_column(Integer, default=0)
-    locked_until: Mapped[datetime | None]
     last_login_at: Mapped[datetime | None]
     # Sessions that began before this time are over (set by logging out): a copied session
     # cookie stops working too, although the cookie itself is only signed, not stored.
     sessions_from: Mapped[datetime | None]
+
+
+class LoginThrottle(Base):
+    """Failed office logins of one client address, for one name or for all names together.
+
+    ``key`` is a SHA-256 of the address and the name as typed, so the table holds neither, and a
+    name that does not exist is throttled exactly like one that does. Rows of old failures are
+    removed by the next login attempt.
+    """
+
+    __tablename__ = "login_throttle"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(index=True)
+    wait_until: Mapped[datetime | None]
 
 
 class ApiToken(Base):

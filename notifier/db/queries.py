@@ -56,6 +56,7 @@ from .models import (
     Item,
     ItemKind,
     ItemStatus,
+    LoginThrottle,
     Organisation,
     OrgKind,
     OutboxMessage,
@@ -800,6 +801,17 @@ def set_sender_status(
             set_={k: v for k, v in values.items() if k != "owner"},
         )
     )
+
+
+async def count_login_failure(session: AsyncSession, key: str, *, now: datetime) -> int:
+    """One more failed login under ``key`` (inserted or incremented in one statement, so two
+    attempts at the same moment both count); returns the failures so far."""
+    stmt = _insert(session)(LoginThrottle).values(key=key, failures=1, last_failure_at=now)
+    stmt = stmt.on_conflict_do_update(
+        index_elements=[LoginThrottle.key],
+        set_={"failures": LoginThrottle.failures + 1, "last_failure_at": now},
+    ).returning(LoginThrottle.failures)
+    return int((await session.execute(stmt)).scalar_one())
 
 
 def drop_sender_status(connection: Connection, *, older_than: datetime) -> None:

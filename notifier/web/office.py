@@ -6,6 +6,7 @@ announcement and subscriber pages live in :mod:`.office_announcements` and
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import secrets
 from email.message import EmailMessage
@@ -16,7 +17,7 @@ from fastapi.responses import RedirectResponse
 from starlette.exceptions import HTTPException
 
 from .. import audit
-from ..accounts import check_login
+from ..accounts import MAX_PASSWORD, check_login
 from ..catcher import CaughtMail
 from ..db import queries, reports
 from ..db.models import OutboxState, SubscriberStatus, User
@@ -36,7 +37,7 @@ from .officekit import (
 
 __all__ = ["router"]
 
-# A failed login waits this long before the answer: guessing gets slow even before the lock.
+# A failed login waits this long before the answer: guessing gets slow even before throttling.
 FAILED_LOGIN_DELAY = 0.5
 DAYS_SHOWN = 7
 
@@ -78,14 +79,19 @@ async def login(request: Request) -> Response:
     name = field(form, "name").strip()[:100]
     target = _next_page(field(form, "next"))
     now = ctx.clock()
+    client = request.client.host if request.client else "unbekannt"
     async with ctx.db.transaction() as session:
         result = await check_login(
-            session, name, field(form, "password"), settings=ctx.settings.web, now=now
+            session,
+            name,
+            field(form, "password")[:MAX_PASSWORD],
+            client=client,
+            settings=ctx.settings.web,
+            now=now,
         )
         user = result.user
         user_id, user_name = (user.id, user.name) if user is not None else (0, "")
         if user is not None:
-            client = request.client.host if request.client else "unbekannt"
             await audit.record(
                 session, f"office:{user_name}", "login", "user", user_id, {"ip": client}
             )
@@ -102,22 +108,26 @@ async def login(request: Request) -> Response:
         )
         return RedirectResponse(target, 303)
     await asyncio.sleep(FAILED_LOGIN_DELAY)
-    if result.locked_until is not None:
-        until = result.locked_until.astimezone(ctx.settings.scheduler.tz).strftime("%H:%M")
+    if result.wait_until is not None:
+        until = result.wait_until.astimezone(ctx.settings.scheduler.tz).strftime("%H:%M:%S")
         error = (
-            "Zu viele fehlgeschlagene Anmeldungen: Die Anmeldung ist bis "
-            f"{until} Uhr gesperrt. Bitte versuchen Sie es danach noch einmal."
+            "Zu viele fehlgeschlagene Anmeldungen von Ihrem Anschluss: Bitte warten Sie bis "
+            f"{until} Uhr, bevor Sie es noch einmal versuchen."
         )
         status = 429
     else:
         error = "Name oder Passwort ist nicht richtig."
         status = 401
-    return page(
+    response = page(
         request,
         "office/login.html",
         {"name": name, "error": error, "next": target, "message": ""},
         status=status,
     )
+    if result.wait_until is not None:
+        wait = max(1, math.ceil((result.wait_until - now).total_seconds()))
+        response.headers["Retry-After"] = str(wait)
+    return response
 
 
 @router.post("/abmelden")
