@@ -250,6 +250,11 @@ class WebSettings(_Section):
     # address over all names throttle the address alike.
     login_max_failures: Annotated[int, Field(ge=1)] = 5
     login_max_delay_minutes: Annotated[float, Field(gt=0)] = 15.0
+    # The largest request body per route class, refused with 413 while it is read (before
+    # login checks and parsing): forms, the office's CSV upload, the JSON API.
+    max_form_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 20_000_000
+    max_json_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
     session_hours: Annotated[float, Field(gt=0)] = 12.0
 
     @field_validator("allowed_domains")

@@ -34,6 +34,7 @@ from ..db import Database
 from ..legal import LegalPages, load_legal_pages
 from ..links import Links, secret_key
 from ..rendering import german_date, german_datetime
+from .limits import BodyLimit
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ _TITLES = {
     404: "Seite nicht gefunden",
     405: "Nicht erlaubt",
     410: "Link nicht mehr gültig",
+    413: "Anfrage zu groß",
     422: "Ungültige Angaben",
     429: "Zu viele Versuche",
     500: "Interner Fehler",
@@ -238,6 +240,9 @@ def create_app(
         wake=wake,
         mails=mails,
     )
+    # Innermost of the middleware: the session is there for the German 413 page; the routes,
+    # their login checks and their parsers come after it.
+    app.add_middleware(BodyLimit, settings=settings.web)
     app.add_middleware(
         SessionMiddleware,
         secret_key=key.decode(),

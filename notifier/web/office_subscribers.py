@@ -35,7 +35,6 @@ from .officekit import (
 from .params import PageNo, RowId
 
 PAGE_SIZE = 50
-MAX_UPLOAD = 5 * 2**20
 FIELD_LABELS = {
     "email": "E-Mail-Adresse",
     "name": "Name",
@@ -176,14 +175,8 @@ async def import_upload(request: Request, user: CurrentUser) -> Response:
             request, user, {"error": "Bitte eine CSV-Datei wählen.", "dry_run": dry_run}, 422
         )
     filename = Path(upload.filename).name
-    data = await upload.read(MAX_UPLOAD + 1)
-    if len(data) > MAX_UPLOAD:
-        return _import_page(
-            request,
-            user,
-            {"error": "Die Datei ist größer als 5 MB.", "filename": filename, "dry_run": dry_run},
-            422,
-        )
+    # The body limit (``[web] max_upload_bytes``) has held the whole request to its size.
+    data = await upload.read()
     path = await asyncio.to_thread(_write_temp, data)
     try:
         async with ctx.db.transaction() as session:

@@ -1,0 +1,141 @@
+"""Request body limits, enforced while the body is read: before the session's routes see it,
+before authentication and before any parsing (form, multipart, JSON).
+
+Each route class has its own limit (``[web] max_form_bytes``, ``max_upload_bytes`` for the
+office's CSV import, ``max_json_bytes`` for the API). A ``Content-Length`` over the limit is
+answered 413 at once, without reading a byte of the body; a body without a length (chunked) is
+read into memory up to the limit and answered 413 as soon as it goes over, so neither memory nor
+the disk (multipart spools files) takes more than the limit per request.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ..config import WebSettings
+
+RouteClass = Literal["form", "upload", "json"]
+
+# The one place where a file is uploaded: the office's CSV import.
+UPLOAD_PATHS = frozenset({"/buero/abonnenten/import"})
+_NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def route_class(path: str) -> RouteClass:
+    if path.startswith("/api/"):
+        return "json"
+    if path in UPLOAD_PATHS:
+        return "upload"
+    return "form"
+
+
+def limit_of(settings: WebSettings, kind: RouteClass) -> int:
+    return {
+        "form": settings.max_form_bytes,
+        "upload": settings.max_upload_bytes,
+        "json": settings.max_json_bytes,
+    }[kind]
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware that answers 413 for a body over its route class's limit."""
+
+    def __init__(self, app: ASGIApp, settings: WebSettings) -> None:
+        self.app = app
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in _NO_BODY:
+            await self.app(scope, receive, send)
+            return
+        kind = route_class(scope["path"])
+        limit = limit_of(self.settings, kind)
+        length = _content_length(scope)
+        if length is not None and length > limit:
+            await _refuse(scope, receive, send, kind, limit)
+            return
+        if length is None:
+            # No length given: read (at most the limit) before the application runs.
+            try:
+                body = await _read_up_to(receive, limit)
+            except _TooLarge:
+                await _refuse(scope, receive, send, kind, limit)
+                return
+            await self.app(scope, _replay(body, receive), send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _read_up_to(receive: Receive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    sent = False
+
+    async def replayed() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replayed
+
+
+def _megabytes(limit: int) -> str:
+    if limit >= 1_000_000:
+        return f"{limit / 1_000_000:.3g}".replace(".", ",") + " MB"
+    return f"{max(1, limit // 1000)} kB"
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, kind: RouteClass, limit: int) -> None:
+    from fastapi.responses import JSONResponse
+
+    from .app import page
+
+    what = {"form": "Das Formular", "upload": "Die Datei", "json": "Der Inhalt"}[kind]
+    detail = f"{what} ist zu groß (höchstens {_megabytes(limit)})."
+    # The connection closes after the answer: the rest of the body is never read.
+    headers = {"Connection": "close"}
+    if kind == "json":
+        response = JSONResponse({"detail": detail}, 413, headers=headers)
+    else:
+        response = page(
+            Request(scope, receive),
+            "error.html",
+            {"title": "Anfrage zu groß", "detail": detail},
+            status=413,
+        )
+        response.headers.update(headers)
+    await response(scope, receive, send)
