@@ -120,7 +120,7 @@ def _megabytes(limit: int) -> str:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, kind: RouteClass, limit: int) -> None:
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
 
     from .app import page
 
@@ -128,6 +128,7 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, kind: RouteClass, 
     detail = f"{what} ist zu groß (höchstens {_megabytes(limit)})."
     # The connection closes after the answer: the rest of the body is never read.
     headers = {"Connection": "close"}
+    response: Response
     if kind == "json":
         response = JSONResponse({"detail": detail}, 413, headers=headers)
     else:
