@@ -255,6 +255,13 @@ class WebSettings(_Section):
     max_form_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
     max_upload_bytes: Annotated[int, Field(ge=1024)] = 20_000_000
     max_json_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
+    # Confirmation mails of the public sign-up form (a sign-up beyond a limit sends nothing and
+    # looks the same to the visitor): per client address and hour, per recipient domain and
+    # hour, per mailbox (plus-addresses count as one) and day, and for the whole service per hour.
+    signup_per_client_per_hour: Annotated[int, Field(ge=1)] = 10
+    signup_per_domain_per_hour: Annotated[int, Field(ge=1)] = 100
+    signup_per_mailbox_per_day: Annotated[int, Field(ge=1)] = 3
+    signup_per_hour: Annotated[int, Field(ge=1)] = 500
     session_hours: Annotated[float, Field(gt=0)] = 12.0
 
     @field_validator("allowed_domains")

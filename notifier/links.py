@@ -65,10 +65,10 @@ class Links:
         self.base = settings.mail.public_base_url.rstrip("/")
         self.confirm_seconds = int(settings.web.confirm_hours * 3600)
         self.link_seconds = int(settings.web.link_days * 86400)
+        # Also keys hashes that must not be reversible by a reader of the database.
+        self.key = key if key is not None else secret_key(settings)
         self._signers = {
-            purpose: URLSafeTimedSerializer(
-                key if key is not None else secret_key(settings), salt=f"notifier-{purpose}"
-            )
+            purpose: URLSafeTimedSerializer(self.key, salt=f"notifier-{purpose}")
             for purpose in (CONFIRM, PERSONAL)
         }
 

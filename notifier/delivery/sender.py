@@ -366,7 +366,10 @@ class Sender:
             # unsubscribe links, the subscription may not exist yet.
             recipient = Recipient(
                 email=claimed.email,
-                name=claimed.name,
+                # The confirmation goes to an address that nobody has confirmed yet: it repeats
+                # no text typed into the form (neither in the greeting nor in To), so the form
+                # cannot carry someone's message into a county-branded mail.
+                name="" if claimed.notice == "confirm" else claimed.name,
                 organisation=claimed.organisation,
                 topics=self.renderer.topic_list(keys),
                 confirm_url=self.links.confirm_url(claimed.subscriber_id, claimed.version),

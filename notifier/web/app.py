@@ -75,8 +75,11 @@ def csrf_token(request: Request) -> str:
     return token
 
 
-async def checked_form(request: Request) -> FormData:
-    """The submitted form, after checking its CSRF token; a missing or wrong one is 403."""
+async def checked_form(request: Request, *, once: bool = False) -> FormData:
+    """The submitted form, after checking its CSRF token; a missing or wrong one is 403.
+
+    ``once``: the token serves this one post; the session gets a new one (the page answering
+    the post carries it), so a script cannot post the form again and again with one token."""
     form = await request.form()
     sent = form.get(CSRF_FIELD)
     expected = request.session.get("csrf")
@@ -90,6 +93,8 @@ async def checked_form(request: Request) -> FormData:
             "Das Formular ist abgelaufen oder stammt nicht von dieser Seite. Bitte laden Sie die "
             "Seite neu und senden Sie es noch einmal.",
         )
+    if once:
+        request.session["csrf"] = secrets.token_urlsafe(32)
     return form
 
 

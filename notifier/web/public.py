@@ -4,6 +4,7 @@ privacy notice (``/datenschutz``) and the accessibility statement (``/barrierefr
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +19,15 @@ from ..db.models import Organisation, OrgKind, Subscriber, SubscriberStatus
 from ..errors import FieldError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, SUBSCRIBER_LABELS
 from ..links import CONFIRM, PERSONAL, LinkError, LinkTarget
+from ..signup_limits import allow_signup_mail
 from .app import checked_form, context_of, page
 from .forms import field, fields, submitted_subscriber, subscriber_values
 
 router = APIRouter(include_in_schema=False)
+logger = logging.getLogger(__name__)
+
+# A field that people do not see (hidden by CSS and from screen readers) and programs fill in.
+HONEYPOT = "homepage"
 
 
 @dataclass(frozen=True)
@@ -124,9 +130,15 @@ async def signup_form(request: Request) -> Response:
 @router.post("/anmelden")
 async def signup(request: Request) -> Response:
     ctx = context_of(request)
-    form = await checked_form(request)
+    form = await checked_form(request, once=True)
+    if field(form, HONEYPOT):
+        # Only a program fills in the field that people do not see: it is told what anyone
+        # is told, and nothing is stored or sent.
+        logger.info("sign-up refused: the hidden field was filled in")
+        return _signup_done(request)
     errors: dict[str, str] = {}
     now = ctx.clock()
+    queued = False
     async with ctx.db.transaction() as session:
         context = await _form_context(request, session)
         orgs = {o.id: o for o in (await session.scalars(select(Organisation))).all()}
@@ -141,7 +153,18 @@ async def signup(request: Request) -> Response:
             errors[exc.field] = exc.problem
         if field(form, "consent") != "1":
             errors["consent"] = "Bitte stimmen Sie der Einwilligung zu."
-        if not errors and choices is not None:
+        if (
+            not errors
+            and choices is not None
+            and await allow_signup_mail(
+                session,
+                ctx.settings.web,
+                client=_ip(request),
+                address=check_email("email", field(form, "email")),
+                key=ctx.links.key,
+                now=now,
+            )
+        ):
             queued = await selfservice.sign_up(
                 session,
                 field(form, "email"),
@@ -164,7 +187,12 @@ async def signup(request: Request) -> Response:
         )
     if queued:
         ctx.wake()
-    return page(request, "public/signup_done.html", {"hours": ctx.settings.web.confirm_hours})
+    return _signup_done(request)
+
+
+def _signup_done(request: Request) -> Response:
+    hours = context_of(request).settings.web.confirm_hours
+    return page(request, "public/signup_done.html", {"hours": hours})
 
 
 # -- personal links --------------------------------------------------------------------------
