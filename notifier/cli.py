@@ -27,7 +27,7 @@ from .clock import utcnow
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .db import Database, queries
 from .db import backup as backups
-from .db.failures import database_error
+from .db.failures import database_error, where
 from .db.models import Item, ItemStatus, OutboxState, SourceState
 from .errors import ConfigError, FileError, NotFoundError, NotifierError, megabytes, os_reason
 from .labels import FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS, smtp_state
@@ -201,7 +201,7 @@ async def migrate(ctx: click.Context) -> None:
 
 @main.group()
 def db() -> None:
-    """Sicherung und Wiederherstellung der SQLite-Datenbank."""
+    """Sicherung und Wiederherstellung der SQLite-Datenbank, Umzug nach PostgreSQL."""
 
 
 def _counts(checked: backups.Checked) -> str:
@@ -241,6 +241,39 @@ def db_restore(ctx: click.Context, file: Path) -> None:
     )
     if done.kept is not None:
         click.echo(f"Die bisherige Datenbank liegt unter {done.kept}.")
+
+
+@db.command("copy")
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="URL",
+    help="Die leere PostgreSQL-Datenbank: postgresql+asyncpg://BENUTZER@HOST:5432/DATENBANK.",
+)
+@click.pass_context
+@run_async
+async def db_copy(ctx: click.Context, target: str) -> None:
+    """Die SQLite-Datenbank vollständig nach PostgreSQL kopieren (nur bei beendetem Dienst).
+
+    Danach [database] url auf die PostgreSQL-Datenbank stellen."""
+    from .db import copy as copying
+
+    source = _settings(ctx).database_url
+    click.echo(f"Kopiere {where(source)} nach {where(target)} …")
+    try:
+        copied = await copying.copy_database(source, target)
+    except copying.CountMismatchError as exc:
+        for line in copying.summary(exc.copied):
+            click.echo(line)
+        raise
+    for line in copying.summary(copied):
+        click.echo(line)
+    rows = sum(t.target for t in copied.tables)
+    click.echo(
+        f"{len(copied.tables)} Tabellen, {rows} Zeilen kopiert; die Zahlen stimmen überein. "
+        "Stellen Sie jetzt [database] url auf die PostgreSQL-Datenbank um."
+    )
 
 
 @main.group()
