@@ -141,7 +141,7 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
                 sys.exit(2)
         return loaded[0]
 
-    ctx.obj = {"settings": settings, "loaded": loaded, "verbose": verbose}
+    ctx.obj = {"settings": settings, "loaded": loaded, "verbose": verbose, "config": config_path}
 
 
 @main.command()
@@ -274,6 +274,35 @@ async def db_copy(ctx: click.Context, target: str) -> None:
         f"{len(copied.tables)} Tabellen, {rows} Zeilen kopiert; die Zahlen stimmen überein. "
         "Stellen Sie jetzt [database] url auf die PostgreSQL-Datenbank um."
     )
+
+
+@main.command()
+@click.pass_context
+@run_async
+async def doctor(ctx: click.Context) -> None:
+    """Konfiguration und Umgebung prüfen: Datenbank, SMTP, Vorlagen, Adresse, Pfade, Quellen.
+
+    Gibt eine Checkliste mit ✓/✗ aus und zu jedem ✗, was zu tun ist; Rückgabewert 1 bei einem ✗."""
+    from . import doctor as checks
+
+    config: Path = ctx.obj["config"]
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        click.echo(f"✗ Konfiguration {config}: {exc}")
+        click.echo(
+            "    → Korrigieren Sie die genannte Stelle; config.toml beschreibt jeden Schlüssel."
+        )
+        sys.exit(1)
+    click.echo(f"✓ Konfiguration {settings.config_file} geladen")
+    findings = await checks.run_checks(settings)
+    for line in checks.lines(findings):
+        click.echo(line)
+    problems = sum(1 for f in findings if not f.ok)
+    if problems:
+        click.echo(f"{problems} {'Problem' if problems == 1 else 'Probleme'} gefunden.")
+        sys.exit(1)
+    click.echo("Alles in Ordnung.")
 
 
 @main.group()

@@ -203,8 +203,11 @@ async def _emails_of(url: str, subject: str) -> list[tuple[str]]:
 def test_a_target_that_is_not_empty_is_refused(project: Project, postgres_url: str) -> None:
     project.seed()
     project.cli("db", "copy", "--to", postgres_url)
-    again = project.cli("db", "copy", "--to", postgres_url, ok=False)
+    # (The test server trusts every login: a password in the URL is accepted and ignored.)
+    with_password = postgres_url.replace("@", ":geheim@", 1)
+    again = project.cli("db", "copy", "--to", with_password, ok=False)
     assert again.exit_code == 1
+    assert "geheim" not in again.output and "***" in again.output, again.output
     assert "ist nicht leer: Tabelle audit_log enthält 13 Zeilen" in again.output, again.output
     assert "Fehler:" in again.output
 
