@@ -10,7 +10,6 @@ no message sent.
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
@@ -173,8 +172,8 @@ async def check_smtp(settings: Settings) -> Sequence[Finding]:
             found.append(
                 failed(
                     f"SMTP: Anmeldung an {where} nicht möglich ({reason})",
-                    "Der Server bietet nach STARTTLS keine Anmeldung an: [smtp] tls und user "
-                    "prüfen.",
+                    "Prüfen Sie [smtp] tls und user: viele Server bieten die Anmeldung erst "
+                    'nach STARTTLS an (tls = "starttls" mit Port 587).',
                 )
             )
         else:
@@ -424,8 +423,8 @@ async def check_paths(settings: Settings) -> Sequence[Finding]:
             found.append(
                 failed(
                     f"{key}: {folder} nicht beschreibbar ({problem})",
-                    f"Legen Sie {folder} an und geben Sie dem Benutzer des Dienstes "
-                    f"({os.environ.get('USER', 'notifier')}) Schreibrechte, oder ändern Sie {key}.",
+                    f"Legen Sie {folder} an und geben Sie dem Benutzer, unter dem der Dienst "
+                    f"läuft, Schreibrechte darauf, oder ändern Sie {key}.",
                 )
             )
         else:

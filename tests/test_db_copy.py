@@ -266,6 +266,16 @@ def test_a_row_the_target_refuses_leaves_it_empty(project: Project, postgres_url
     assert not rows["organisations"]
 
 
+def test_a_source_from_a_newer_version_is_refused(project: Project, postgres_url: str) -> None:
+    project.seed()
+    with sqlite3.connect(project.root / "var" / "test.db") as db:
+        db.execute("UPDATE alembic_version SET version_num = '9999'")
+    refused = project.cli("db", "copy", "--to", postgres_url, ok=False)
+    assert refused.exit_code == 1
+    assert "Schema-Stand 9999 ist dieser notifier-Version unbekannt" in refused.output
+    assert not run_coroutine(lambda: _has_tables(postgres_url))
+
+
 @pytest.mark.parametrize("target", ["sqlite:///anders.db", "mysql://x@y/z"])
 def test_a_target_that_is_no_postgresql_is_refused(project: Project, target: str) -> None:
     project.seed()

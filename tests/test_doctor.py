@@ -16,6 +16,7 @@ from click.testing import Result
 
 from .conftest import REPO, Project, free_port
 from .httpserver import FeedServer, Route
+from .smtpd import RecordingSMTP
 
 NEWS = (REPO / "examples" / "news.xml").read_bytes()
 
@@ -85,6 +86,22 @@ def test_an_unreachable_smtp_port(project: Project, doctor: Callable[..., Result
     assert "nicht erreichbar" in crosses(result)[0]
     assert "→ Prüfen Sie [smtp] host und port" in result.output
     assert result.output.rstrip().endswith("1 Problem gefunden.")
+
+
+def test_a_login_accepted_and_one_refused(doctor: Callable[..., Result]) -> None:
+    server = RecordingSMTP(logins={"buero": "richtig"}).start()
+    try:
+        smtp = {"port": server.port, "user": "buero"}
+        good = doctor({"smtp": {**smtp, "password": "richtig"}})
+        assert good.exit_code == 0, good.output
+        assert "✓ SMTP: Anmeldung als buero angenommen" in good.output
+        bad = doctor({"smtp": {**smtp, "password": "falsch-geheim"}})
+    finally:
+        server.stop()
+    assert bad.exit_code == 1
+    assert "✗ SMTP: Anmeldung als buero abgelehnt (535" in bad.output, bad.output
+    assert "→ Prüfen Sie [smtp] user und das Passwort (NOTIFIER_SMTP__PASSWORD)" in bad.output
+    assert "falsch-geheim" not in bad.output
 
 
 def test_starttls_that_the_server_does_not_offer(

@@ -14,6 +14,7 @@ fails the copy (and rolls it back).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from sqlalchemy import Table, bindparam, func, inspect, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..errors import NotifierError
+from .backup import verify
 from .engine import Database, head_revision, is_postgres_url, sqlite_path
 from .failures import database_error, where
 from .lockfile import ServiceLock, ServiceLockedError
@@ -177,7 +179,9 @@ async def copy_database(
 
     Refuses (:class:`CopyError`) a source that is no SQLite file or is in use by a service, a
     target that is no PostgreSQL database or holds rows, and source tables the models do not
-    know. Both schemas are migrated to this version's head first. Raises
+    know; a damaged source or one from a newer version raises
+    :class:`~notifier.db.backup.BackupError`. Both schemas are migrated to this version's head
+    first (an older SQLite file too, as every command does). Raises
     :class:`CountMismatchError` when the counts differ after writing; the target then keeps
     nothing of the copy.
     """
@@ -204,6 +208,9 @@ async def copy_database(
             "beenden Sie ihn vor dem Kopieren."
         ) from None
     try:
+        # A whole database at a migration this version knows (integrity_check), or the
+        # BackupError that says what is wrong with it.
+        await asyncio.to_thread(verify, database)
         return await _copy_locked(database, source_url, target_url, batch)
     finally:
         lock.release()
@@ -279,6 +286,7 @@ async def _write(
                     table.name, await _count(source, table), await _count(target, table)
                 )
                 counts.append(count)
+                logger.debug("copied %s: %d of %d rows", table.name, count.target, count.source)
             current = None
             copied = Copied(revision, tuple(counts))
             if not all(c.matches for c in counts):
