@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from notifier.db import Database, queries
 from notifier.db.copy import PREPARED, tables
@@ -155,7 +155,26 @@ def test_copy_to_postgresql_and_the_send_goes_on_there(
     for name, rows in before.items():
         assert after[name] == rows, name
 
-    # New rows on PostgreSQL continue after the copied ids.
+    # Each sequence stands at the largest id copied; new rows continue after it.
+    async def sequences() -> list[tuple[str, int, int]]:
+        found = []
+        async with Database(postgres_url) as db, db.engine.connect() as connection:
+            for table in tables():
+                for column in table.primary_key.columns:
+                    name = await connection.scalar(
+                        text("SELECT pg_get_serial_sequence(:t, :c)"),
+                        {"t": table.name, "c": column.name},
+                    )
+                    if name is not None:
+                        last = await connection.scalar(text(f"SELECT last_value FROM {name}"))
+                        top = await connection.scalar(select(func.max(column)))
+                        found.append((table.name, int(last), int(top or 1)))
+        return found
+
+    found = run_coroutine(sequences)
+    assert {name for name, _, _ in found} >= {"outbox", "subscribers", "items", "audit_log"}
+    assert all(last == top for _, last, top in found), found
+
     project.write_config({"database": {"url": postgres_url}})
     project.cli("tokens", "add", "zweiter")
     ids = [row[0] for row in all_rows(postgres_url)["api_tokens"]]
@@ -274,6 +293,49 @@ def test_a_source_from_a_newer_version_is_refused(project: Project, postgres_url
     assert refused.exit_code == 1
     assert "Schema-Stand 9999 ist dieser notifier-Version unbekannt" in refused.output
     assert not run_coroutine(lambda: _has_tables(postgres_url))
+
+
+def test_counts_that_differ_fail_the_copy_and_keep_nothing(
+    project: Project, postgres_url: str
+) -> None:
+    """A target that silently drops rows (here a trigger an administrator left behind): the
+    counts differ, both are printed, and the copy is rolled back."""
+    project.seed()
+    pg_config = project.root / "pg.toml"
+    project.write_config({"database": {"url": postgres_url}})
+    project.config.rename(pg_config)
+    project.write_config({})
+    project.cli("--config", pg_config, "migrate")
+
+    async def add_trigger() -> None:
+        async with Database(postgres_url) as db, db.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "CREATE FUNCTION skip_cli() RETURNS trigger AS $$ BEGIN "
+                    "IF NEW.action = 'subscriber.imported' THEN RETURN NULL; END IF; "
+                    "RETURN NEW; END $$ LANGUAGE plpgsql"
+                )
+            )
+            await connection.execute(
+                text(
+                    "CREATE TRIGGER skip_cli BEFORE INSERT ON audit_log "
+                    "FOR EACH ROW EXECUTE FUNCTION skip_cli()"
+                )
+            )
+
+    run_coroutine(add_trigger)
+    source = all_rows(sqlite_url(project))
+    imports = sum(1 for row in source["audit_log"] if row[3] == "subscriber.imported")
+    assert imports >= 1
+    failed = project.cli("db", "copy", "--to", postgres_url, ok=False)
+    assert failed.exit_code == 1
+    total = len(source["audit_log"])
+    assert ["audit_log", str(total), str(total - imports), "✗", "verschieden"] in [
+        line.split() for line in failed.output.splitlines()
+    ], failed.output
+    assert "Fehler: die Zeilenzahlen stimmen nicht überein (Tabelle audit_log)" in failed.output
+    rows = all_rows(postgres_url)
+    assert not rows["organisations"] and not rows["subscribers"] and not rows["audit_log"]
 
 
 @pytest.mark.parametrize("target", ["sqlite:///anders.db", "mysql://x@y/z"])
