@@ -50,11 +50,11 @@ async def check_database(settings: Settings) -> Sequence[Finding]:
     head = head_revision()
     shown = where(url)
     if revisions != [head]:
-        state = ", ".join(revisions) or "kein Schema"
+        state = f"Stand {', '.join(revisions)}" if revisions else "noch nicht angelegt"
         return [
             passed(f"Datenbank {shown} erreichbar"),
             failed(
-                f"Datenbank-Schema: Stand {state}, diese Version braucht {head}",
+                f"Datenbank-Schema: {state}, diese Version braucht {head}",
                 "Führen Sie `notifier migrate` aus (das tut auch jeder Start von `notifier run`).",
             ),
         ]
