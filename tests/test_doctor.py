@@ -125,6 +125,22 @@ def test_a_database_that_is_not_migrated(project: Project, doctor: Callable[...,
         assert db.execute("SELECT version_num FROM alembic_version").fetchall() == [("0008",)]
 
 
+def test_postgresql_before_and_after_migrate(
+    project: Project, doctor: Callable[..., Result], postgres_url: str
+) -> None:
+    shown = postgres_url.replace("@", ":***@", 1)
+    with_password = postgres_url.replace("@", ":geheim@", 1)  # (the test server trusts all)
+    before = doctor({"database": {"url": with_password}})
+    assert before.exit_code == 1
+    assert f"✓ Datenbank {shown} erreichbar" in before.output, before.output
+    assert "✗ Datenbank-Schema: noch nicht angelegt, diese Version braucht" in before.output
+    assert "geheim" not in before.output
+    project.cli("migrate")
+    after = doctor({"database": {"url": with_password}})
+    assert after.exit_code == 0, after.output
+    assert f"✓ Datenbank {shown} erreichbar, Schema auf dem neuesten Stand" in after.output
+
+
 def test_a_database_that_does_not_exist(project: Project, doctor: Callable[..., Result]) -> None:
     result = doctor({"database": {"url": "sqlite+aiosqlite:///var/fehlt.db"}})
     assert result.exit_code == 1
