@@ -27,7 +27,7 @@ from .clock import utcnow
 from .config import DEFAULT_CONFIG, Settings, load_settings
 from .db import Database, queries
 from .db import backup as backups
-from .db.failures import database_error
+from .db.failures import database_error, where
 from .db.models import Item, ItemStatus, OutboxState, SourceState
 from .errors import ConfigError, FileError, NotFoundError, NotifierError, megabytes, os_reason
 from .labels import FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS, smtp_state
@@ -141,7 +141,7 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
                 sys.exit(2)
         return loaded[0]
 
-    ctx.obj = {"settings": settings, "loaded": loaded, "verbose": verbose}
+    ctx.obj = {"settings": settings, "loaded": loaded, "verbose": verbose, "config": config_path}
 
 
 @main.command()
@@ -201,7 +201,7 @@ async def migrate(ctx: click.Context) -> None:
 
 @main.group()
 def db() -> None:
-    """Sicherung und Wiederherstellung der SQLite-Datenbank."""
+    """Sicherung und Wiederherstellung der SQLite-Datenbank, Umzug nach PostgreSQL."""
 
 
 def _counts(checked: backups.Checked) -> str:
@@ -264,6 +264,68 @@ def _new_password(given: str | None, *, password_stdin: bool) -> str:
             confirmation_prompt="Passwort wiederholen",
         )
     )
+
+
+@db.command("copy")
+@click.option(
+    "--to",
+    "target",
+    required=True,
+    metavar="URL",
+    help="Die leere PostgreSQL-Datenbank: postgresql+asyncpg://BENUTZER@HOST:5432/DATENBANK.",
+)
+@click.pass_context
+@run_async
+async def db_copy(ctx: click.Context, target: str) -> None:
+    """Die SQLite-Datenbank vollständig nach PostgreSQL kopieren (nur bei beendetem Dienst).
+
+    Danach [database] url auf die PostgreSQL-Datenbank stellen."""
+    from .db import copy as copying
+
+    source = _settings(ctx).database_url
+    click.echo(f"Kopiere {where(source)} nach {where(target)} …")
+    try:
+        copied = await copying.copy_database(source, target)
+    except copying.CountMismatchError as exc:
+        for line in copying.summary(exc.copied):
+            click.echo(line)
+        raise
+    for line in copying.summary(copied):
+        click.echo(line)
+    rows = sum(t.target for t in copied.tables)
+    click.echo(
+        f"{len(copied.tables)} Tabellen, {rows} Zeilen kopiert; die Zahlen stimmen überein. "
+        "Stellen Sie jetzt [database] url auf die PostgreSQL-Datenbank um."
+    )
+
+
+@main.command()
+@click.pass_context
+@run_async
+async def doctor(ctx: click.Context) -> None:
+    """Konfiguration und Umgebung prüfen: Datenbank, SMTP, Vorlagen, Adresse, Pfade, Quellen.
+
+    Gibt eine Checkliste mit ✓/✗ aus und zu jedem ✗, was zu tun ist; Rückgabewert 1 bei einem ✗."""
+    from . import doctor as checks
+
+    config: Path = ctx.obj["config"]
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        click.echo(f"✗ Konfiguration {config}: {exc}")
+        click.echo(
+            "    → Korrigieren Sie die genannte Stelle; config.toml beschreibt jeden Schlüssel."
+        )
+        sys.exit(1)
+    click.echo(f"✓ Konfiguration {settings.config_file} geladen")
+    findings = await checks.run_checks(settings)
+    for line in checks.lines(findings):
+        click.echo(line)
+    problems = sum(1 for f in findings if not f.ok)
+    if problems:
+        click.echo(f"{problems} {'Problem' if problems == 1 else 'Probleme'} gefunden.")
+        sys.exit(1)
+    click.echo("Alles in Ordnung.")
 
 
 @main.group()

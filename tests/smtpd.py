@@ -24,7 +24,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from aiosmtpd.smtp import SMTP as SMTPServer
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from notifier.catcher import advertise_pipelining
 
@@ -65,6 +65,8 @@ class RecordingSMTP:
     pipelining: bool = True
     # the SIZE it announces and enforces (aiosmtpd answers 552 to a larger MAIL FROM … SIZE=)
     data_size_limit: int = 33_554_432
+    # user -> password: offer AUTH (PLAIN, LOGIN; without TLS, on loopback) and check it
+    logins: dict[str, str] = field(default_factory=dict)
     # what happened: RCPT commands and stalls per recipient address, drops per stage
     attempts: Counter[str] = field(default_factory=Counter)
     stalls: Counter[str] = field(default_factory=Counter)
@@ -153,6 +155,15 @@ class RecordingSMTP:
             )
         return "250 2.0.0 Ok: queued"
 
+    def _authenticate(
+        self, server: Any, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        ok = (
+            isinstance(data, LoginPassword)
+            and self.logins.get(data.login.decode()) == data.password.decode()
+        )
+        return AuthResult(success=ok, handled=False)
+
     async def _drop(self, server: Any, stage: str) -> str:
         """Drop the connection without an answer; aiosmtpd then cancels this handler."""
         with self._lock:
@@ -167,7 +178,12 @@ class RecordingSMTP:
 
         def factory() -> SMTPServer:
             protocol = SMTPServer(
-                self, hostname="test-smtp", loop=self._loop, data_size_limit=self.data_size_limit
+                self,
+                hostname="test-smtp",
+                loop=self._loop,
+                data_size_limit=self.data_size_limit,
+                authenticator=self._authenticate if self.logins else None,
+                auth_require_tls=False,
             )
             protocols.append(protocol)
             return protocol
