@@ -1,0 +1,199 @@
+"""deploy/ (issue 16, item 2): the systemd units pass ``systemd-analyze verify`` without a single
+warning and carry the hardening the README promises; the proxy example sends the headers the
+application reads, and the application reads them.
+
+``systemd-analyze`` needs no running systemd: it checks the files against a root folder made
+here (the system's own units, the units of deploy/ and a stand-in for the installed
+``notifier`` command, whose absence it would report). Without ``systemd-analyze`` (Debian's
+package ``systemd``) the checks are skipped; ``NOTIFIER_REQUIRE_SYSTEMD=1`` (set by .ci/run)
+makes that a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, Project, Web
+from .test_web_public import SIGNUP, _db
+
+DEPLOY = REPO / "deploy"
+UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+# The system's units (sysinit.target, network-online.target …) that the deploy units refer to.
+SYSTEM_UNITS = next(
+    (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
+    None,
+)
+HARDENING = {
+    "ProtectSystem": "strict",
+    "ReadWritePaths": "/var/lib/notifier",
+    "StateDirectory": "notifier",
+    "NoNewPrivileges": "yes",
+    "PrivateTmp": "yes",
+    "ProtectHome": "yes",
+    "PrivateDevices": "yes",
+    "User": "notifier",
+    "CapabilityBoundingSet": "",
+    "StandardError": "journal",
+}
+
+
+def _analyze() -> str:
+    found = shutil.which("systemd-analyze")
+    if found is None or SYSTEM_UNITS is None:
+        reason = "systemd-analyze is not installed (Debian: apt-get install systemd)"
+        if os.environ.get("NOTIFIER_REQUIRE_SYSTEMD") == "1":
+            pytest.fail(f"{reason} (NOTIFIER_REQUIRE_SYSTEMD=1)")
+        pytest.skip(reason)
+    return found
+
+
+def _settings(unit: Path) -> dict[str, list[str]]:
+    """Each key of a unit file with its values in order (a key may appear more than once)."""
+    values: dict[str, list[str]] = {}
+    for line in unit.read_text("utf-8").splitlines():
+        if line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            values.setdefault(key.strip(), []).append(value.strip())
+    return values
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A filesystem root holding the system's units, deploy/'s and the installed command."""
+    _analyze()
+    assert SYSTEM_UNITS is not None
+    base = tmp_path_factory.mktemp("root")
+    shutil.copytree(SYSTEM_UNITS, base / "usr/lib/systemd/system", symlinks=True)
+    (base / "etc/systemd/system").mkdir(parents=True)
+    for unit in UNITS:
+        shutil.copy(unit, base / "etc/systemd/system" / unit.name)
+        for command in _settings(unit)["ExecStart"]:
+            program = base / command.split()[0].lstrip("/")
+            program.parent.mkdir(parents=True, exist_ok=True)
+            program.write_text("#!/bin/sh\n", "utf-8")
+            program.chmod(0o755)
+    return base
+
+
+def test_the_units_the_readme_describes_are_there() -> None:
+    names = {unit.name for unit in UNITS}
+
+    assert names == {
+        "notifier.service",
+        "notifier-sender@.service",
+        "notifier-scheduler.service",
+        "notifier-web.service",
+    }
+    readme = (REPO / "README.md").read_text("utf-8")
+    for name in names:
+        assert f"deploy/systemd/{name}" in readme, name
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda unit: unit.name)
+def test_each_unit_is_hardened_and_logs_to_the_journal(unit: Path) -> None:
+    values = _settings(unit)
+
+    for key, wanted in HARDENING.items():
+        assert values.get(key) == [wanted], f"{unit.name}: {key}={values.get(key)}"
+    (command,) = values["ExecStart"]
+    assert command.startswith("/opt/notifier/venv/bin/notifier run")
+    assert values["Environment"][0] == "NOTIFIER_CONFIG=/etc/notifier/config.toml"
+    # Exit code 2 is a configuration error: restarting would only repeat it.
+    assert values["RestartPreventExitStatus"] == ["2"]
+    assert values["StandardOutput"] == ["journal"]
+    assert "StandardOutput=file:" not in unit.read_text("utf-8")
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda unit: unit.name)
+def test_systemd_analyze_verifies_each_unit_without_a_warning(root: Path, unit: Path) -> None:
+    name = unit.name.replace("@.", "@1.")  # a template is verified as an instance
+
+    result = subprocess.run(
+        [_analyze(), "verify", "--man=no", f"--root={root}", name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    # verify exits 0 on unknown keys and unparsable values and only prints them: a clean
+    # unit prints nothing at all.
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
+    assert result.stdout.strip() == "", result.stdout
+
+
+def test_verify_would_catch_a_broken_unit(root: Path) -> None:
+    broken = root / "etc/systemd/system/notifier-broken.service"
+    text = (DEPLOY / "systemd/notifier.service").read_text("utf-8")
+    broken.write_text(text.replace("ProtectSystem=strict", "ProtectSystem=strikt"), "utf-8")
+    try:
+        result = subprocess.run(
+            [_analyze(), "verify", "--man=no", f"--root={root}", broken.name],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        broken.unlink()
+
+    assert "strikt" in result.stderr
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda unit: unit.name)
+def test_the_security_review_rates_each_unit_ok(root: Path, unit: Path) -> None:
+    name = unit.name.replace("@.", "@1.")
+
+    result = subprocess.run(
+        [_analyze(), "security", "--offline=yes", f"--root={root}", "--no-pager", name],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout + result.stderr)
+    assert found is not None, result.stdout + result.stderr
+    # systemd's scale: 0 (locked down) to 10 (unprotected); below 2 is "OK" (1.3 when written).
+    assert float(found.group(1)) < 2.0, result.stdout
+
+
+def test_the_proxy_example_sends_what_the_application_reads() -> None:
+    snippet = (DEPLOY / "nginx/notifier-proxy.conf").read_text("utf-8")
+    site = (DEPLOY / "nginx/notifier.conf").read_text("utf-8")
+
+    assert "proxy_set_header X-Forwarded-For $remote_addr;" in snippet
+    assert "proxy_set_header X-Forwarded-Proto $scheme;" in snippet
+    assert "proxy_set_header Host $host;" in snippet
+    assert "server 127.0.0.1:8080;" in site  # config.toml's [web] host and port
+    assert "include /etc/nginx/snippets/notifier-proxy.conf;" in site
+    web_unit = _settings(DEPLOY / "systemd/notifier-web.service")
+    assert "FORWARDED_ALLOW_IPS=127.0.0.1,::1" in web_unit["Environment"]
+
+
+def test_the_address_a_proxy_on_loopback_forwards_is_the_one_recorded(
+    web: Callable[..., Web], project: Project
+) -> None:
+    # What deploy/nginx/notifier-proxy.conf sends: the consent record names the visitor's
+    # address, not the proxy's.
+    site = web()
+    token = site.csrf("/anmelden")
+
+    answer = site.client.post(
+        "/anmelden",
+        data={**SIGNUP, "csrf_token": token},
+        headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"},
+    )
+
+    assert answer.status_code == 200, answer.text
+    with _db(project) as db:
+        (ip,) = db.execute("SELECT ip FROM consents").fetchone()
+    assert ip == "203.0.113.7"
