@@ -1,12 +1,12 @@
 """deploy/ (issue 16, item 2): the systemd units pass ``systemd-analyze verify`` without a single
-warning and carry the hardening the README promises; the proxy example sends the headers the
-application reads, and the application reads them.
+warning and carry the hardening the README promises; the nginx example runs in front of a real
+``notifier run`` over HTTPS and passes on the visitor's address, which the application records.
 
 ``systemd-analyze`` needs no running systemd: it checks the files against a root folder made
 here (the system's own units, the units of deploy/ and a stand-in for the installed
 ``notifier`` command, whose absence it would report). Without ``systemd-analyze`` (Debian's
 package ``systemd``) the checks are skipped; ``NOTIFIER_REQUIRE_SYSTEMD=1`` (set by .ci/run)
-makes that a failure.
+makes that a failure; likewise nginx and openssl with ``NOTIFIER_REQUIRE_NGINX=1``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import ssl
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
-from .conftest import REPO, Project, Web
+from .conftest import REPO, Project, Web, free_port
 from .test_web_public import SIGNUP, _db
 
 DEPLOY = REPO / "deploy"
@@ -197,3 +201,108 @@ def test_the_address_a_proxy_on_loopback_forwards_is_the_one_recorded(
     with _db(project) as db:
         (ip,) = db.execute("SELECT ip FROM consents").fetchone()
     assert ip == "203.0.113.7"
+
+
+def _nginx() -> tuple[str, str]:
+    nginx, openssl = shutil.which("nginx"), shutil.which("openssl")
+    if nginx is None or openssl is None:
+        reason = "nginx or openssl is not installed (Debian: apt-get install nginx-light openssl)"
+        if os.environ.get("NOTIFIER_REQUIRE_NGINX") == "1":
+            pytest.fail(f"{reason} (NOTIFIER_REQUIRE_NGINX=1)")
+        pytest.skip(reason)
+    return nginx, openssl
+
+
+def _proxy_config(folder: Path, http: int, https: int, app: int) -> Path:
+    """deploy/nginx/notifier.conf with loopback ports, a test certificate and the snippet's
+    path in the checkout; everything else as an installation would use it."""
+    site = (DEPLOY / "nginx/notifier.conf").read_text("utf-8")
+    live = "/etc/letsencrypt/live/newsletter.example.org"
+    for old, new in {
+        "listen 80;": f"listen 127.0.0.1:{http};",
+        "listen 443 ssl http2;": f"listen 127.0.0.1:{https} ssl http2;",
+        "server 127.0.0.1:8080;": f"server 127.0.0.1:{app};",
+        f"{live}/fullchain.pem": str(folder / "cert.pem"),
+        f"{live}/privkey.pem": str(folder / "key.pem"),
+        "/etc/nginx/snippets/notifier-proxy.conf": str(DEPLOY / "nginx/notifier-proxy.conf"),
+    }.items():
+        assert old in site, old
+        site = site.replace(old, new)
+    site = "\n".join(line for line in site.splitlines() if "listen [::]" not in line)
+    (folder / "site.conf").write_text(site, "utf-8")
+    temp = "\n".join(
+        f"    {kind}_temp_path {folder / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    main = folder / "nginx.conf"
+    main.write_text(
+        f"pid {folder / 'nginx.pid'};\nerror_log {folder / 'error.log'};\nevents {{}}\n"
+        f"http {{\n{temp}\n    include {folder / 'site.conf'};\n}}\n",
+        "utf-8",
+    )
+    return main
+
+
+def test_the_nginx_example_serves_the_application_over_https(
+    web: Callable[..., Web], project: Project, tmp_path: Path
+) -> None:
+    nginx, openssl = _nginx()
+    folder = tmp_path / "nginx"
+    folder.mkdir()
+    key, cert = folder / "key.pem", folder / "cert.pem"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    subject = ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(
+        [openssl, *request, "-keyout", str(key), "-out", str(cert), *subject],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    site = web()
+    app_port = int(site.base.rsplit(":", 1)[1])
+    http, https = free_port(), free_port()
+    config = _proxy_config(folder, http, https, app_port)
+    flags = ["-p", str(folder), "-c", str(config), "-g", "daemon off; master_process off;"]
+    checked = subprocess.run(
+        [nginx, "-t", *flags], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert checked.returncode == 0, checked.stderr
+    proxy = subprocess.Popen([nginx, *flags], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", https), timeout=1).close()
+                break
+            except OSError:
+                assert proxy.poll() is None, proxy.stderr.read() if proxy.stderr else ""
+                assert time.monotonic() < deadline, "nginx did not start listening"
+                time.sleep(0.1)
+        trust = ssl.create_default_context(cafile=str(cert))
+        # A visitor at 127.0.0.2: nginx connects from 127.0.0.1, the application must still
+        # see the visitor.
+        visitor = httpx.HTTPTransport(verify=trust, local_address="127.0.0.2")
+        with httpx.Client(
+            base_url=f"https://127.0.0.1:{https}", transport=visitor, timeout=15
+        ) as client:
+            page = client.get("/anmelden")
+            assert page.status_code == 200, page.text
+            assert page.headers["strict-transport-security"] == "max-age=31536000"
+            assert page.headers["referrer-policy"] == "no-referrer"  # the application's own
+            token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+            assert token is not None
+            answer = client.post("/anmelden", data={**SIGNUP, "csrf_token": token.group(1)})
+            assert answer.status_code == 200, answer.text
+            assert "Bitte prüfen Sie Ihr Postfach" in answer.text
+            assert client.get("/static/site.css").status_code == 200
+        plain = httpx.get(f"http://127.0.0.1:{http}/anmelden", timeout=15)
+        assert plain.status_code == 301
+        assert plain.headers["location"] == "https://127.0.0.1/anmelden"
+    finally:
+        proxy.terminate()
+        proxy.wait(15)
+        if proxy.stderr is not None:
+            proxy.stderr.close()
+    with _db(project) as db:
+        (ip,) = db.execute("SELECT ip FROM consents").fetchone()
+    assert ip == "127.0.0.2"
