@@ -277,6 +277,13 @@ class PathSettings(_Section):
     # web/…, web/static/…). Empty: the packaged templates only.
     templates: str = ""
 
+    @field_validator("data")
+    @classmethod
+    def _data_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('must name a folder, such as "/var/lib/notifier"')
+        return value
+
 
 class LegalSettings(_Section):
     """The Markdown files of the privacy notice (``/datenschutz``) and the accessibility

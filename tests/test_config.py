@@ -438,32 +438,43 @@ def test_a_given_secret_key_needs_no_file(project: Project) -> None:
     os.geteuid() != 0 or shutil.which("setpriv") is None,
     reason="needs root and setpriv to run the command as a user who cannot write the folder",
 )
-def test_a_data_directory_the_service_cannot_write_stops_the_start(tmp_path: Path) -> None:
+def test_a_data_directory_the_service_cannot_write_stops_the_start() -> None:
     # The config is readable by everyone, the data directory belongs to root: the command runs
-    # as nobody, as a service user would whose folder was made by root.
-    data = tmp_path / "lib"
-    data.mkdir()
-    data.chmod(0o755)
-    config = repo_config()
-    config["paths"]["data"] = str(data)
-    path = write_toml(tmp_path / "etc" / "config.toml", config)
-    path.chmod(0o644)
-    for folder in (path.parent, *path.parents[1:]):
-        if folder == Path(tempfile.gettempdir()):
-            break
-        folder.chmod(folder.stat().st_mode | 0o005)
-    code = f"from notifier.cli import main; main(['--config', {str(path)!r}, 'status'])"
-    nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    result = subprocess.run(
-        [*nobody, sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # as nobody, as a service user would whose folder was made by root. (A folder of its own
+    # under /tmp: pytest's base folder is private and made so again by every pytest session.)
+    with tempfile.TemporaryDirectory(prefix="notifier-perm-") as name:
+        folder = Path(name)
+        folder.chmod(0o755)
+        data = folder / "lib"
+        data.mkdir()
+        data.chmod(0o755)
+        config = repo_config()
+        config["paths"]["data"] = str(data)
+        path = write_toml(folder / "etc" / "config.toml", config)
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
+        code = f"from notifier.cli import main; main(['--config', {str(path)!r}, 'status'])"
+        nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        result = subprocess.run(
+            [*nobody, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "key 'paths.data'" in lines[0]
     assert f"Verzeichnis {data} ist für Benutzer nobody nicht beschreibbar" in lines[0]
+
+def test_an_empty_data_directory_is_refused(tmp_path: Path) -> None:
+    data = repo_config()
+    data["paths"]["data"] = " "
+    path = write_toml(tmp_path / "config.toml", data)
+
+    error = config_error(path)
+
+    assert error.key == "paths.data"
+    assert "must name a folder" in error.problem
