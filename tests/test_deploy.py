@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import socket
+import sqlite3
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,6 +32,7 @@ from .test_web_public import SIGNUP, _db
 
 DEPLOY = REPO / "deploy"
 UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
+TIMERS = sorted((DEPLOY / "systemd").glob("*.timer"))
 # The system's units (sysinit.target, network-online.target …) that the deploy units refer to.
 SYSTEM_UNITS = next(
     (p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system")) if p.is_dir()),
@@ -36,7 +40,6 @@ SYSTEM_UNITS = next(
 )
 HARDENING = {
     "ProtectSystem": "strict",
-    "ReadWritePaths": "/var/lib/notifier",
     "StateDirectory": "notifier",
     "NoNewPrivileges": "yes",
     "PrivateTmp": "yes",
@@ -76,9 +79,11 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     base = tmp_path_factory.mktemp("root")
     shutil.copytree(SYSTEM_UNITS, base / "usr/lib/systemd/system", symlinks=True)
     (base / "etc/systemd/system").mkdir(parents=True)
-    for unit in UNITS:
+    for unit in [*UNITS, *TIMERS]:
         shutil.copy(unit, base / "etc/systemd/system" / unit.name)
-        for command in _settings(unit)["ExecStart"]:
+    for unit in UNITS:
+        values = _settings(unit)
+        for command in values["ExecStart"] + values.get("ExecStartPost", []):
             program = base / command.split()[0].lstrip("/")
             program.parent.mkdir(parents=True, exist_ok=True)
             program.write_text("#!/bin/sh\n", "utf-8")
@@ -87,13 +92,15 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_units_the_readme_describes_are_there() -> None:
-    names = {unit.name for unit in UNITS}
+    names = {unit.name for unit in [*UNITS, *TIMERS]}
 
     assert names == {
         "notifier.service",
         "notifier-sender@.service",
         "notifier-scheduler.service",
         "notifier-web.service",
+        "notifier-backup.service",
+        "notifier-backup.timer",
     }
     readme = (REPO / "README.md").read_text("utf-8")
     for name in names:
@@ -106,16 +113,22 @@ def test_each_unit_is_hardened_and_logs_to_the_journal(unit: Path) -> None:
 
     for key, wanted in HARDENING.items():
         assert values.get(key) == [wanted], f"{unit.name}: {key}={values.get(key)}"
+    # The data directory is writable, nothing else but the backup unit's folder.
+    (writable,) = values["ReadWritePaths"]
+    assert writable.split()[0] == "/var/lib/notifier"
+    assert writable.split()[1:] == (["/var/backups/notifier"] if "backup" in unit.name else [])
     (command,) = values["ExecStart"]
-    assert command.startswith("/opt/notifier/venv/bin/notifier run")
+    assert "/opt/notifier/venv/bin/notifier " in command
     assert values["Environment"][0] == "NOTIFIER_CONFIG=/etc/notifier/config.toml"
-    # Exit code 2 is a configuration error: restarting would only repeat it.
-    assert values["RestartPreventExitStatus"] == ["2"]
+    if values["Type"] != ["oneshot"]:
+        assert command.startswith("/opt/notifier/venv/bin/notifier run")
+        # Exit code 2 is a configuration error: restarting would only repeat it.
+        assert values["RestartPreventExitStatus"] == ["2"]
     assert values["StandardOutput"] == ["journal"]
     assert "StandardOutput=file:" not in unit.read_text("utf-8")
 
 
-@pytest.mark.parametrize("unit", UNITS, ids=lambda unit: unit.name)
+@pytest.mark.parametrize("unit", [*UNITS, *TIMERS], ids=lambda unit: unit.name)
 def test_systemd_analyze_verifies_each_unit_without_a_warning(root: Path, unit: Path) -> None:
     name = unit.name.replace("@.", "@1.")  # a template is verified as an instance
 
@@ -306,3 +319,34 @@ def test_the_nginx_example_serves_the_application_over_https(
     with _db(project) as db:
         (ip,) = db.execute("SELECT ip FROM consents").fetchone()
     assert ip == "127.0.0.2"
+
+
+def test_the_backup_unit_s_commands_make_a_dated_copy_and_delete_old_ones(
+    project: Project, tmp_path: Path
+) -> None:
+    # The unit's own command lines, as systemd runs them (%% is a %), with this checkout's
+    # notifier and a temporary folder in place of the installation's.
+    values = _settings(DEPLOY / "systemd/notifier-backup.service")
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    old = folder / "notifier-2000-01-01.db"
+    old.write_bytes(b"old")
+    os.utime(old, (time.time() - 20 * 86400,) * 2)
+
+    def command(line: str) -> list[str]:
+        line = line.replace("%%", "%").replace("/var/backups/notifier", str(folder))
+        line = line.replace("/opt/notifier/venv/bin/notifier", f"{sys.executable} -m notifier")
+        return shlex.split(line)
+
+    project.seed()
+    environment = {**os.environ, "NOTIFIER_CONFIG": str(project.config)}
+    for line in values["ExecStart"] + values["ExecStartPost"]:
+        result = subprocess.run(
+            command(line), env=environment, capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+    today = time.strftime("%Y-%m-%d")
+    assert sorted(p.name for p in folder.iterdir()) == [f"notifier-{today}.db"]
+    with sqlite3.connect(folder / f"notifier-{today}.db") as copy:
+        assert copy.execute("SELECT count(*) FROM organisations").fetchone() == (239,)
