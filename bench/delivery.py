@@ -741,9 +741,16 @@ def make_project(
     smtp = {k: v for k, v in config.get("smtp", {}).items() if k not in ("user", "password")}
     config["smtp"] = {**smtp, "catcher": False, "host": HOST, "port": port, "tls": "none"}
     config["catcher"] = {**config.get("catcher", {}), "directory": str(folder / "mails")}
-    config["paths"] = {**config.get("paths", {}), "templates": str(REPO / "templates")}
-    if "legal" in config:  # the example texts of the checkout, as the templates
-        config["legal"] = {k: str(REPO / v) for k, v in config["legal"].items()}
+    # The checkout's templates and example texts: the package's own, whichever notifier runs
+    # (an empty key means the packaged ones; an older notifier reads them from the checkout).
+    paths = {**config.get("paths", {}), "templates": ""}
+    if (REPO / "notifier" / "templates").is_dir():
+        paths["data"] = str(folder)  # the secret key beside the database
+    else:
+        paths["templates"] = str(REPO / "templates")
+    config["paths"] = paths
+    if "legal" in config:
+        config["legal"] = {k: str(REPO / v) if v else "" for k, v in config["legal"].items()}
     if "web" in config:  # the web application runs as it does by default, on a free port
         config["web"] = {**config["web"], "port": 0}
     wanted = dict(delivery)
@@ -841,7 +848,7 @@ def seed(project: Project, n: int, mode: str, cli_budget: float) -> Seeding:
     """Organisations by the CLI; subscribers by the CLI, or directly into SQLite if too slow."""
     info = Seeding()
     start = time.perf_counter()
-    organisations = REPO / "subscribers" / "organisations.csv"
+    organisations = REPO / "notifier" / "data" / "organisations.csv"
     project.cli_ok("organisations", "load", organisations, timeout=300)
     with organisations.open(encoding="utf-8", newline="") as handle:
         org_keys = [row["key"] for row in csv.DictReader(handle)]

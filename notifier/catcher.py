@@ -1,5 +1,6 @@
 """The built-in mail catcher: an aiosmtpd server inside the process that stores every message it
-receives under ``var/mails``, so a newcomer sees real e-mails without an SMTP account."""
+receives under ``mails/`` in the data directory (``var/mails`` in the checkout), so a newcomer
+sees real e-mails without an SMTP account."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from . import announcements as ann
 from .addresses import check_email, display_email
 from .catcher import MailStore
 from .clock import utcnow
-from .config import DEFAULT_CONFIG, Settings, load_settings
+from .config import DEFAULT_CONFIG, PACKAGED_ORGANISATIONS, Settings, load_settings
 from .db import Database, queries
 from .db import backup as backups
 from .db.failures import database_error, where
@@ -312,7 +312,7 @@ async def doctor(ctx: click.Context) -> None:
     try:
         settings = load_settings(config)
     except ConfigError as exc:
-        click.echo(f"✗ Konfiguration {config}: {exc}")
+        click.echo(f"✗ Konfiguration {exc}")  # the error names the file
         click.echo(
             "    → Korrigieren Sie die genannte Stelle; config.toml beschreibt jeden Schlüssel."
         )
@@ -426,14 +426,16 @@ def organisations() -> None:
 
 
 @organisations.command("load")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option(
     "--if-empty", is_flag=True, help="Nur laden, wenn noch keine Struktur gespeichert ist."
 )
 @click.pass_context
 @run_async
-async def organisations_load(ctx: click.Context, file: Path, if_empty: bool) -> None:
-    """Struktur aus FILE (key,name,kind,parent) abgleichen."""
+async def organisations_load(ctx: click.Context, file: Path | None, if_empty: bool) -> None:
+    """Struktur aus FILE (key,name,kind,parent) abgleichen; ohne FILE die mitgelieferte
+    Struktur des Eifelkreises Bitburg-Prüm."""
+    file = file or PACKAGED_ORGANISATIONS
     async with await _open(_settings(ctx)) as db, db.transaction() as session:
         if if_empty and (await queries.organisation_count(session)) > 0:
             click.echo("Organisationsstruktur ist schon geladen; nichts geändert.")
@@ -773,7 +775,7 @@ async def announcements_follow(ctx: click.Context, item_id: int) -> None:
 
 def _mail_store(ctx: click.Context) -> MailStore:
     settings = _settings(ctx)
-    return MailStore(settings.path(settings.catcher.directory))
+    return MailStore(settings.catcher_dir)
 
 
 @main.group(invoke_without_command=True)

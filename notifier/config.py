@@ -8,6 +8,7 @@ environment: ``NOTIFIER_SMTP__PASSWORD`` sets ``[smtp] password``.
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import tomllib
 from collections.abc import Mapping
@@ -26,10 +27,20 @@ from pydantic import (
     model_validator,
 )
 
-from .errors import ConfigError
+from .errors import ConfigError, os_reason
 
 ENV_PREFIX = "NOTIFIER_"
 DEFAULT_CONFIG = "config.toml"
+DEFAULT_DATA = "var"
+
+# What the package carries: the templates, the example statements and the Eifelkreis structure.
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGED_TEMPLATES = PACKAGE_DIR / "templates"
+PACKAGED_LEGAL = {
+    "privacy_file": PACKAGE_DIR / "legal" / "datenschutz.md",
+    "accessibility_file": PACKAGE_DIR / "legal" / "barrierefreiheit.md",
+}
+PACKAGED_ORGANISATIONS = PACKAGE_DIR / "data" / "organisations.csv"
 
 _TOPIC_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
@@ -39,7 +50,8 @@ class _Section(BaseModel):
 
 
 class DatabaseSettings(_Section):
-    url: str = "sqlite+aiosqlite:///var/notifier.db"
+    # Empty: the SQLite file notifier.db in [paths] data.
+    url: str = ""
     echo: bool = False
 
 
@@ -56,7 +68,7 @@ class SmtpSettings(_Section):
 class CatcherSettings(_Section):
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 2525
-    directory: str = "var/mails"
+    directory: str = ""  # empty: mails/ in [paths] data
 
 
 class MailSettings(_Section):
@@ -231,7 +243,7 @@ class WebSettings(_Section):
     # Signs personal links and session cookies. Empty: a random key is made once and kept in
     # ``secret_key_file``. Several processes or machines must share one key.
     secret_key: SecretStr = SecretStr("")
-    secret_key_file: str = "var/secret.key"  # noqa: S105 (a path)
+    secret_key_file: str = ""  # empty: secret.key in [paths] data
     # How long a sign-up's confirmation link and a preferences link stay valid.
     confirm_hours: Annotated[float, Field(gt=0)] = 48.0
     link_days: Annotated[float, Field(gt=0)] = 365.0
@@ -273,23 +285,29 @@ class WebSettings(_Section):
 
 
 class PathSettings(_Section):
-    templates: str = "templates"
+    # The data directory: the SQLite file, the secret key and the catcher's mails live here
+    # unless their own keys name another place. The default is created on first start.
+    data: str = DEFAULT_DATA
+    # A folder whose templates take precedence, file by file, over the packaged ones (email/…,
+    # web/…, web/static/…). Empty: the packaged templates only.
+    templates: str = ""
+
+    @field_validator("data")
+    @classmethod
+    def _data_named(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError('must name a folder, such as "/var/lib/notifier"')
+        return value
 
 
 class LegalSettings(_Section):
     """The Markdown files of the privacy notice (``/datenschutz``) and the accessibility
     statement (``/barrierefreiheit``); relative paths are resolved against the config file's
-    folder. Both must exist: the start stops otherwise."""
+    folder. Empty: the packaged example texts. A named file must exist: the start stops
+    otherwise."""
 
-    privacy_file: str = "legal/datenschutz.md"
-    accessibility_file: str = "legal/barrierefreiheit.md"
-
-    @field_validator("privacy_file", "accessibility_file")
-    @classmethod
-    def _not_empty(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("must name a Markdown file")
-        return value
+    privacy_file: str = ""
+    accessibility_file: str = ""
 
 
 class Topic(_Section):
@@ -355,9 +373,40 @@ class Settings(_Section):
         return candidate if candidate.is_absolute() else self.base_dir / candidate
 
     @property
+    def data_dir(self) -> Path:
+        """``[paths] data``: where the service keeps its files."""
+        return self.path(self.paths.data)
+
+    def template_dirs(self, part: str) -> list[Path]:
+        """The folders a template of ``part`` (``email``, ``web``, ``web/static``) is looked up
+        in, in order: the override folder of ``[paths] templates`` if any, then the package's."""
+        dirs = [PACKAGED_TEMPLATES / part]
+        if self.paths.templates:
+            dirs.insert(0, self.path(self.paths.templates) / part)
+        return dirs
+
+    def legal_file(self, key: str) -> Path:
+        """The file of ``[legal] key``; the packaged example text when the key is empty."""
+        named: str = getattr(self.legal, key)
+        return self.path(named) if named.strip() else PACKAGED_LEGAL[key]
+
+    @property
+    def catcher_dir(self) -> Path:
+        """Where the catcher stores what it receives."""
+        named = self.catcher.directory
+        return self.path(named) if named else self.data_dir / "mails"
+
+    @property
+    def secret_key_path(self) -> Path:
+        """The file that keeps the key made on first use (when ``[web] secret_key`` is empty)."""
+        named = self.web.secret_key_file
+        return self.path(named) if named else self.data_dir / "secret.key"
+
+    @property
     def database_url(self) -> str:
-        """The database URL with a relative SQLite file made absolute."""
-        url = self.database.url
+        """The database URL with a relative SQLite file made absolute; empty: the SQLite file
+        ``notifier.db`` in the data directory."""
+        url = self.database.url or f"sqlite+aiosqlite:///{self.data_dir / 'notifier.db'}"
         for prefix in ("sqlite+aiosqlite:///", "sqlite:///"):
             if url.startswith(prefix):
                 rest = url[len(prefix) :]
@@ -447,13 +496,98 @@ def load_settings(
         if more:
             problem += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise ConfigError(shown, key, problem) from None
-    _check_legal_files(settings, shown)
+    check_paths(settings)
     return settings
 
 
-def _check_legal_files(settings: Settings, shown: str) -> None:
+def check_paths(settings: Settings) -> None:
+    """Check that the service can use every path of the configuration: the data directory
+    (the default ``var`` is created), an override templates folder, the statements of
+    ``[legal]``, the secret key file and the catcher's folder. (The database reports its own
+    problems when it is opened: :mod:`notifier.db.failures`.)
+
+    Raises :class:`ConfigError` naming the key and the path, in German, for the first problem.
+    """
+    shown = str(settings.config_file) if settings.config_file else "config"
+
+    data = settings.data_dir
+    if not data.exists() and settings.paths.data == DEFAULT_DATA:
+        try:
+            data.mkdir()
+        except OSError as exc:
+            raise ConfigError(
+                shown,
+                "paths.data",
+                f"Verzeichnis {data} lässt sich nicht anlegen: {os_reason(exc)}",
+            ) from None
+    problem = _directory_problem(data)
+    if problem:
+        raise ConfigError(shown, "paths.data", problem)
+
+    if settings.paths.templates:
+        folder = settings.path(settings.paths.templates)
+        if not folder.is_dir():
+            what = "ist kein Verzeichnis" if folder.exists() else "existiert nicht"
+            raise ConfigError(shown, "paths.templates", f"Vorlagenordner {folder} {what}")
+        if not os.access(folder, os.R_OK | os.X_OK):
+            raise ConfigError(shown, "paths.templates", f"Vorlagenordner {folder} ist nicht lesbar")
+
     # Every e-mail links to the privacy notice: a service without it must not start.
     for key in ("privacy_file", "accessibility_file"):
-        path = settings.path(getattr(settings.legal, key))
+        path = settings.legal_file(key)
         if not path.is_file():
-            raise ConfigError(shown, f"legal.{key}", f"file not found: {path}")
+            what = "ist keine Datei" if path.exists() else "nicht gefunden"
+            raise ConfigError(shown, f"legal.{key}", f"Datei {path} {what}")
+        if not os.access(path, os.R_OK):
+            raise ConfigError(shown, f"legal.{key}", f"Datei {path} ist nicht lesbar")
+
+    if not settings.web.secret_key.get_secret_value():
+        path = settings.secret_key_path
+        if path.exists():
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise ConfigError(
+                    shown, "web.secret_key_file", f"Schlüsseldatei {path} ist nicht lesbar"
+                )
+        else:
+            problem = _creatable(path)
+            if problem:
+                raise ConfigError(shown, "web.secret_key_file", problem)
+
+    if settings.smtp.catcher:
+        problem = _creatable(settings.catcher_dir)
+        if problem:
+            raise ConfigError(shown, "catcher.directory", problem)
+
+
+def _user() -> str:
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (KeyError, OSError):
+        return str(os.geteuid())
+
+
+def _directory_problem(path: Path) -> str | None:
+    """What keeps the service from writing into the folder ``path``; None if nothing."""
+    if not path.exists():
+        return f"Verzeichnis {path} existiert nicht"
+    if not path.is_dir():
+        return f"{path} ist kein Verzeichnis"
+    if not os.access(path, os.W_OK | os.X_OK):
+        return f"Verzeichnis {path} ist für Benutzer {_user()} nicht beschreibbar"
+    return None
+
+
+def _creatable(path: Path) -> str | None:
+    """What keeps the service from writing ``path`` (a file or folder, created with its missing
+    parents if it does not exist); None if nothing."""
+    if path.exists():
+        if path.is_dir():
+            return _directory_problem(path)
+        if not os.access(path, os.R_OK | os.W_OK):
+            return f"{path} ist für Benutzer {_user()} nicht beschreibbar"
+        return None
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    problem = _directory_problem(ancestor)
+    return f"{path} lässt sich nicht anlegen: {problem}" if problem else None

@@ -1,6 +1,7 @@
 """The pages every public body's website needs: the privacy notice (DSGVO art. 13) and the
 accessibility statement (BITV 2.0 § 7), written by the operator as Markdown files named in
-``[legal]`` and read once when the web application starts."""
+``[legal]`` (the package's example texts when none are named) and read once when the web
+application starts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from markupsafe import Markup
 
 from .config import Settings
-from .errors import ConfigError
+from .errors import ConfigError, os_reason
 from .rendering import markdown_html
 
 
@@ -33,13 +34,15 @@ def load_legal_pages(settings: Settings) -> LegalPages:
 
 
 def _read(settings: Settings, key: str) -> Markup:
-    path = settings.path(getattr(settings.legal, key))
+    path = settings.legal_file(key)
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise ConfigError(_shown(settings), f"legal.{key}", f"file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(_shown(settings), f"legal.{key}", f"cannot read {path}: {exc}") from exc
+    except OSError as exc:
+        problem = f"Datei {path}: {os_reason(exc)}"
+        raise ConfigError(_shown(settings), f"legal.{key}", problem) from exc
+    except UnicodeDecodeError as exc:
+        problem = f"Datei {path} ist kein UTF-8-Text ({exc.reason} an Byte {exc.start})"
+        raise ConfigError(_shown(settings), f"legal.{key}", problem) from exc
     return markdown_html(text)
 
 

@@ -35,7 +35,7 @@ def secret_key(settings: Settings) -> bytes:
     configured = settings.web.secret_key.get_secret_value()
     if configured:
         return configured.encode()
-    path = settings.path(settings.web.secret_key_file)
+    path = settings.secret_key_path
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         # O_EXCL: two processes starting at once cannot both write a different key.

@@ -177,7 +177,8 @@ class MessageIds:
 
 
 class Renderer:
-    """Renders e-mails from ``templates/email`` and builds MIME messages."""
+    """Renders e-mails from the templates of ``email/`` (an override folder's first, then the
+    package's) and builds MIME messages."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -186,7 +187,7 @@ class Renderer:
         self.topic_titles = {t.key: t.title for t in settings.topics}
         self.topic_order = {t.key: i for i, t in enumerate(settings.topics)}
         self.env = Environment(
-            loader=FileSystemLoader(settings.path(settings.paths.templates) / "email"),
+            loader=FileSystemLoader(settings.template_dirs("email")),
             autoescape=select_autoescape(["html"]),
             undefined=StrictUndefined,
             trim_blocks=True,

@@ -152,7 +152,7 @@ class Service:
             elif settings.smtp.catcher:
                 self.catcher = await stack.enter_async_context(
                     MailCatcher(
-                        settings.path(settings.catcher.directory),
+                        settings.catcher_dir,
                         settings.catcher.host,
                         settings.catcher.port,
                     )
@@ -196,9 +196,7 @@ class Service:
                     db,
                     self.clock,
                     wake=wake,
-                    mails=MailStore(settings.path(settings.catcher.directory))
-                    if settings.smtp.catcher
-                    else None,
+                    mails=MailStore(settings.catcher_dir) if settings.smtp.catcher else None,
                 )
                 # Test messages from the office go where this service sends (the catcher too).
                 app.state.ctx.extra["smtp"] = (host, port, tls)

@@ -25,13 +25,13 @@ import tomli_w
 from click.testing import CliRunner, Result
 
 from notifier.cli import main
-from notifier.config import Settings, load_settings
+from notifier.config import PACKAGED_ORGANISATIONS, Settings, load_settings
 
 from .httpserver import FeedServer, serving
 from .smtpd import RecordingSMTP
 
 REPO = Path(__file__).resolve().parent.parent
-ORGANISATIONS = REPO / "subscribers" / "organisations.csv"
+ORGANISATIONS = PACKAGED_ORGANISATIONS
 EXAMPLE = REPO / "subscribers" / "example.csv"
 
 
@@ -71,11 +71,6 @@ class Project:
                 "web": {"port": 0},
                 "scheduler": {"poll_seconds": 0.2},
                 "delivery": {"idle_poll_seconds": 0.2, "retry_base_seconds": 1},
-                "paths": {"templates": str(REPO / "templates")},
-                "legal": {
-                    "privacy_file": str(REPO / "legal" / "datenschutz.md"),
-                    "accessibility_file": str(REPO / "legal" / "barrierefreiheit.md"),
-                },
             },
         )
         _merge(data, changes)

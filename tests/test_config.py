@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -18,11 +23,8 @@ REPO_CONFIG = REPO / "config.toml"
 
 
 def repo_config() -> dict[str, Any]:
-    """The repo's config with its legal files named absolutely (so it loads from any folder)."""
-    data = tomllib.loads(REPO_CONFIG.read_text("utf-8"))
-    for key, path in data["legal"].items():
-        data["legal"][key] = str(REPO / path)
-    return data
+    """The repo's config (it loads from any folder: templates and legal texts are packaged)."""
+    return tomllib.loads(REPO_CONFIG.read_text("utf-8"))
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> Path:
@@ -49,14 +51,17 @@ def test_repo_config_loads_as_it_is() -> None:
     assert settings.scheduler.timezone == "Europe/Berlin"
     assert settings.topic_keys == ["strategie", "eifelleben", "versorgung", "mobilitaet"]
     assert settings.base_dir == REPO
-    # The default SQLite file lies under the config file's folder, not the working directory.
+    # The data directory lies under the config file's folder, not the working directory; the
+    # default SQLite file, secret key and catcher folder lie in it.
+    assert settings.data_dir == REPO / "var"
     assert settings.database_url == f"sqlite+aiosqlite:///{REPO / 'var' / 'notifier.db'}"
-    assert settings.path(settings.paths.templates) == REPO / "templates"
-    # The example statements are found when the service runs from the checkout.
-    assert settings.path(settings.legal.privacy_file) == REPO / "legal" / "datenschutz.md"
-    assert (
-        settings.path(settings.legal.accessibility_file) == REPO / "legal" / "barrierefreiheit.md"
-    )
+    assert settings.secret_key_path == REPO / "var" / "secret.key"
+    assert settings.catcher_dir == REPO / "var" / "mails"
+    # Templates and the example statements come from the package, wherever it is installed.
+    package = REPO / "notifier"
+    assert settings.template_dirs("email") == [package / "templates" / "email"]
+    assert settings.legal_file("privacy_file") == package / "legal" / "datenschutz.md"
+    assert settings.legal_file("accessibility_file") == package / "legal" / "barrierefreiheit.md"
 
 
 def test_wrong_type_names_file_and_key(tmp_path: Path) -> None:
@@ -333,3 +338,143 @@ def test_feedback_id_and_unsubscribe_mailto_are_checked(
     error = config_error(write_toml(tmp_path / "config.toml", data))
 
     assert error.key == f"mail.{key}"
+
+
+# -- paths ------------------------------------------------------------------------------------
+
+
+def _start_error(project: Project, changes: dict[str, Any]) -> str:
+    """The one line a start with ``changes`` stops with."""
+    project.write_config(changes)
+    result = project.cli("run", ok=False)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith(f"Konfigurationsfehler: {project.config}: ")
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_a_copy_of_the_config_elsewhere_runs_on_its_own_data_directory(
+    project: Project, tmp_path: Path
+) -> None:
+    # The checkout's config.toml copied to another folder (as /etc/notifier) finds templates
+    # and legal texts in the package and keeps its data in the folder [paths] data names.
+    data = tmp_path / "lib"
+    data.mkdir()
+    changes = {"database": {"url": ""}, "paths": {"data": str(data)}}
+    project.write_config(changes)
+
+    project.cli("migrate")
+    project.seed()
+
+    assert (data / "notifier.db").is_file()
+    assert not (project.root / "var" / "notifier.db").exists()
+    settings = project.settings
+    assert settings.secret_key_path == data / "secret.key"
+
+
+def test_the_default_data_directory_is_created(tmp_path: Path) -> None:
+    path = write_toml(tmp_path / "etc" / "config.toml", repo_config())
+
+    settings = load_settings(path, environ={})
+
+    assert (tmp_path / "etc" / "var").is_dir()
+    assert settings.data_dir == tmp_path / "etc" / "var"
+
+
+def test_a_missing_data_directory_stops_the_start(project: Project, tmp_path: Path) -> None:
+    missing = tmp_path / "lib" / "notifier"
+
+    line = _start_error(project, {"paths": {"data": str(missing)}})
+
+    assert "key 'paths.data'" in line
+    assert f"Verzeichnis {missing} existiert nicht" in line
+    assert not missing.exists(), "a named data directory is never created"
+
+
+def test_a_data_directory_that_is_a_file_stops_the_start(project: Project) -> None:
+    file = project.write("daten", "kein Ordner")
+
+    line = _start_error(project, {"paths": {"data": "daten"}})
+
+    assert "key 'paths.data'" in line
+    assert f"{file} ist kein Verzeichnis" in line
+
+
+def test_a_missing_override_templates_folder_stops_the_start(project: Project) -> None:
+    line = _start_error(project, {"paths": {"templates": "vorlagen"}})
+
+    assert "key 'paths.templates'" in line
+    assert f"Vorlagenordner {project.root / 'vorlagen'} existiert nicht" in line
+
+
+def test_a_missing_legal_file_stops_the_start(project: Project) -> None:
+    line = _start_error(project, {"legal": {"privacy_file": "recht/datenschutz.md"}})
+
+    assert "key 'legal.privacy_file'" in line
+    assert f"Datei {project.root / 'recht' / 'datenschutz.md'} nicht gefunden" in line
+
+
+def test_a_secret_key_file_in_a_missing_place_stops_the_start(project: Project) -> None:
+    blocker = project.write("schluessel", "eine Datei, kein Ordner")
+
+    line = _start_error(project, {"web": {"secret_key_file": "schluessel/secret.key"}})
+
+    assert "key 'web.secret_key_file'" in line
+    assert f"{blocker / 'secret.key'} lässt sich nicht anlegen" in line
+    assert f"{blocker} ist kein Verzeichnis" in line
+
+
+def test_a_given_secret_key_needs_no_file(project: Project) -> None:
+    project.write_config(
+        {"web": {"secret_key": "k" * 40, "secret_key_file": "/nonexistent/folder/secret.key"}}
+    )
+
+    assert project.settings.web.secret_key.get_secret_value() == "k" * 40
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="needs root and setpriv to run the command as a user who cannot write the folder",
+)
+def test_a_data_directory_the_service_cannot_write_stops_the_start() -> None:
+    # The config is readable by everyone, the data directory belongs to root: the command runs
+    # as nobody, as a service user would whose folder was made by root. (A folder of its own
+    # under /tmp: pytest's base folder is private and made so again by every pytest session.)
+    with tempfile.TemporaryDirectory(prefix="notifier-perm-") as name:
+        folder = Path(name)
+        folder.chmod(0o755)
+        data = folder / "lib"
+        data.mkdir()
+        data.chmod(0o755)
+        config = repo_config()
+        config["paths"]["data"] = str(data)
+        path = write_toml(folder / "etc" / "config.toml", config)
+        path.parent.chmod(0o755)
+        path.chmod(0o644)
+        code = f"from notifier.cli import main; main(['--config', {str(path)!r}, 'status'])"
+        nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        result = subprocess.run(
+            [*nobody, sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "key 'paths.data'" in lines[0]
+    assert f"Verzeichnis {data} ist für Benutzer nobody nicht beschreibbar" in lines[0]
+
+def test_an_empty_data_directory_is_refused(tmp_path: Path) -> None:
+    data = repo_config()
+    data["paths"]["data"] = " "
+    path = write_toml(tmp_path / "config.toml", data)
+
+    error = config_error(path)
+
+    assert error.key == "paths.data"
+    assert "must name a folder" in error.problem

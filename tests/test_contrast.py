@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import re
 
-from .conftest import REPO
+from notifier.config import PACKAGED_TEMPLATES
 
-CSS = REPO / "templates" / "web" / "static" / "site.css"
+CSS = PACKAGED_TEMPLATES / "web" / "static" / "site.css"
 
 
 def _variables() -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select, text
 
+from notifier.accounts import check_login
 from notifier.db import Database, queries
 from notifier.db.copy import PREPARED, tables
 from notifier.db.engine import head_revision
@@ -68,6 +69,12 @@ async def _sign_ups(project: Project) -> None:
         await confirm(
             session, LinkTarget(int(sub_id), 0), ip="192.0.2.7", settings=settings, now=now
         )
+    async with Database(settings.database_url) as db, db.transaction() as session:
+        # A failed office login leaves its throttling counters.
+        failed = await check_login(
+            session, "buero", "falsch-falsch-1", client="192.0.2.8", settings=settings.web, now=now
+        )
+        assert failed.user is None
 
 
 async def _briefings(project: Project) -> int:
@@ -102,7 +109,15 @@ def build_database(project: Project, service: Callable[[], Running]) -> Counter[
     )
     project.seed()
     project.cli("subscribers", "import", project.write("viele.csv", people(150, "kopie.example")))
-    project.cli("users", "add", "buero", "--email", "buero@kreis.example", "--password", "x" * 12)
+    project.cli(
+        "users",
+        "add",
+        "buero",
+        "--email",
+        "buero@kreis.example",
+        "--password",
+        "ein-langes-passwort",
+    )
     project.cli("tokens", "add", "fachverfahren")
     project.cli("sources", "poll")
     run_coroutine(lambda: _sign_ups(project))

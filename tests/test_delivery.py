@@ -12,13 +12,14 @@ import pytest
 from sqlalchemy import select
 
 from notifier.announcements import cancel
+from notifier.config import PACKAGED_TEMPLATES
 from notifier.db import Database
 from notifier.db.models import OutboxMessage, OutboxState
 from notifier.delivery import Sender, SmtpTransport
 from notifier.rendering import Recipient, Renderer
 from notifier.routing import release_due
 
-from .conftest import REPO, Project
+from .conftest import Project
 
 PEOPLE = "email,name,role,organisation,topics,rhythm\n" + "".join(
     f"p{i}@vg-arzfeld.example,Person {i},staff,Verbandsgemeinde Arzfeld,,immediate\n"
@@ -157,11 +158,12 @@ async def test_template_error_defers_until_the_template_is_fixed(
 ) -> None:
     # A template edited into an error after the announcement was scheduled: its messages wait
     # with the error as their reply, nothing stays claimed, and once the office has fixed the
-    # file the retries go out.
+    # file the retries go out. The office's folder holds that one file: the packaged templates
+    # serve the rest (base.html, which it extends, among them).
     templates = seeded.root / "templates"
-    shutil.copytree(REPO / "templates", templates)
     edited = templates / "email" / "announcement.html"
-    good = edited.read_text("utf-8")
+    edited.parent.mkdir(parents=True)
+    good = (PACKAGED_TEMPLATES / "email" / "announcement.html").read_text("utf-8")
     broken = good.replace("{{ body_html }}", "{{ body_html }}{{ nicht_definiert }}")
     assert broken != good
     edited.write_text(broken, "utf-8")

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from click.testing import Result
 
+from notifier.config import PACKAGED_TEMPLATES
+
 from .conftest import REPO, Project, free_port
 from .httpserver import FeedServer, Route
 from .smtpd import RecordingSMTP
@@ -148,11 +150,14 @@ def test_a_database_that_does_not_exist(project: Project, doctor: Callable[..., 
     assert not (project.root / "var" / "fehlt.db").exists()
 
 
-def test_broken_templates_in_a_copied_template_folder(
+def test_broken_templates_in_the_override_folder(
     project: Project, doctor: Callable[..., Result]
 ) -> None:
+    # The office's override folder holds its own versions of two templates, both broken.
     folder = project.root / "vorlagen"
-    shutil.copytree(REPO / "templates", folder)
+    for part in ("email/base.html", "web/public/signup.html"):
+        (folder / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(PACKAGED_TEMPLATES / part, folder / part)
     base = folder / "email" / "base.html"
     base.write_text(base.read_text("utf-8").replace("</body>", "{% if %}</body>"), "utf-8")
     page = folder / "web" / "public" / "signup.html"
@@ -164,7 +169,9 @@ def test_broken_templates_in_a_copied_template_folder(
     assert len(found) == 2, result.output
     assert found[0].startswith("✗ E-Mail-Vorlagen: Fehler (") and "base.html, Zeile" in found[0]
     assert found[1].startswith("✗ Seitenvorlagen: Fehler") and "gibtsnicht" in found[1]
-    assert f"→ Korrigieren Sie die Vorlage in [paths] templates ({folder})" in result.output
+    assert (
+        f"→ Korrigieren Sie die Vorlage im Ordner von [paths] templates ({folder})" in result.output
+    )
 
 
 def test_a_public_address_over_plain_http(project: Project, doctor: Callable[..., Result]) -> None:
@@ -177,11 +184,14 @@ def test_a_public_address_over_plain_http(project: Project, doctor: Callable[...
 def test_a_data_path_that_cannot_be_written(
     project: Project, doctor: Callable[..., Result]
 ) -> None:
-    # A file where a folder must be: refused whoever runs the test (root too).
+    # A file where a folder must be: refused whoever runs the test (root too). Loading the
+    # configuration already checks the service's paths, so it is the first line, with the key.
     result = doctor({"smtp": {"catcher": True}, "catcher": {"directory": "config.toml/m"}})
     assert result.exit_code == 1
-    assert "✗ [catcher] directory:" in result.output and "ist kein Verzeichnis" in result.output
-    assert "→ Legen Sie" in result.output
+    first = result.output.splitlines()[0]
+    assert first.startswith(f"✗ Konfiguration {project.config}: key 'catcher.directory'"), first
+    assert "ist kein Verzeichnis" in first
+    assert "→ Korrigieren Sie die genannte Stelle" in result.output
 
 
 def test_an_unreachable_source_and_a_slow_one_do_not_hold_up_the_others(

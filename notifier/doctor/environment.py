@@ -33,14 +33,14 @@ def _data_paths(settings: Settings) -> list[tuple[str, Path]]:
     """(key, folder) of what the service writes."""
     from ..db.engine import sqlite_path
 
-    paths: list[tuple[str, Path]] = []
+    paths: list[tuple[str, Path]] = [("[paths] data", settings.data_dir)]
     database = sqlite_path(settings.database_url)
     if database is not None:
         paths.append(("[database] url", database.parent))
     if not settings.web.secret_key.get_secret_value():
-        paths.append(("[web] secret_key_file", settings.path(settings.web.secret_key_file).parent))
+        paths.append(("[web] secret_key_file", settings.secret_key_path.parent))
     if settings.smtp.catcher:
-        paths.append(("[catcher] directory", settings.path(settings.catcher.directory)))
+        paths.append(("[catcher] directory", settings.catcher_dir))
     return paths
 
 

@@ -162,11 +162,14 @@ def _render_pages(settings: Settings) -> int:
 async def check_templates(settings: Settings) -> Sequence[Finding]:
     """Every e-mail and page template renders with sample data."""
     found: list[Finding] = []
-    folder = settings.path(settings.paths.templates)
-    hint = (
-        f"Korrigieren Sie die Vorlage in [paths] templates ({folder}), oder nehmen Sie die "
-        "Vorlagen dieser notifier-Version."
-    )
+    if settings.paths.templates:
+        folder = settings.path(settings.paths.templates)
+        hint = (
+            f"Korrigieren Sie die Vorlage im Ordner von [paths] templates ({folder}), oder "
+            "entfernen Sie sie dort: dann gilt die mitgelieferte Vorlage dieser notifier-Version."
+        )
+    else:
+        hint = "Die mitgelieferten Vorlagen sind beschädigt: Installieren Sie notifier neu."
     for label, render in (("E-Mail-Vorlagen", _render_emails), ("Seitenvorlagen", _render_pages)):
         try:
             count = await asyncio.to_thread(render, settings)

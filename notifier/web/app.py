@@ -1,9 +1,10 @@
 """The web application: public pages (sign-up, preferences, unsubscribe), the project office's
 console and the JSON API, served by ``notifier run`` (see :mod:`notifier.web.server`).
 
-Pages are rendered on the server from ``templates/web`` and work without JavaScript. Every form
-carries a CSRF token bound to the visitor's session (a signed, HttpOnly, SameSite cookie); the
-one exception is the RFC 8058 one-click unsubscribe, which the signed link itself authorises.
+Pages are rendered on the server from the templates of ``web/`` and work without JavaScript.
+Every form carries a CSRF token bound to the visitor's session (a signed, HttpOnly, SameSite
+cookie); the one exception is the RFC 8058 one-click unsubscribe, which the signed link itself
+authorises.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ async def checked_form(request: Request, *, once: bool = False) -> FormData:
 def page(
     request: Request, template: str, context: dict[str, Any] | None = None, status: int = 200
 ) -> Response:
-    """A page from ``templates/web`` with what every page needs (CSRF token, settings)."""
+    """A page from the templates of ``web/`` with what every page needs (CSRF token, settings)."""
     ctx = context_of(request)
     values = {
         "request": request,
@@ -117,9 +118,18 @@ def page(
     return ctx.templates.TemplateResponse(request, template, values, status_code=status)
 
 
+class _LayeredStaticFiles(StaticFiles):
+    """Static files looked up in several folders in order: an override folder's file wins, the
+    package's serves the rest (Starlette's own lookup walks ``all_directories`` so)."""
+
+    def __init__(self, directories: list[Path]) -> None:
+        super().__init__(directory=directories[-1])
+        self.all_directories = list(directories)
+
+
 def _templates(settings: Settings) -> Jinja2Templates:
     env = Environment(
-        loader=FileSystemLoader(settings.path(settings.paths.templates) / "web"),
+        loader=FileSystemLoader(settings.template_dirs("web")),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
@@ -271,8 +281,7 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _server_error)
-    static = Path(settings.path(settings.paths.templates)) / "web" / "static"
-    app.mount("/static", StaticFiles(directory=static), name="static")
+    app.mount("/static", _LayeredStaticFiles(settings.template_dirs("web/static")), name="static")
     app.include_router(public.router)
     app.include_router(office.router, prefix="/buero")
     app.include_router(api.router, prefix="/api/v1")
