@@ -34,6 +34,7 @@ from .errors import InputError, NotFoundError, RowProblem, StateError
 from .links import Links
 from .message_size import check_message_size, message_size_limit
 from .organisations import organisation_index
+from .remote_images import check_remote_images
 from .rendering import MessageIds, Recipient, Renderer
 
 FENCE = "+++"
@@ -238,15 +239,21 @@ async def sample_recipient(
     )
 
 
-async def check_size(
+async def check_message(
     session: AsyncSession, item: Item, *, renderer: Renderer, links: Links, now: datetime
 ) -> int:
-    """Build the item's message for a made-up recipient exactly as the sender does and return
-    its size in bytes; raises :class:`~notifier.errors.MessageTooLargeError` when it exceeds
+    """The checks of an announcement's message before it is scheduled, for every way in (CLI,
+    office console, API). Raises :class:`~notifier.errors.RemoteImageError` when the text loads
+    an image from a host that ``[mail] image_hosts`` does not list (see
+    :mod:`notifier.remote_images`).
+
+    Then builds the item's message for a made-up recipient exactly as the sender does and
+    returns its size in bytes; raises :class:`~notifier.errors.MessageTooLargeError` when it exceeds
     :func:`~notifier.message_size.message_size_limit` (the configured limit, or the SMTP
     server's SIZE when that is smaller). Not a real recipient: one whose own data cannot make
     a message (an address an older version let in) must not stop the announcement; the
     sender fails that one message."""
+    check_remote_images(item.body, renderer.settings.mail.image_hosts)
     recipient = made_up_recipient(links)
 
     def build() -> int:
@@ -271,10 +278,10 @@ async def schedule(
     links: Links,
 ) -> Item:
     """Store the announcement as scheduled, in the caller's transaction. Raises
-    :class:`~notifier.errors.MessageTooLargeError` (before storing anything) when its message
-    would be too large (see :func:`check_size`)."""
+    :class:`~notifier.errors.AnnouncementRefused` (before storing anything) when its message
+    would be too large or loads remote images (see :func:`check_message`)."""
     item = draft_item(draft, actor=actor, now=now)
-    await check_size(session, item, renderer=renderer, links=links, now=now)
+    await check_message(session, item, renderer=renderer, links=links, now=now)
     session.add(item)
     await session.flush()
     await record(

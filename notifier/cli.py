@@ -564,7 +564,7 @@ async def announce(ctx: click.Context, file: Path, dry_run: bool, follow: bool) 
         unsaved = ann.draft_item(draft, actor=_actor(), now=now)
         audience = await ann.audience(session, unsaved)
         if dry_run:
-            await ann.check_size(session, unsaved, renderer=renderer, links=links, now=now)
+            await ann.check_message(session, unsaved, renderer=renderer, links=links, now=now)
         else:
             item = await ann.schedule(
                 session, draft, actor=_actor(), now=now, renderer=renderer, links=links

@@ -86,6 +86,24 @@ class MailSettings(_Section):
     unsubscribe_mailto: str = ""
     # The largest message (headers and every part, as sent); larger announcements are refused.
     max_message_bytes: Annotated[int, Field(gt=0)] = 10_000_000
+    # Hosts an announcement may load images from (each image tells its host who opened the
+    # mail); an announcement with an image from any other host is refused. Empty: none.
+    image_hosts: Annotated[list[str], Field(max_length=100)] = []
+
+    @field_validator("image_hosts")
+    @classmethod
+    def _image_hosts(cls, value: list[str]) -> list[str]:
+        label = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+        hosts = []
+        for host in value:
+            name = host.lower().removesuffix(".")
+            if len(name) > 253 or not all(label.fullmatch(p) for p in name.split(".")):
+                raise ValueError(
+                    f"{host!r} is not a host name such as bilder.eifelkreis.de "
+                    "(no scheme, path or port)"
+                )
+            hosts.append(name)
+        return hosts
 
     @field_validator("sender_name", "sender_address", "reply_to", "list_id", "message_id_domain")
     @classmethod

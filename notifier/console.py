@@ -181,13 +181,13 @@ async def edit_announcement(
     links: Links,
 ) -> Item:
     """Change a scheduled announcement; raises :class:`NotFoundError`, :class:`StateError`
-    once it is sent or cancelled, or :class:`~notifier.errors.MessageTooLargeError` (see
-    :func:`notifier.announcements.check_size`)."""
+    once it is sent or cancelled, or :class:`~notifier.errors.AnnouncementRefused` (see
+    :func:`notifier.announcements.check_message`)."""
     item = await session.get(Item, item_id)
     if item is None or item.kind is not ItemKind.announcement:
         raise NotFoundError(f"keine Mitteilung mit der Nummer {item_id}")
     changed_item = draft_item(draft, actor=actor, now=now)
-    await ann.check_size(session, changed_item, renderer=renderer, links=links, now=now)
+    await ann.check_message(session, changed_item, renderer=renderer, links=links, now=now)
     values = {
         "subject": draft.subject,
         "body": draft.body,

@@ -136,7 +136,11 @@ def megabytes(size: int, *, round_up: bool = False) -> str:
     return f"{whole} MB" if tenth == 0 else f"{whole},{tenth} MB"
 
 
-class MessageTooLargeError(NotifierError):
+class AnnouncementRefused(NotifierError):
+    """An announcement that may not be scheduled as it is; the message says why."""
+
+
+class MessageTooLargeError(AnnouncementRefused):
     """A message would be larger than allowed; ``size`` and ``limit`` are in bytes."""
 
     def __init__(self, size: int, limit: int) -> None:
@@ -145,6 +149,23 @@ class MessageTooLargeError(NotifierError):
         super().__init__(
             f"Die Nachricht ist mit {megabytes(size, round_up=True)} zu groß "
             f"(höchstens {megabytes(limit)})."
+        )
+
+
+class RemoteImageError(AnnouncementRefused):
+    """An announcement's text loads images from ``hosts``, none listed in ``[mail]
+    image_hosts``."""
+
+    def __init__(self, hosts: list[str], allowed: list[str]) -> None:
+        self.hosts = hosts
+        self.allowed = allowed
+        named = ", ".join(hosts)
+        listed = ", ".join(allowed) if allowed else "keine"
+        super().__init__(
+            f"Der Text lädt Bilder von einem fremden Rechner ({named}). Ein solches Bild verrät "
+            "dem Rechner, wer die E-Mail wann öffnet; erlaubt sind nur Rechner aus "
+            f"[mail] image_hosts (derzeit: {listed}). Bitte das Bild entfernen oder als "
+            "Link angeben."
         )
 
 

@@ -23,12 +23,14 @@ from .config import Settings
 from .db.models import (
     BriefingQueue,
     Consent,
+    LegalBasis,
     Organisation,
     OutboxMessage,
     OutboxState,
     Rhythm,
     Role,
     Subscriber,
+    SubscriberSource,
     SubscriberStatus,
     Subscription,
 )
@@ -177,6 +179,8 @@ async def sign_up(
     else:  # pending again, or unsubscribed earlier: a new consent is needed
         sub.status = SubscriberStatus.pending
         sub.updated_at = now
+    # From now on the person's own consent is the basis, whoever added them before.
+    sub.basis, sub.source, sub.actor = LegalBasis.consent, SubscriberSource.signup, "web"
     _apply(sub, choices)
     await session.flush()
     session.add(

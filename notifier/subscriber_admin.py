@@ -19,7 +19,15 @@ from .addresses import check_email
 from .config import Settings
 from .console import FieldErrors, check_line, check_topics
 from .db import reports
-from .db.models import Organisation, Rhythm, Role, Subscriber, SubscriberStatus, Subscription
+from .db.models import (
+    Organisation,
+    Rhythm,
+    Role,
+    Subscriber,
+    SubscriberSource,
+    SubscriberStatus,
+    Subscription,
+)
 from .errors import FieldError, StateError
 from .labels import SUBSCRIBER_LABELS
 from .subscribers import active_subscriber
@@ -129,12 +137,18 @@ async def change_subscriber(
 
 
 async def add_subscriber(
-    session: AsyncSession, data: CheckedSubscriber, *, actor: str, now: datetime
+    session: AsyncSession,
+    data: CheckedSubscriber,
+    *,
+    actor: str,
+    source: SubscriberSource,
+    now: datetime,
 ) -> Subscriber:
-    """A subscriber entered by the office (like a CSV row): active at once."""
+    """A subscriber entered by the office or the API (like a CSV row): active at once, with
+    ``source`` and ``actor`` as its provenance."""
     if await _email_taken(session, data.email, None):
         raise FieldErrors({"email": "Diese Adresse ist schon eingetragen."})
-    sub = active_subscriber(data, now)
+    sub = active_subscriber(data, now, source=source, actor=actor)
     session.add(sub)
     await session.flush()
     await audit.record(session, actor, "subscriber.added", "subscriber", sub.id, {})

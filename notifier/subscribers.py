@@ -21,7 +21,16 @@ from .addresses import AddressError, normalise_email
 from .audit import record
 from .clock import utcnow
 from .csvfiles import FirstLines, Problems, csv_text, read_csv
-from .db.models import Organisation, Rhythm, Role, Subscriber, SubscriberStatus, Subscription
+from .db.models import (
+    LegalBasis,
+    Organisation,
+    Rhythm,
+    Role,
+    Subscriber,
+    SubscriberSource,
+    SubscriberStatus,
+    Subscription,
+)
 from .errors import InputError, RowProblem
 from .organisations import organisation_index
 
@@ -61,8 +70,12 @@ class SubscriberData(Protocol):
     def rhythm(self) -> Rhythm: ...
 
 
-def active_subscriber(data: SubscriberData, now: datetime) -> Subscriber:
-    """A new subscriber, active at once (imported, or entered by the office)."""
+def active_subscriber(
+    data: SubscriberData, now: datetime, *, source: SubscriberSource, actor: str
+) -> Subscriber:
+    """A new subscriber, active at once (imported, or entered by the office or the API): held
+    for the authority's public task (DSGVO art. 6(1)(e)), with ``source`` and ``actor`` as its
+    provenance."""
     return Subscriber(
         email=data.email,
         name=data.name,
@@ -74,6 +87,9 @@ def active_subscriber(data: SubscriberData, now: datetime) -> Subscriber:
         created_at=now,
         updated_at=now,
         subscriptions=[Subscription(topic_key=t) for t in data.topics],
+        basis=LegalBasis.public_task,
+        source=source,
+        actor=actor[:200],
     )
 
 
@@ -185,11 +201,13 @@ async def _apply(
     report: ImportReport,
     *,
     actor: str,
+    file_name: str,
     now: datetime,
     dry_run: bool,
 ) -> None:
     """Insert the new subscribers among ``rows`` and update the changed ones; counts them in
-    ``report``. With ``dry_run`` nothing is written."""
+    ``report``. With ``dry_run`` nothing is written. New subscribers' provenance names the
+    actor and the file."""
     existing = {
         s.email: s
         for s in (
@@ -207,7 +225,9 @@ async def _apply(
             report.added += 1
             if dry_run:
                 continue
-            sub = active_subscriber(row, now)
+            sub = active_subscriber(
+                row, now, source=SubscriberSource.csv_import, actor=f"{actor} ({file_name})"
+            )
             session.add(sub)
             added.append(sub)
             continue
@@ -259,11 +279,18 @@ async def _apply(
 
 
 async def import_subscribers(
-    session: AsyncSession, path: Path, topic_keys: set[str], *, actor: str, dry_run: bool = False
+    session: AsyncSession,
+    path: Path,
+    topic_keys: set[str],
+    *,
+    actor: str,
+    file_name: str | None = None,
+    dry_run: bool = False,
 ) -> ImportReport:
     """Import a subscriber CSV in the caller's transaction: new addresses are added, changed
     ones updated; importing the same file twice changes nothing. With ``dry_run`` nothing is
-    written.
+    written. New subscribers are recorded as imported by ``actor`` from ``file_name`` (default:
+    the file's own name; an upload names the file the user chose).
 
     Raises :class:`InputError` listing the bad rows, before anything is written, if any row is
     bad. The file is read twice, a row at a time: first every row is checked (keeping only the
@@ -280,7 +307,15 @@ async def import_subscribers(
         # Reading and checking a chunk takes a while: in a thread, the web application keeps
         # answering meanwhile.
         while chunk := await asyncio.to_thread(list, itertools.islice(rows, CHUNK_ROWS)):
-            await _apply(session, chunk, report, actor=actor, now=now, dry_run=dry_run)
+            await _apply(
+                session,
+                chunk,
+                report,
+                actor=actor,
+                file_name=file_name or path.name,
+                now=now,
+                dry_run=dry_run,
+            )
     if await asyncio.to_thread(_version, path) != version:
         raise InputError(
             str(path),

@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+from sqlalchemy import create_engine
+
 from notifier.db.engine import head_revision
 
 from .conftest import Project, Running
@@ -133,14 +135,29 @@ def test_backup_refuses_an_existing_file_and_restore_a_file_that_is_no_database(
     assert "keine notifier-Datenbank" in foreign.output, foreign.output
 
 
+def _downgrade(path: Path, revision: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from notifier.db.engine import MIGRATIONS
+
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as connection:
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS))
+            cfg.attributes["connection"] = connection
+            command.downgrade(cfg, revision)
+    finally:
+        engine.dispose()
+
+
 def test_an_older_backup_is_migrated_when_the_service_starts(project: Project) -> None:
     project.seed()
     older = project.root / "alt.db"
-    # A backup made before the newest migration: the database as 0008 left it.
-    with sqlite3.connect(project.root / "var" / "test.db") as db:
-        db.execute("DROP TABLE sender_status")
-        db.execute("DROP TABLE installation")
-        db.execute("UPDATE alembic_version SET version_num = '0008'")
+    # A backup made before the newest migrations: the database as 0008 left it (the later
+    # migrations' own downgrades take it there).
+    _downgrade(project.root / "var" / "test.db", "0008")
     project.cli("db", "backup", older)
     restored = project.cli("db", "restore", older)
     assert "Schema-Stand 0008, wird beim nächsten Start migriert" in restored.output

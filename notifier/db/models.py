@@ -83,6 +83,24 @@ class SubscriberStatus(enum.StrEnum):
     paused = "paused"  # keeps the subscription, receives nothing until resumed
 
 
+class LegalBasis(enum.StrEnum):
+    """Why the service may hold a subscriber's data (DSGVO art. 6(1))."""
+
+    consent = "consent"  # art. 6(1)(a): signed up and confirmed themselves
+    public_task = "public_task"  # art. 6(1)(e): added by the office (import, console, API)
+
+
+class SubscriberSource(enum.StrEnum):
+    """How a subscriber came in."""
+
+    signup = "signup"  # the public sign-up form
+    csv_import = "import"  # a CSV file (office upload or ``notifier subscribers import``)
+    api = "api"
+    office = "office"  # the office console's form
+    cli = "cli"
+    unknown = "unknown"  # stored before provenance was recorded (migration 0011)
+
+
 class ItemKind(enum.StrEnum):
     announcement = "announcement"
     update = "update"  # an entry of a news feed
@@ -159,6 +177,15 @@ class Subscriber(Base):
     updated_at: Mapped[datetime]
     # Part of every personal link: raising it revokes all links sent so far.
     token_version: Mapped[int] = mapped_column(Integer, default=0)
+    # Provenance, set when the subscriber is created (or signs up again): the legal basis, the
+    # way in, and who did it ("web", "office:buero", "api:crm", "cli:root (liste.csv)").
+    basis: Mapped[LegalBasis] = mapped_column(
+        _enum(LegalBasis), server_default=LegalBasis.public_task.value
+    )
+    source: Mapped[SubscriberSource] = mapped_column(
+        _enum(SubscriberSource), server_default=SubscriberSource.unknown.value
+    )
+    actor: Mapped[str] = mapped_column(String(200), server_default="")
 
     organisation: Mapped[Organisation] = relationship()
     subscriptions: Mapped[list[Subscription]] = relationship(

@@ -24,7 +24,7 @@ from .. import console
 from ..accounts import check_token
 from ..db import queries, reports
 from ..db.models import Item, OutboxState, Role
-from ..errors import FieldError, MessageTooLargeError, NotFoundError, StateError
+from ..errors import AnnouncementRefused, FieldError, NotFoundError, StateError
 from ..organisations import organisation_index
 from .app import context_of
 from .officekit import renderer
@@ -263,7 +263,7 @@ async def create_announcement(
             item = await ann.schedule(
                 session, draft, actor=actor, now=now, renderer=renderer(ctx), links=ctx.links
             )
-        except MessageTooLargeError as exc:
+        except AnnouncementRefused as exc:
             raise invalid({"body": str(exc)}) from exc
         out = await _announcement_out(session, item)
     ctx.wake()

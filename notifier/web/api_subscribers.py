@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException
 
 from .. import console, subscriber_admin
 from ..db import reports
-from ..db.models import Role, Subscriber, SubscriberStatus
+from ..db.models import Role, Subscriber, SubscriberSource, SubscriberStatus
 from ..errors import StateError
 from ..organisations import organisation_index
 from .api import Actor, invalid, router
@@ -159,7 +159,7 @@ async def create_subscriber(request: Request, data: SubscriberIn, actor: Actor) 
         checked = await _checked(request, session, {**data.model_dump(), "role": data.role.value})
         try:
             sub = await subscriber_admin.add_subscriber(
-                session, checked, actor=actor, now=ctx.clock()
+                session, checked, actor=actor, source=SubscriberSource.api, now=ctx.clock()
             )
         except console.FieldErrors as exc:
             raise invalid(exc.errors) from exc

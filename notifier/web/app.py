@@ -234,7 +234,9 @@ def create_app(
     mails: MailStore | None = None,
 ) -> FastAPI:
     """The ASGI application of one service."""
-    from . import api, office, public
+    from . import api, office, personal_data, public
+
+    del personal_data  # imported for its routes, which it adds to the routers below
 
     app = FastAPI(
         title="notifier",

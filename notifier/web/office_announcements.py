@@ -17,7 +17,7 @@ from .. import announcements as ann
 from .. import audit, console
 from ..db import queries, reports
 from ..db.models import Item, ItemStatus, OutboxState
-from ..errors import DeliveryError, MessageTooLargeError, NotFoundError, StateError
+from ..errors import AnnouncementRefused, DeliveryError, NotFoundError, StateError
 from ..labels import ITEM_LABELS, ROLE_LABELS, STATE_LABELS
 from ..organisations import LEVEL_LABELS, organisation_index
 from .app import checked_form, context_of
@@ -271,7 +271,7 @@ async def _submit(request: Request, user: OfficeUser, item_id: int | None) -> Re
                 saved = item.id
             except StateError as exc:
                 problem = str(exc)
-            except MessageTooLargeError as exc:
+            except AnnouncementRefused as exc:
                 errors["body"] = str(exc)
         if draft is not None and action != "planen":
             item = console.draft_item(draft, actor=user.actor, now=now)

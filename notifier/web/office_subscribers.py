@@ -17,7 +17,8 @@ from starlette.exceptions import HTTPException
 
 from .. import audit, console, subscriber_admin
 from ..addresses import display_email
-from ..db import reports
+from ..data_export import BASIS_LABELS, SOURCE_LABELS
+from ..db import personal, reports
 from ..db.models import Role, Subscriber, SubscriberStatus
 from ..errors import InputError, StateError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, ROLE_LABELS, SUBSCRIBER_LABELS
@@ -181,7 +182,12 @@ async def import_upload(request: Request, user: CurrentUser) -> Response:
     try:
         async with ctx.db.transaction() as session:
             report = await import_subscribers(
-                session, path, set(ctx.settings.topic_keys), actor=user.actor, dry_run=dry_run
+                session,
+                path,
+                set(ctx.settings.topic_keys),
+                actor=user.actor,
+                file_name=filename,
+                dry_run=dry_run,
             )
     except InputError as exc:
         summary = "" if exc.problems else str(exc).replace(str(path), filename)
@@ -227,6 +233,7 @@ async def _edit_page(
     async with ctx.db.reading() as session:
         sub = await _subscriber(session, subscriber_id)
         choices, _ = await units(session)
+        consents = await personal.consents(session, sub.id)
     label = next((u.label for u in choices if u.id == sub.organisation_id), "")
     return office_page(
         request,
@@ -245,6 +252,9 @@ async def _edit_page(
             "rhythms": {r.value: label for r, label in RHYTHM_LABELS.items()},
             "notice": notice,
             "problem": problem,
+            "consents": consents,
+            "basis_label": BASIS_LABELS[sub.basis],
+            "source_label": SOURCE_LABELS[sub.source],
         },
         section="subscribers",
         status=status,

@@ -21,9 +21,11 @@ from ..rendering import Renderer
 from .app import WebContext, context_of, page
 from .public import Unit, organisation_choices
 
-# The e-mail HTML shown in a frame: its inline styles and images may load, nothing else.
+# The e-mail HTML shown in a frame: its inline styles and embedded images may load, nothing
+# from another host (an image there would tell it that the office looked at the message, even
+# from a host [mail] image_hosts allows for recipients).
 MAIL_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data: https:; "
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
     "frame-ancestors 'self'; form-action 'none'; base-uri 'none'"
 )
 PREVIEWS_KEPT = 64

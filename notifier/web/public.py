@@ -15,6 +15,7 @@ from starlette.datastructures import FormData
 
 from .. import selfservice
 from ..addresses import check_email
+from ..data_export import personal_data
 from ..db.models import Organisation, OrgKind, Subscriber, SubscriberStatus
 from ..errors import FieldError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, SUBSCRIBER_LABELS
@@ -251,6 +252,9 @@ async def preferences_form(request: Request, token: str) -> Response:
         async with ctx.db.reading() as session:
             sub = await selfservice.subscriber_for(session, target)
             context = await _form_context(request, session)
+            context["personal"] = await personal_data(
+                session, sub.id, ctx.settings, now=ctx.clock()
+            )
     except LinkError as exc:
         return _link_problem(request, exc)
     return _preferences_page(request, sub, token, context, _values_of(sub, context["units"]))
@@ -294,6 +298,7 @@ async def preferences(request: Request, token: str) -> Response:
         async with ctx.db.transaction() as session:
             sub = await selfservice.subscriber_for(session, target)
             context = await _form_context(request, session)
+            context["personal"] = await personal_data(session, sub.id, ctx.settings, now=now)
             if sub.status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed):
                 return _preferences_page(
                     request, sub, token, context, _values_of(sub, context["units"]), status=409
@@ -325,6 +330,7 @@ async def preferences(request: Request, token: str) -> Response:
             await session.flush()
             await session.refresh(sub, ["organisation", "subscriptions"])
             values = _values_of(sub, context["units"])
+            context["personal"] = await personal_data(session, sub.id, ctx.settings, now=now)
     except LinkError as exc:
         return _link_problem(request, exc)
     return _preferences_page(request, sub, token, context, values, saved=saved)
