@@ -7,6 +7,7 @@ environment: ``NOTIFIER_SMTP__PASSWORD`` sets ``[smtp] password``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -143,6 +144,15 @@ class DeliverySettings(_Section):
     suppress_after_hard_failures: Annotated[int, Field(ge=1)] = 3
 
 
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 class ImapSettings(_Section):
     """The IMAP mailbox that receives the bounces (empty host: no polling)."""
 
@@ -162,6 +172,13 @@ class ImapSettings(_Section):
         if any(c in value for c in '\r\n"\\') or any(ord(c) < 32 for c in value):
             raise ValueError("must be a single line without quotes or backslashes")
         return value
+
+    @model_validator(mode="after")
+    def _tls_off_only_here(self) -> ImapSettings:
+        # The password would cross the network in the clear.
+        if self.host and self.tls == "none" and not _is_loopback_host(self.host):
+            raise ValueError(f'tls = "none" only for a server on this machine, not {self.host}')
+        return self
 
 
 class BouncesSettings(_Section):

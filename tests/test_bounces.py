@@ -317,3 +317,75 @@ async def test_listener_of_the_running_service_acts_on_bounces(
 
     await asyncio.to_thread(deliver)
     await check_states(project, "smtp")
+
+
+# -- configuration ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "words"),
+    [
+        ({"return_path": "bounces@example.org"}, "bounces.return_path", "{token} once"),
+        ({"return_path": "bounces+{token}"}, "bounces.return_path", "{token} once"),
+        ({"listen": "2526"}, "bounces.listen", "HOST:PORT"),
+        ({"imap": {"host": "imap.example.org", "tls": "none"}}, "bounces.imap", 'tls = "none"'),
+        ({"imap": {"folder": 'IN"BOX'}}, "bounces.imap.folder", "quotes"),
+        ({"suppress_after_soft_bounces": 0}, "bounces.suppress_after_soft_bounces", "1"),
+    ],
+)
+def test_bad_bounce_settings_are_named(
+    project: Project, changes: dict[str, object], key: str, words: str
+) -> None:
+    from notifier.config import load_settings
+    from notifier.errors import ConfigError
+
+    project.write_config({"bounces": changes})
+    with pytest.raises(ConfigError) as info:
+        load_settings(project.config, environ={})
+    assert info.value.key == key and words in str(info.value)
+
+
+def test_imap_password_comes_from_the_environment(project: Project) -> None:
+    from notifier.config import load_settings
+
+    project.write_config({"bounces": {"imap": {"host": "imap.example.org"}}})
+    settings = load_settings(project.config, environ={"NOTIFIER_BOUNCES__IMAP__PASSWORD": "geheim"})
+    assert settings.bounces.imap.password.get_secret_value() == "geheim"
+    assert "geheim" not in repr(settings)
+    assert settings.bounces.imap.tls == "tls" and settings.bounces.imap.port == 993
+
+
+# -- the scheduler polls the mailbox -----------------------------------------------------------
+
+
+async def test_running_service_polls_the_mailbox(
+    project: Project,
+    mailbox: Mailbox,  # noqa: F811
+    spawn: object,
+) -> None:
+    configure(
+        project,
+        imap={
+            "host": mailbox.host,
+            "port": mailbox.port,
+            "tls": "none",
+            "user": mailbox.user,
+            "password": mailbox.password,
+            "poll_minutes": 0.01,
+        },
+    )
+    sent = await send_announcement(project)
+    running = spawn("run")  # type: ignore[operator]
+    raw = bouncemail.dsn(sent[person(0)].mail_from, person(0), "5.1.1", sent[person(0)].message_id)
+    await asyncio.to_thread(mailbox.deliver, raw)
+    async with Database(project.settings.database_url) as db:
+        for _ in range(100):
+            async with db.reading() as session:
+                status = await session.scalar(
+                    select(Subscriber.status).where(Subscriber.email == person(0))
+                )
+            if status is SubscriberStatus.suppressed:
+                break
+            await asyncio.sleep(0.1)
+    assert status is SubscriberStatus.suppressed, running.output[-3000:]  # type: ignore[attr-defined]
+    assert len(await asyncio.to_thread(mailbox.messages, "Verarbeitet")) == 1
