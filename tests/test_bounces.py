@@ -389,3 +389,101 @@ async def test_running_service_polls_the_mailbox(
             await asyncio.sleep(0.1)
     assert status is SubscriberStatus.suppressed, running.output[-3000:]  # type: ignore[attr-defined]
     assert len(await asyncio.to_thread(mailbox.messages, "Verarbeitet")) == 1
+
+
+# -- counting, matching without VERP, keeping the raw message -------------------------------------
+
+
+async def _status(project: Project, email: str) -> SubscriberStatus:
+    async with Database(project.settings.database_url) as db, db.reading() as session:
+        status = await session.scalar(select(Subscriber.status).where(Subscriber.email == email))
+    assert status is not None
+    return status
+
+
+async def test_the_same_message_bouncing_twice_counts_once_and_soft_bounces_add_up(
+    project: Project,
+) -> None:
+    project.write_config(
+        {
+            "delivery": {"suppress_after_hard_failures": 2},
+            "bounces": {
+                "return_path": f"bounces+{{token}}@{DOMAIN}",
+                "suppress_after_soft_bounces": 2,
+            },
+        }
+    )
+    sent = await send_announcement(project)
+    hard = project.write(
+        "hard.eml",
+        bouncemail.dsn(
+            sent[person(0)].mail_from, person(0), "5.1.1", sent[person(0)].message_id
+        ).decode(),
+    )
+    for _ in range(2):
+        out = await asyncio.to_thread(project.cli, "bounces", "feed", hard)
+        assert "harter Fehler, gezählt (1 von 2 harten Fehlern)" in out.output
+    assert await _status(project, person(0)) is SubscriberStatus.active
+    soft = project.write(
+        "soft.eml",
+        bouncemail.dsn(
+            sent[person(1)].mail_from, person(1), "4.2.2", sent[person(1)].message_id
+        ).decode(),
+    )
+    first = await asyncio.to_thread(project.cli, "bounces", "feed", soft)
+    assert "gezählt (1 von 2 weichen Fehlern)" in first.output
+    second = await asyncio.to_thread(project.cli, "bounces", "feed", soft)
+    assert "gesperrt (2 weiche Fehler)" in second.output
+    assert await _status(project, person(1)) is SubscriberStatus.suppressed
+
+
+async def test_without_return_path_reports_are_matched_by_message_id_or_address(
+    project: Project,
+) -> None:
+    project.write_config({"bounces": {"return_path": ""}})
+    project.seed(project.write("people.csv", PEOPLE))
+    project.cli("announce", project.write("a.md", NOTE))
+    settings = project.settings
+    async with Database(settings.database_url) as db:
+        await release_due(db, datetime.now(UTC))
+        sender = Sender(
+            db,
+            settings,
+            Renderer(settings),
+            lambda: SmtpTransport(settings.smtp),
+            lambda: datetime.now(UTC),
+        )
+        await sender.run_once()
+        await sender.close()
+    sent = {r.rcpt_tos[0]: r for r in project.smtp.received}
+    assert {r.mail_from for r in sent.values()} == {f"newsletter@{DOMAIN}"}
+    box = f"newsletter@{DOMAIN}"
+    by_id = bouncemail.arf(box, person(2), str(sent[person(2)].message["Message-ID"]))
+    by_address = bouncemail.arf(box, person(3), "<unbekannt@example.net>")
+    for name, raw in (("a.eml", by_id), ("b.eml", by_address)):
+        await asyncio.to_thread(project.cli, "bounces", "feed", project.write(name, raw.decode()))
+    assert await _status(project, person(2)) is SubscriberStatus.unsubscribed
+    assert await _status(project, person(3)) is SubscriberStatus.unsubscribed
+
+
+async def test_raw_messages_are_forgotten_after_keep_raw_days(project: Project) -> None:
+    from datetime import timedelta
+
+    from notifier.bounces.intake import BounceIntake
+
+    project.write_config({"bounces": {"keep_raw_days": 2}})
+    await asyncio.to_thread(project.cli, "migrate")
+    now = datetime.now(UTC)
+    async with Database(project.settings.database_url) as db:
+        early = BounceIntake(db, project.settings, lambda: now - timedelta(days=3))
+        late = BounceIntake(db, project.settings, lambda: now)
+        old = await early.handle(bouncemail.no_report("x@example.org"), source="smtp")
+        new = await late.handle(bouncemail.no_report("x@example.org"), source="smtp")
+        assert await late.clean() == 1
+        async with db.reading() as session:
+            kept = dict((await session.execute(select(Bounce.id, Bounce.raw))).all())
+    assert kept[old.bounce_id] is None and kept[new.bounce_id] is not None
+    shown = await asyncio.to_thread(
+        project.cli, "bounces", "show", str(old.bounce_id), "--raw", ok=False
+    )
+    assert shown.exit_code == 1 and "nicht mehr aufbewahrt" in shown.output
