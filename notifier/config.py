@@ -165,6 +165,8 @@ class ImapSettings(_Section):
     processed_folder: str = "Verarbeitet"
     poll_minutes: Annotated[float, Field(gt=0)] = 5.0
     timeout: Annotated[float, Field(gt=0)] = 30.0
+    # A CA certificate file (PEM) to trust instead of the system's (an in-house CA).
+    ca_file: str = ""
 
     @field_validator("host", "user", "folder", "processed_folder")
     @classmethod

@@ -44,6 +44,8 @@ class Mailbox:
     port: int
     user: str
     password: str
+    tls_port: int  # implicit TLS (imaps), with the certificate below
+    cert: Path
 
     @contextlib.contextmanager
     def client(self) -> Iterator[imaplib.IMAP4]:
@@ -80,7 +82,9 @@ class Dovecot:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.port = _free_port()
+        self.tls_port = _free_port()
         self.passwd = root / "passwd"
+        self.cert = root / "cert.pem"  # self-signed for 127.0.0.1: tests trust it as a CA
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _config(self) -> str:
@@ -101,7 +105,10 @@ instance_name = notifier-test-{uuid.uuid4().hex[:8]}
 log_path = {root}/dovecot.log
 protocols = imap
 listen = 127.0.0.1
-ssl = no
+ssl = yes
+ssl_cert = <{self.cert}
+ssl_key = <{root}/key.pem
+ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 default_internal_user = {internal_user}
@@ -124,7 +131,9 @@ service imap-login {{
     port = {self.port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {self.tls_port}
+    ssl = yes
   }}
 }}
 service anvil {{
@@ -136,6 +145,28 @@ service anvil {{
         (self.root / "run").mkdir()
         (self.root / "state").mkdir()
         self.passwd.write_text("")
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(self.root / "key.pem"),
+                "-out",
+                str(self.cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
         config = self.root / "dovecot.conf"
         config.write_text(self._config())
         self.proc = subprocess.Popen(
@@ -147,9 +178,10 @@ service anvil {{
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=1
-            ) as sock:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock,
+            ):
                 if sock.recv(100).startswith(b"* OK"):
                     return self
             time.sleep(0.1)
@@ -163,7 +195,7 @@ service anvil {{
         password = uuid.uuid4().hex
         with self.passwd.open("a") as out:
             out.write(f"{user}:{{PLAIN}}{password}::::::\n")
-        return Mailbox("127.0.0.1", self.port, user, password)
+        return Mailbox("127.0.0.1", self.port, user, password, self.tls_port, self.cert)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -487,3 +487,27 @@ async def test_raw_messages_are_forgotten_after_keep_raw_days(project: Project) 
         project.cli, "bounces", "show", str(old.bounce_id), "--raw", ok=False
     )
     assert shown.exit_code == 1 and "nicht mehr aufbewahrt" in shown.output
+
+
+async def test_imap_over_tls_checks_the_certificate(
+    project: Project,
+    mailbox: Mailbox,  # noqa: F811
+) -> None:
+    imap = {
+        "host": "127.0.0.1",
+        "port": mailbox.tls_port,
+        "tls": "tls",
+        "user": mailbox.user,
+        "password": mailbox.password,
+    }
+    # Self-signed, not trusted by the system: refused before the password is sent.
+    configure(project, imap=imap)
+    refused = await asyncio.to_thread(project.cli, "bounces", "poll", ok=False)
+    assert refused.exit_code == 1 and "CERTIFICATE_VERIFY_FAILED" in refused.output
+    assert mailbox.password not in refused.output
+    configure(project, imap={**imap, "ca_file": str(mailbox.cert)})
+    await asyncio.to_thread(mailbox.deliver, bouncemail.out_of_office("x@example.org", person(1)))
+    result = await asyncio.to_thread(project.cli, "bounces", "poll")
+    assert "1 Nachrichten angesehen, 0 verarbeitet und verschoben, 1 liegen gelassen" in (
+        result.output
+    )

@@ -63,6 +63,7 @@ class ImapPoller:
     """Reads the mailbox of ``[bounces.imap]`` into a :class:`BounceIntake`."""
 
     def __init__(self, settings: Settings, intake: BounceIntake) -> None:
+        self.settings = settings
         self.imap = settings.bounces.imap
         self.bounces = settings.bounces
         self.intake = intake
@@ -91,7 +92,7 @@ class ImapPoller:
         client: aioimaplib.IMAP4
         if imap.tls == "tls":
             client = aioimaplib.IMAP4_SSL(
-                imap.host, imap.port, timeout=imap.timeout, ssl_context=ssl.create_default_context()
+                imap.host, imap.port, timeout=imap.timeout, ssl_context=self._tls()
             )
         else:
             client = aioimaplib.IMAP4(imap.host, imap.port, timeout=imap.timeout)
@@ -108,6 +109,15 @@ class ImapPoller:
             await self._close(client, logout=False)
             raise
         return client
+
+    def _tls(self) -> ssl.SSLContext:
+        if not self.imap.ca_file:
+            return ssl.create_default_context()
+        path = self.settings.path(self.imap.ca_file)
+        try:
+            return ssl.create_default_context(cafile=str(path))
+        except (OSError, ssl.SSLError) as exc:
+            raise ImapError(f"[bounces.imap] ca_file {path}: nicht lesbar ({exc})") from exc
 
     async def _close(self, client: aioimaplib.IMAP4, *, logout: bool = True) -> None:
         try:
