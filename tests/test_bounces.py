@@ -511,3 +511,32 @@ async def test_imap_over_tls_checks_the_certificate(
     assert "1 Nachrichten angesehen, 0 verarbeitet und verschoben, 1 liegen gelassen" in (
         result.output
     )
+
+
+async def test_intake_works_on_each_backend(project: Project, backend: str) -> None:
+    """The intake's queries on SQLite and PostgreSQL: a hard bounce suppresses, a complaint
+    unsubscribes, a forged token changes nothing."""
+    project.write_config(
+        {
+            "database": {"url": backend},
+            "delivery": {"suppress_after_hard_failures": 1},
+            "bounces": {"return_path": f"bounces+{{token}}@{DOMAIN}"},
+        }
+    )
+    sent = await send_announcement(project)
+    messages = {
+        "hard.eml": bouncemail.dsn(
+            sent[person(0)].mail_from, person(0), "5.1.1", sent[person(0)].message_id
+        ),
+        "complaint.eml": bouncemail.arf(f"fbl@{DOMAIN}", person(3), sent[person(3)].message_id),
+        "forged.eml": bouncemail.dsn(
+            forged(sent[person(4)].mail_from), person(4), "5.1.1", sent[person(4)].message_id
+        ),
+    }
+    for name, raw in messages.items():
+        await asyncio.to_thread(project.cli, "bounces", "feed", project.write(name, raw.decode()))
+    assert await _status(project, person(0)) is SubscriberStatus.suppressed
+    assert await _status(project, person(3)) is SubscriberStatus.unsubscribed
+    assert await _status(project, person(4)) is SubscriberStatus.active
+    listed = await asyncio.to_thread(project.cli, "bounces", "list")
+    assert listed.output.count("\n") == 3 and "Beschwerde" in listed.output

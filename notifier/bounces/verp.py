@@ -23,7 +23,10 @@ class ReturnPath:
     def __init__(self, template: str, fallback: str, secret: bytes) -> None:
         self.template = template
         self.fallback = fallback
-        self._key = hashlib.sha256(b"notifier-verp\0" + secret).digest()
+        # Keyed once: each token copies the prepared HMAC state instead of keying it again.
+        self._mac = hmac.new(
+            hashlib.sha256(b"notifier-verp\0" + secret).digest(), digestmod=hashlib.sha256
+        )
         pattern = ""
         if template:
             before, _, after = template.partition("{token}")
@@ -36,7 +39,9 @@ class ReturnPath:
         return self._pattern is not None
 
     def _signature(self, outbox_id: int) -> str:
-        digest = hmac.new(self._key, b"%d" % outbox_id, hashlib.sha256).digest()
+        mac = self._mac.copy()
+        mac.update(b"%d" % outbox_id)
+        digest = mac.digest()
         return base64.b32encode(digest[:10]).decode("ascii").lower()
 
     def token(self, outbox_id: int) -> str:
