@@ -55,6 +55,17 @@ def _literal(response: aioimaplib.Response) -> bytes:
     return b""
 
 
+def _search_uids(response: aioimaplib.Response) -> set[int]:
+    """The UIDs of a SEARCH answer: its lines of numbers only (a message arriving meanwhile
+    adds lines such as ``3 EXISTS``, which are not UIDs)."""
+    uids: set[int] = set()
+    for line in response.lines[:-1]:  # the last line is the tagged "Search completed"
+        words = bytes(line).split()
+        if words and all(w.isdigit() for w in words):
+            uids.update(int(w) for w in words)
+    return uids
+
+
 def _quote(name: str) -> str:
     return '"' + name + '"'  # the config refuses quotes and backslashes in folder names
 
@@ -142,8 +153,7 @@ class ImapPoller:
             ):
                 _ok(created, f"Ordner {self.imap.processed_folder} anlegen")
             found = _ok(await client.uid_search("UNKEYWORD", CHECKED, charset=None), "SEARCH")
-            uids = [int(u) for line in found.lines[:1] for u in bytes(line).split() if u.isdigit()]
-            uids.sort()
+            uids = sorted(_search_uids(found))
             result.more = len(uids) > self.bounces.max_per_poll
             uids = uids[: self.bounces.max_per_poll]
             sizes = await self._sizes(client, uids)
@@ -155,7 +165,14 @@ class ImapPoller:
                 size = sizes.get(uid)
                 if size is None:
                     continue  # gone meanwhile (another client moved it)
-                handled = await self._one(client, uid, size)
+                try:
+                    handled = await self._one(client, uid, size)
+                except ImapError as exc:
+                    # One message the server will not hand out must not block the others.
+                    logger.warning("Bounce-Postfach: Nachricht UID %d übersprungen: %s", uid, exc)
+                    await client.uid("store", str(uid), "+FLAGS", f"({CHECKED})")
+                    result.left += 1
+                    continue
                 result.looked_at += 1
                 result.kinds[handled.kind.value] = result.kinds.get(handled.kind.value, 0) + 1
                 if handled.processed:

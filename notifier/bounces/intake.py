@@ -171,20 +171,22 @@ class BounceIntake:
         if kind is BounceKind.hard:
             threshold = self.settings.delivery.suppress_after_hard_failures
             failures = await store.hard_failures(session, sub.id)
-            if failures >= threshold and await store.suppress(
+            if failures < threshold:
+                return f"gezählt ({failures} von {threshold} harten Fehlern)"
+            if await store.suppress(
                 session, sub, now, {"hard_failures": failures, "how": "bounce"}
             ):
                 return f"gesperrt ({failures} harte Fehler)"
-            return f"gezählt ({failures} von {threshold} harten Fehlern)"
+            return f"gezählt ({failures} harte Fehler; Status bleibt {sub.status.value})"
         if kind is BounceKind.soft:
             threshold = self.bounces.suppress_after_soft_bounces
             since = now - timedelta(days=self.bounces.soft_window_days)
             count = await store.soft_bounces(session, sub.id, since)
-            if count >= threshold and await store.suppress(
-                session, sub, now, {"soft_bounces": count, "how": "bounce"}
-            ):
+            if count < threshold:
+                return f"gezählt ({count} von {threshold} weichen Fehlern)"
+            if await store.suppress(session, sub, now, {"soft_bounces": count, "how": "bounce"}):
                 return f"gesperrt ({count} weiche Fehler)"
-            return f"gezählt ({count} von {threshold} weichen Fehlern)"
+            return f"gezählt ({count} weiche Fehler; Status bleibt {sub.status.value})"
         how = "complaint" if kind is BounceKind.complaint else "mailto"
         changed = await selfservice.unsubscribe(
             session, sub, how=how, ip="", now=now, actor="bounces"
