@@ -85,9 +85,13 @@ def test_bounces_page_lists_and_unsuppresses(
     )
     assert_accessible(page, "Bounces")
 
-    # Per address.
+    # Per address, also from the person's page.
     page.get_by_label("Adresse", exact=True).fill(email)
     page.get_by_role("button", name="Anzeigen").click()
+    expect(page.get_by_role("heading", name=f"Bounces von {email}")).to_be_visible()
+    page.goto(site.url("/buero/abonnenten?status=suppressed"))
+    page.get_by_role("link", name=email).click()
+    page.get_by_role("link", name="Bounces dieser Adresse ansehen").click()
     expect(page.get_by_role("heading", name=f"Bounces von {email}")).to_be_visible()
 
     # A reason is required (blanks are no reason).
