@@ -540,3 +540,33 @@ async def test_intake_works_on_each_backend(project: Project, backend: str) -> N
     assert await _status(project, person(4)) is SubscriberStatus.active
     listed = await asyncio.to_thread(project.cli, "bounces", "list")
     assert listed.output.count("\n") == 3 and "Beschwerde" in listed.output
+
+
+@pytest.mark.parametrize("limit", [{"max_per_poll": 2}, {"poll_seconds_max": 0.001}])
+async def test_a_poll_takes_no_more_than_its_share(
+    project: Project,
+    mailbox: Mailbox,  # noqa: F811
+    limit: dict[str, float],
+) -> None:
+    configure(
+        project,
+        imap={
+            "host": mailbox.host,
+            "port": mailbox.port,
+            "tls": "none",
+            "user": mailbox.user,
+            "password": mailbox.password,
+        },
+        **limit,
+    )
+    await asyncio.to_thread(project.cli, "migrate")
+    for i in range(3):
+        raw = bouncemail.out_of_office(f"bounces@{DOMAIN}", person(i))
+        await asyncio.to_thread(mailbox.deliver, raw)
+    looked = []
+    for _ in range(4):
+        out = (await asyncio.to_thread(project.cli, "bounces", "poll")).output
+        looked.append(int(out.split(" Nachrichten angesehen")[0]))
+        if "Weitere Nachrichten warten" not in out:
+            break
+    assert sum(looked) == 3 and len(looked) >= 2 and looked[-1] <= 2

@@ -159,8 +159,8 @@ class ImapPoller:
             sizes = await self._sizes(client, uids)
             can_move = "MOVE" in (client.protocol.capabilities if client.protocol else set())
             for uid in uids:
-                if loop.time() > deadline:
-                    result.more = True
+                if result.looked_at and loop.time() > deadline:
+                    result.more = True  # at least one message per poll, however slow
                     break
                 size = sizes.get(uid)
                 if size is None:
