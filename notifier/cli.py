@@ -127,8 +127,9 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
         else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Their INFO lines (every job run, every SMTP command of the catcher) drown the service's own.
-    for noisy in ("apscheduler", "mail.log", "alembic"):
+    # Their INFO lines (every job run, every SMTP command of the catcher) drown the service's own;
+    # flufl.bounce logs each detector it tries, aioimaplib every line it receives.
+    for noisy in ("apscheduler", "mail.log", "alembic", "flufl.bounce", "aioimaplib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     loaded: list[Settings] = []
 
