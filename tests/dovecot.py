@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
+USERS = 200  # mailboxes one test session may use
 
 
 def _free_port() -> int:
@@ -86,6 +87,7 @@ class Dovecot:
         self.passwd = root / "passwd"
         self.cert = root / "cert.pem"  # self-signed for 127.0.0.1: tests trust it as a CA
         self.proc: subprocess.Popen[bytes] | None = None
+        self.users: list[tuple[str, str]] = []
 
     def _config(self) -> str:
         root = self.root
@@ -144,7 +146,10 @@ service anvil {{
     def start(self) -> Dovecot:
         (self.root / "run").mkdir()
         (self.root / "state").mkdir()
-        self.passwd.write_text("")
+        # Every user is there from the start: Dovecot may miss a passwd-file changed twice
+        # within a second.
+        self.users = [(f"bounces{i}", uuid.uuid4().hex) for i in range(USERS)]
+        self.passwd.write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in self.users))
         subprocess.run(
             [
                 "openssl",
@@ -190,11 +195,10 @@ service anvil {{
         raise RuntimeError(f"Dovecot did not start: {log.read_text() if log.exists() else ''}")
 
     def mailbox(self) -> Mailbox:
-        """A new user with an empty mailbox."""
-        user = f"bounces{uuid.uuid4().hex[:8]}"
-        password = uuid.uuid4().hex
-        with self.passwd.open("a") as out:
-            out.write(f"{user}:{{PLAIN}}{password}::::::\n")
+        """A user with an empty mailbox, not handed out before."""
+        if not self.users:
+            raise RuntimeError(f"all {USERS} test users of this Dovecot are used")
+        user, password = self.users.pop()
         return Mailbox("127.0.0.1", self.port, user, password, self.tls_port, self.cert)
 
     def stop(self) -> None:

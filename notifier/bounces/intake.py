@@ -129,12 +129,17 @@ class BounceIntake:
                     sub = await session.get(Subscriber, row.subscriber_id)
                 elif finding.address and not self._return_path_active:
                     sub = await store.subscriber_by_email(session, finding.address)
+            # Whom the row is about (for erasure and the per-address view), even where nothing
+            # is done because the report is not trusted to name them.
+            about = sub
+            if about is None and finding.address:
+                about = await store.subscriber_by_email(session, finding.address)
             bounce = Bounce(
                 received_at=now,
                 source=source,
                 kind=finding.kind,
-                address=(finding.address or (sub.email if sub else None) or None),
-                subscriber_id=sub.id if sub else None,
+                address=(finding.address or (about.email if about else None) or None),
+                subscriber_id=about.id if about else None,
                 outbox_id=row.id if row is not None else None,
                 status=finding.status,
                 diagnostic=(finding.diagnostic or finding.reason or None),
