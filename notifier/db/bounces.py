@@ -199,8 +199,8 @@ async def by_domain(session: AsyncSession, since: datetime) -> list[tuple[str, s
     return sorted(((d, k, n) for (d, k), n in counts.items()), key=lambda r: (-r[2], r[0]))
 
 
-async def suppressed_with_bounces(session: AsyncSession, limit: int = 200) -> list[Subscriber]:
-    """Suppressed subscribers (whom the office may make active again)."""
+async def suppressed_subscribers(session: AsyncSession, limit: int = 200) -> list[Subscriber]:
+    """Suppressed subscribers, latest first (whom the office may make active again)."""
     found = await session.scalars(
         select(Subscriber)
         .where(Subscriber.status == SubscriberStatus.suppressed)

@@ -39,7 +39,7 @@ async def _page(
     async with ctx.db.reading() as session:
         rows = await store.latest(session, limit=LATEST, address=address or None)
         domains = await store.by_domain(session, now - timedelta(days=DOMAIN_DAYS))
-        suppressed = await store.suppressed_with_bounces(session)
+        suppressed = await store.suppressed_subscribers(session)
     tz = ctx.settings.scheduler.tz
     return office_page(
         request,
