@@ -30,7 +30,7 @@ from .db import backup as backups
 from .db.failures import database_error, where
 from .db.models import Item, ItemStatus, OutboxState, SourceState
 from .errors import ConfigError, FileError, NotFoundError, NotifierError, megabytes, os_reason
-from .labels import FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS, smtp_state
+from .labels import BOUNCE_LABELS, FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS, smtp_state
 from .links import Links
 from .organisations import LEVEL_LABELS, load_organisations
 from .rendering import Renderer, german_datetime
@@ -127,8 +127,9 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
         else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # Their INFO lines (every job run, every SMTP command of the catcher) drown the service's own.
-    for noisy in ("apscheduler", "mail.log", "alembic"):
+    # Their INFO lines (every job run, every SMTP command of the catcher) drown the service's own;
+    # flufl.bounce logs each detector it tries, aioimaplib every line it receives.
+    for noisy in ("apscheduler", "mail.log", "alembic", "flufl.bounce", "aioimaplib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
     loaded: list[Settings] = []
 
@@ -827,6 +828,121 @@ def mails_show(ctx: click.Context, number: int, raw: bool, html: bool) -> None:
         click.echo("" if part is None else part.get_content())
     else:
         click.echo(_text_part(message))
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def bounces(ctx: click.Context) -> None:
+    """Zurückgekommene Nachrichten: Bounces, Beschwerden, Abmeldungen per E-Mail."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(bounces_list)
+
+
+@bounces.command("list")
+@click.option("--limit", default=50, show_default=True, help="So viele neueste zeigen.")
+@click.option("--address", default=None, help="Nur die einer Adresse.")
+@click.pass_context
+@run_async
+async def bounces_list(ctx: click.Context, limit: int, address: str | None) -> None:
+    """Die neuesten Bounces, eine pro Zeile: Nr., Zeit, Art, Adresse, Status, was geschah."""
+    from .db import bounces as store
+
+    settings = _settings(ctx)
+    async with await _open(settings) as db, db.reading() as session:
+        rows = await store.latest(session, limit=limit, address=address)
+    if not rows:
+        click.echo("Noch keine Bounces empfangen.")
+    for row in rows:
+        click.echo(
+            f"{row.id:>5}  {german_datetime(row.received_at, settings.scheduler.tz)}  "
+            f"{BOUNCE_LABELS[row.kind.value]}  {row.address or '–'}  {row.status or ''}  "
+            f"{row.action}"
+        )
+
+
+@bounces.command("show")
+@click.argument("number", type=int)
+@click.option("--raw", is_flag=True, help="Die Nachricht, wie empfangen (solange aufbewahrt).")
+@click.pass_context
+@run_async
+async def bounces_show(ctx: click.Context, number: int, raw: bool) -> None:
+    """Bounce NUMBER mit Zuordnung, Diagnose und was geschah."""
+    from .db import bounces as store
+
+    settings = _settings(ctx)
+    async with await _open(settings) as db, db.reading() as session:
+        bounce = await store.get(session, number)
+    if bounce is None:
+        raise NotFoundError(f"kein Bounce Nr. {number}")
+    if raw:
+        if bounce.raw is None:
+            raise NotFoundError(
+                f"Bounce Nr. {number}: die Nachricht ist nicht mehr aufbewahrt "
+                "([bounces] keep_raw_days)"
+            )
+        click.echo(bounce.raw.decode("utf-8", errors="replace"), nl=False)
+        return
+    tz = settings.scheduler.tz
+    for label, value in (
+        ("Empfangen", f"{german_datetime(bounce.received_at, tz)} ({bounce.source})"),
+        ("Art", BOUNCE_LABELS[bounce.kind.value]),
+        ("Adresse", bounce.address or "–"),
+        ("Abonnent", bounce.subscriber_id or "–"),
+        ("Nachricht (outbox)", bounce.outbox_id or "–"),
+        ("Status", bounce.status or "–"),
+        ("Diagnose", bounce.diagnostic or "–"),
+        ("Ergebnis", bounce.action or "–"),
+        ("Größe", f"{bounce.size} Bytes" + ("" if bounce.raw is not None else ", nicht mehr da")),
+    ):
+        click.echo(f"{label}: {value}")
+
+
+@bounces.command("poll")
+@click.pass_context
+@run_async
+async def bounces_poll(ctx: click.Context) -> None:
+    """Das Bounce-Postfach ([bounces.imap]) jetzt abrufen."""
+    from .bounces.imap import ImapPoller
+    from .bounces.intake import BounceIntake
+
+    settings = _settings(ctx)
+    if not settings.bounces.imap.host:
+        raise NotifierError("kein Bounce-Postfach konfiguriert ([bounces.imap] host)")
+    async with await _open(settings) as db:
+        intake = BounceIntake(db, settings, utcnow)
+        result = await ImapPoller(settings, intake).poll()
+        await intake.clean()
+    kinds = ", ".join(f"{BOUNCE_LABELS[k]}: {n}" for k, n in sorted(result.kinds.items()))
+    click.echo(
+        f"{result.looked_at} Nachrichten angesehen, {result.processed} verarbeitet und "
+        f"verschoben, {result.left} liegen gelassen" + (f" ({kinds})" if kinds else "")
+    )
+    if result.more:
+        click.echo("Weitere Nachrichten warten auf den nächsten Abruf.")
+
+
+@bounces.command("feed")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.pass_context
+@run_async
+async def bounces_feed(ctx: click.Context, file: Path) -> None:
+    """Eine gespeicherte Nachricht (.eml) wie einen eingegangenen Bounce verarbeiten."""
+    from .bounces.intake import HEAD_BYTES, BounceIntake
+
+    settings = _settings(ctx)
+    raw, size = _read_start(file, settings.bounces.max_message_bytes, HEAD_BYTES)
+    async with await _open(settings) as db:
+        handled = await BounceIntake(db, settings, utcnow).handle(raw, source="cli", size=size)
+    click.echo(
+        f"Bounce Nr. {handled.bounce_id}: {BOUNCE_LABELS[handled.kind.value]}, {handled.action}"
+    )
+
+
+def _read_start(file: Path, limit: int, head: int) -> tuple[bytes, int]:
+    """The file's bytes, or only its first ``head`` bytes if it is over ``limit``; its size."""
+    size = file.stat().st_size
+    with file.open("rb") as handle:
+        return handle.read(head if size > limit else size), size
 
 
 __all__ = ["main"]

@@ -7,6 +7,7 @@ environment: ``NOTIFIER_SMTP__PASSWORD`` sets ``[smtp] password``.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import re
@@ -171,6 +172,97 @@ class DeliverySettings(_Section):
     rate_per_second: Annotated[float, Field(ge=0)] = 0.0  # 0: no limit
     rate_per_hour: Annotated[float, Field(ge=0)] = 0.0  # 0: no limit
     suppress_after_hard_failures: Annotated[int, Field(ge=1)] = 3
+
+
+def _is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class ImapSettings(_Section):
+    """The IMAP mailbox that receives the bounces (empty host: no polling)."""
+
+    host: str = ""
+    port: Annotated[int, Field(ge=1, le=65535)] = 993
+    tls: Literal["tls", "none"] = "tls"
+    user: str = ""
+    password: SecretStr = SecretStr("")
+    folder: str = "INBOX"
+    processed_folder: str = "Verarbeitet"
+    poll_minutes: Annotated[float, Field(gt=0)] = 5.0
+    timeout: Annotated[float, Field(gt=0)] = 30.0
+    # A CA certificate file (PEM) to trust instead of the system's (an in-house CA).
+    ca_file: str = ""
+
+    @field_validator("host", "user", "folder", "processed_folder")
+    @classmethod
+    def _plain(cls, value: str) -> str:
+        if any(c in value for c in '\r\n"\\') or any(ord(c) < 32 for c in value):
+            raise ValueError("must be a single line without quotes or backslashes")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_off_only_here(self) -> ImapSettings:
+        # The password would cross the network in the clear.
+        if self.host and self.tls == "none" and not _is_loopback_host(self.host):
+            raise ValueError(f'tls = "none" only for a server on this machine, not {self.host}')
+        return self
+
+
+class BouncesSettings(_Section):
+    """Bounces and complaints that come back after the relay accepted a message."""
+
+    # Envelope sender (MAIL FROM) of every message, with "{token}" for the signed outbox row
+    # (VERP), e.g. "bounces+{token}@example.org". Empty: the sender address; bounces are then
+    # matched by the Message-ID and the original recipient inside the report.
+    return_path: str = ""
+    imap: ImapSettings = ImapSettings()
+    # Inbound SMTP listener ("host:port") the mail server forwards the bounce address to.
+    listen: str = ""
+    suppress_after_soft_bounces: Annotated[int, Field(ge=1)] = 5
+    soft_window_days: Annotated[float, Field(gt=0)] = 14.0
+    keep_raw_days: Annotated[float, Field(ge=0)] = 30.0
+    max_message_bytes: Annotated[int, Field(ge=10_000, le=100_000_000)] = 10_000_000
+    max_per_poll: Annotated[int, Field(ge=1, le=10_000)] = 200
+    poll_seconds_max: Annotated[float, Field(gt=0)] = 120.0
+
+    @field_validator("return_path")
+    @classmethod
+    def _return_path(cls, value: str) -> str:
+        if not value:
+            return value
+        local, at, domain = value.partition("@")
+        if (
+            local.count("{token}") != 1
+            or not at
+            or not re.fullmatch(r"[A-Za-z0-9.!#$%&'*+/=^_`|~\-]+", local.replace("{token}", ""))
+            or not re.fullmatch(r"[A-Za-z0-9.\-]+\.[A-Za-z]{2,}", domain)
+        ):
+            raise ValueError(
+                "must be an address with {token} once in the part before the @, "
+                "such as bounces+{token}@example.org"
+            )
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value and not re.fullmatch(r"[A-Za-z0-9.\-:\[\]]+:\d{1,5}", value):
+            raise ValueError("must be HOST:PORT such as 127.0.0.1:2526")
+        if value and int(value.rpartition(":")[2]) > 65535:
+            raise ValueError("port must be at most 65535")
+        return value
+
+    @property
+    def listen_address(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 _SOURCE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -350,6 +442,7 @@ class Settings(_Section):
     mail: MailSettings
     scheduler: SchedulerSettings = SchedulerSettings()
     delivery: DeliverySettings = DeliverySettings()
+    bounces: BouncesSettings = BouncesSettings()
     paths: PathSettings = PathSettings()
     legal: LegalSettings = LegalSettings()
     web: WebSettings = WebSettings()

@@ -59,3 +59,13 @@ def smtp_state(reachable: bool, since: str, reason: str | None, waiting: int | N
     if waiting is not None:
         text += f" – {waiting:,} Nachrichten warteten da".replace(",", ".")
     return text
+
+
+BOUNCE_LABELS = {
+    "hard": "harter Fehler",
+    "soft": "weicher Fehler",
+    "complaint": "Beschwerde",
+    "unsubscribe": "Abmeldung per E-Mail",
+    "ignored": "keine Fehlermeldung",
+    "unparseable": "nicht auswertbar",
+}

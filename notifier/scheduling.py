@@ -20,6 +20,7 @@ import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -29,6 +30,9 @@ from .db import Database
 from .db.leader import SCHEDULER_LOCK, LeaderLock
 from .routing import next_release, release_due
 from .sources.poller import SourcePoller
+
+if TYPE_CHECKING:
+    from .bounces.imap import ImapPoller
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +70,19 @@ class Scheduler:
         ]
         for job_id, func in checks:
             self._add(job_id, func, settings.scheduler.poll_seconds)
+        # Bounces: the IMAP mailbox every poll_minutes; raw messages past keep_raw_days hourly.
+        from .bounces.intake import BounceIntake
+
+        self.bounce_intake = BounceIntake(db, settings, clock)
+        if settings.bounces.imap.host:
+            from .bounces.imap import ImapPoller
+
+            self._add(
+                "bounces:imap",
+                functools.partial(self._poll_bounces, ImapPoller(settings, self.bounce_intake)),
+                settings.bounces.imap.poll_minutes * 60,
+            )
+        self._add("bounces:clean", self.clean_bounces, 3600)
         if poller is not None:
             for source in settings.sources.all:
                 # A partial, not a lambda: APScheduler must see a coroutine function to await it.
@@ -155,6 +172,33 @@ class Scheduler:
             return bool(result.new or result.cancelled or result.changed)
 
         await self._guarded(f"polling {source.name}", work)
+
+    async def _poll_bounces(self, poller: ImapPoller) -> None:
+        from .bounces.imap import ImapError
+
+        async def work() -> bool:
+            try:
+                result = await poller.poll()
+            except ImapError as exc:
+                logger.warning("Bounce-Postfach: %s; neuer Versuch beim nächsten Abruf", exc)
+                return False
+            if result.looked_at:
+                logger.info(
+                    "Bounce-Postfach: %d Nachrichten, %d verarbeitet, %d liegen gelassen",
+                    result.looked_at,
+                    result.processed,
+                    result.left,
+                )
+            return False
+
+        await self._guarded("polling the bounce mailbox", work)
+
+    async def clean_bounces(self) -> None:
+        async def work() -> bool:
+            await self.bounce_intake.clean()
+            return False
+
+        await self._guarded("forgetting old bounce messages", work)
 
     def start(self) -> None:
         self.scheduler.start()

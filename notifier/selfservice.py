@@ -310,7 +310,13 @@ async def resume(session: AsyncSession, sub: Subscriber, *, now: datetime) -> No
 
 
 async def unsubscribe(
-    session: AsyncSession, sub: Subscriber, *, how: str, ip: str, now: datetime
+    session: AsyncSession,
+    sub: Subscriber,
+    *,
+    how: str,
+    ip: str,
+    now: datetime,
+    actor: str = "web",
 ) -> bool:
     """Unsubscribe at once (idempotent); returns whether anything changed. Messages not yet
     on their way are cancelled in the same transaction."""
@@ -321,7 +327,7 @@ async def unsubscribe(
     cancelled = await _stop_pending_mail(session, sub, now)
     await audit.record(
         session,
-        "web",
+        actor,
         "unsubscribe",
         "subscriber",
         sub.id,

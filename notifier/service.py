@@ -112,6 +112,7 @@ class Service:
         self.stopped = asyncio.Event()
         self.catcher: MailCatcher | None = None
         self.web_port: int | None = None  # where the web application listens, once ready
+        self.bounce_port: int | None = None  # where the bounce listener listens, if it does
         self.helpers: list[asyncio.subprocess.Process] = []
 
     def stop(self) -> None:
@@ -186,6 +187,20 @@ class Service:
                 )
                 scheduler.start()
                 stack.push_async_callback(scheduler.aclose)
+                listen = settings.bounces.listen_address
+                if listen is not None:
+                    # Bounces forwarded by the mail server: one listener, beside the scheduler.
+                    from .bounces.intake import BounceIntake
+                    from .bounces.listener import BounceListener
+
+                    listener = await stack.enter_async_context(
+                        BounceListener(
+                            BounceIntake(db, settings, self.clock),
+                            *listen,
+                            max_bytes=settings.bounces.max_message_bytes,
+                        )
+                    )
+                    self.bounce_port = listener.port
             if "web" in self.roles and settings.web.enabled:
                 # Imported here: a sender-only process does without FastAPI and uvicorn.
                 from .catcher import MailStore

@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -472,3 +473,43 @@ class ApiToken(Base):
     created_at: Mapped[datetime]
     last_used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class BounceKind(enum.StrEnum):
+    hard = "hard"  # 5.x.x: the address does not exist or refuses for good
+    soft = "soft"  # 4.x.x: mailbox full, greylisting, temporary trouble
+    complaint = "complaint"  # an ARF report: the recipient marked a message as spam
+    unsubscribe = "unsubscribe"  # a mail to [mail] unsubscribe_mailto
+    ignored = "ignored"  # an auto-reply, an out-of-office note, a delivery report of success
+    unparseable = "unparseable"  # too big, no report inside, a forged token, broken MIME
+
+
+class Bounce(Base):
+    """One message that came back to the bounce address (or to unsubscribe_mailto).
+
+    ``subscriber_id`` and ``outbox_id`` tie it to a person: erasing a person deletes its rows
+    with one statement. ``raw`` (the message as received, at most [bounces] max_message_bytes)
+    is cleared after keep_raw_days."""
+
+    __tablename__ = "bounces"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    source: Mapped[str] = mapped_column(String(10))  # "imap", "smtp" or "cli"
+    kind: Mapped[BounceKind] = mapped_column(_enum(BounceKind))
+    address: Mapped[str | None] = mapped_column(String(320), index=True)
+    subscriber_id: Mapped[int | None] = mapped_column(
+        ForeignKey("subscribers.id", name="fk_bounces_subscriber"), index=True
+    )
+    outbox_id: Mapped[int | None] = mapped_column(
+        ForeignKey("outbox.id", name="fk_bounces_outbox"), index=True
+    )
+    status: Mapped[str | None] = mapped_column(String(16))  # the DSN status code, e.g. 5.1.1
+    diagnostic: Mapped[str | None] = mapped_column(Text)
+    # What was done: "suppressed", "counted", "unsubscribed", "none", or why it was left.
+    action: Mapped[str] = mapped_column(String(200), default="")
+    message_id: Mapped[str | None] = mapped_column(String(300))  # the incoming message's own
+    size: Mapped[int] = mapped_column(Integer, default=0)
+    raw: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # Counts towards suppressing the address; an un-suppression by the office sets it false.
+    counts: Mapped[bool] = mapped_column(default=True)

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from jinja2 import TemplateError
 from sqlalchemy import Connection, select
 
+from ..bounces.verp import ReturnPath
 from ..config import Settings
 from ..db import Database, queries
 from ..db.models import Item, ItemStatus, OutboxState
@@ -114,6 +115,7 @@ class Sender:
         # Prepared messages by item, notice and version: an event that changed is prepared anew.
         self._prepared: dict[tuple[int, str, int, str | None], Prepared] = {}
         self._message_ids: MessageIds | None = None  # keyed with the database's secret, once
+        self._return_path: ReturnPath | None = None  # the envelope sender (VERP), same key
         self._transports = [transports() for _ in range(self.delivery.connections)]
         # Room for a whole batch: the next claim (a database round trip, perhaps waiting for
         # another process's transaction) happens while the connections still have work.
@@ -299,6 +301,9 @@ class Sender:
             async with self.db.transaction() as session:
                 key = await queries.message_id_key(session)
             self._message_ids = MessageIds(self.settings.mail.domain, key)
+            self._return_path = ReturnPath(
+                self.settings.bounces.return_path, self.settings.mail.sender_address, key
+            )
         size = min(limit, 4 * len(self._transports)) if resuming else limit
         rows = await self.db.write(
             lambda connection: queries.claim_batch(connection, now, size, lease, owner)
@@ -545,6 +550,7 @@ class Sender:
         """Send one message; returns the future of its outcome's commit (None: handed back)."""
         claimed = job.claimed
         assert self._message_ids is not None  # read before the first claim
+        assert self._return_path is not None
         message_id = self._message_ids(claimed.id, claimed.subscriber_id)
         data = self._build(job, message_id)
         if data is None:
@@ -565,7 +571,7 @@ class Sender:
             return self._failure(claimed, reason, quiet=True)
         started = loop.time()
         try:
-            reply = await transport.send(data, self.settings.mail.sender_address, claimed.email)
+            reply = await transport.send(data, self._return_path.address(claimed.id), claimed.email)
         except SmtpUnavailable as exc:
             return self._unreachable(index, claimed, exc)
         except DeliveryError as exc:

@@ -15,10 +15,11 @@ from starlette.exceptions import HTTPException
 
 from .. import announcements as ann
 from .. import audit, console
+from ..db import bounces as bounce_store
 from ..db import queries, reports
 from ..db.models import Item, ItemStatus, OutboxState
 from ..errors import AnnouncementRefused, DeliveryError, NotFoundError, StateError
-from ..labels import ITEM_LABELS, ROLE_LABELS, STATE_LABELS
+from ..labels import BOUNCE_LABELS, ITEM_LABELS, ROLE_LABELS, STATE_LABELS
 from ..organisations import LEVEL_LABELS, organisation_index
 from .app import checked_form, context_of
 from .forms import field, fields
@@ -371,6 +372,7 @@ async def announcement(
         item = await _announcement(session, item_id)
         counts = await queries.outbox_counts(session, item_id)
         waiting = await queries.briefing_queue_count(session, item_id)
+        bounced = await bounce_store.counts_for_item(session, item_id)
         rows = await reports.deliveries(
             session, item_id, state=state, limit=PAGE_SIZE + 1, offset=(page_no - 1) * PAGE_SIZE
         )
@@ -404,6 +406,7 @@ async def announcement(
             "counts": [(s.value, STATE_LABELS[s], counts.get(s, 0)) for s in OutboxState],
             "total": sum(counts.values()),
             "waiting": waiting,
+            "bounces": [(BOUNCE_LABELS[k], n) for k, n in sorted(bounced.items())],
             "rows": rows[:PAGE_SIZE],
             "more": len(rows) > PAGE_SIZE,
             "page_no": page_no,

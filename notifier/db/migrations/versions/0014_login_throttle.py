@@ -2,7 +2,7 @@
 account: anyone could keep the office out by typing its name five times
 
 Revision ID: 0014
-Revises: 0011
+Revises: 0013
 Create Date: 2026-12-03 13:40:00
 """
 
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0014"
-down_revision: str | None = "0011"
+down_revision: str | None = "0013"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
