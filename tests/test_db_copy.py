@@ -24,6 +24,7 @@ from notifier.db.models import Organisation, Rhythm, Role
 from notifier.links import LinkTarget
 from notifier.selfservice import Choices, confirm, sign_up
 
+from .bouncemail import dsn
 from .conftest import REPO, Project, Running, run_coroutine
 from .smtpd import RecordingSMTP
 from .test_outbox_promises import note, people
@@ -131,6 +132,15 @@ def build_database(project: Project, service: Callable[[], Running]) -> Counter[
     project.smtp.wait_for(30, timeout=60)
     assert first.stop() == 0
     assert run_coroutine(lambda: _briefings(project)) >= 1
+    # A delivery report comes back for one of the messages sent (table bounces).
+    bounced = project.smtp.messages()[0]
+    report = dsn(
+        bounced.mail_from,
+        bounced.rcpt_tos[0],
+        "5.1.1",
+        str(bounced.message["Message-ID"]),
+    )
+    project.cli("bounces", "feed", project.write("dsn.eml", report.decode()))
     received = Counter(
         f"{r}|{m.message['Subject']}" for m in project.smtp.messages() for r in m.rcpt_tos
     )
