@@ -4,6 +4,7 @@ accessibility statement (BITV 2.0 § 7), written by the operator as Markdown fil
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from markupsafe import Markup
@@ -40,7 +41,39 @@ def _read(settings: Settings, key: str) -> Markup:
         raise ConfigError(_shown(settings), f"legal.{key}", f"file not found: {path}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(_shown(settings), f"legal.{key}", f"cannot read {path}: {exc}") from exc
-    return markdown_html(text)
+    return markdown_html(_filled(settings, key, text))
+
+
+# ``{retention.outbox_days}``, ``{web.confirm_hours}``: the configured values, so the privacy
+# notice names the retention periods this installation keeps.
+_PLACEHOLDER = re.compile(r"\{(retention|web)\.([a-z_]+)\}")
+_WEB_VALUES = ("confirm_hours", "link_days")
+
+
+def _german(value: float) -> str:
+    return f"{value:,.10g}".replace(",", "\u2009").replace(".", ",").replace("\u2009", ".")
+
+
+def placeholders(settings: Settings) -> dict[str, str]:
+    """The values the legal texts may name, by placeholder (without braces)."""
+    values = {f"retention.{k}": _german(v) for k, v in settings.retention.model_dump().items()}
+    values |= {f"web.{k}": _german(getattr(settings.web, k)) for k in _WEB_VALUES}
+    return values
+
+
+def _filled(settings: Settings, key: str, text: str) -> str:
+    values = placeholders(settings)
+
+    def fill(match: re.Match[str]) -> str:
+        name = f"{match.group(1)}.{match.group(2)}"
+        if name not in values:
+            known = ", ".join("{" + k + "}" for k in values)
+            raise ConfigError(
+                _shown(settings), f"legal.{key}", f"unknown placeholder {{{name}}} (known: {known})"
+            )
+        return values[name]
+
+    return _PLACEHOLDER.sub(fill, text)
 
 
 def _shown(settings: Settings) -> str:
