@@ -59,7 +59,7 @@ async def erase_subscriber(
     if keep_hash:
         await steps.remember_erased(session, who.email, reason, now)
     await audit.record(
-        session, actor, "subscriber.erased", "subscriber", who.id, {"reason": reason}
+        session, actor, "subscriber.erased", "subscriber", who.id, {"reason": reason}, at=now
     )
     logger.info("subscriber %d erased by %s (%s)", who.id, actor, reason)
     return Erased(who.id, rows)

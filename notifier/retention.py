@@ -143,7 +143,13 @@ async def _person(db: Database, kind: str, subscriber_id: int, cut: Cutoffs, now
             await steps.run_steps(session, who, now, keep)
             await queries.reduce_to_proof(session, subscriber_id)
             await audit.record(
-                session, ACTOR, "subscriber.reduced_to_proof", "subscriber", subscriber_id, {}
+                session,
+                ACTOR,
+                "subscriber.reduced_to_proof",
+                "subscriber",
+                subscriber_id,
+                {},
+                at=now,
             )
         else:
             # Unconfirmed sign-ups never became subscribers: no hash keeps them from an import.
@@ -185,7 +191,7 @@ async def purge(db: Database, settings: Settings, now: datetime) -> Purge:
                 due.skipped += 1
     await asyncio.to_thread(_remove_mails, due.catcher_mails)
     async with db.transaction() as session:
-        await audit.record(session, ACTOR, "privacy.purge", "retention", None, due.counts())
+        await audit.record(session, ACTOR, "privacy.purge", "retention", None, due.counts(), at=now)
     logger.info("Löschfristen: %s", ", ".join(f"{k}={v}" for k, v in due.counts().items()))
     return due
 
