@@ -10,6 +10,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 from click.testing import CliRunner
 from sqlalchemy import select, text, update
@@ -34,10 +35,11 @@ from notifier.erasure import erase_subscriber
 from notifier.links import PERSONAL, Links, LinkTarget
 from notifier.routing import release_due
 
+from .browser import assert_accessible, browser_page
 from .conftest import Project, Web
 from .test_storage_contract import note, people, store
 
-__all__ = ["store"]
+__all__ = ["browser_page", "store"]
 
 NAME = "Erika Musterfrau"
 EMAIL = "erika.musterfrau@og-bettingen.example"
@@ -369,3 +371,50 @@ def test_the_office_the_api_and_the_cli_erase(web: Callable[..., Web], project: 
     assert upload.status_code == 200, upload.text
     assert re.search(r"Zeile 2: peter\.meyer@bitburg\.example übersprungen", upload.text)
     assert _id_of(project, "peter.meyer@bitburg.example") is None
+
+
+def test_the_erasure_pages_pass_axe_core_in_a_browser(
+    web: Callable[..., Web], project: Project, browser_page: Any
+) -> None:
+    page = browser_page
+    site = web()
+    project.cli("users", "add", USER, "--email", "buero@kreis.example", "--password", PASSWORD)
+    peter = _id_of(project, "peter.meyer@bitburg.example")
+    anna = _id_of(project, "anna.schmitz@kreis.example")
+    assert peter is not None and anna is not None
+
+    # The person: preferences page with the partial, the confirmation, the result.
+    page.goto(site.url(_personal_path(project, "einstellungen", peter)))
+    assert_accessible(page, "Einstellungen mit Löschen")
+    page.get_by_role("link", name="Alle meine Daten löschen …").click()
+    assert page.get_by_role("heading", name="Alle meine Daten löschen").is_visible()
+    assert_accessible(page, "Löschen bestätigen")
+    page.get_by_role("button", name="Endgültig löschen").click()
+    assert page.get_by_role("heading", name="Ihre Daten sind gelöscht").is_visible()
+    assert_accessible(page, "Gelöscht")
+    assert _id_of(project, "peter.meyer@bitburg.example") is None
+
+    # The office: subscriber page, confirmation, result, and the import's report.
+    page.goto(site.url("/buero/anmelden"))
+    page.get_by_label("Benutzername").fill(USER)
+    page.get_by_label("Passwort").fill(PASSWORD)
+    page.get_by_role("button", name="Anmelden").click()
+    page.goto(site.url(f"/buero/abonnenten/{anna}"))
+    assert_accessible(page, "Abonnent mit Löschen")
+    page.get_by_role("link", name="Abonnent löschen …").click()
+    assert_accessible(page, "Abonnent löschen")
+    page.get_by_role("button", name="Endgültig löschen").click()
+    assert page.get_by_role("heading", name="Abonnent gelöscht").is_visible()
+    assert_accessible(page, "Abonnent gelöscht")
+    assert _id_of(project, "anna.schmitz@kreis.example") is None
+
+    csv = project.write(
+        "liste.csv",
+        "email,name,role,organisation,topics,rhythm\n"
+        "anna.schmitz@kreis.example,Anna Schmitz,staff,07232,,immediate\n",
+    )
+    page.goto(site.url("/buero/abonnenten/import"))
+    page.get_by_label("CSV-Datei").set_input_files(str(csv))
+    page.get_by_role("button", name="Hochladen und importieren").click()
+    assert page.get_by_text("Zeile 2: anna.schmitz@kreis.example übersprungen").is_visible()
+    assert_accessible(page, "Import mit übersprungenen Zeilen")
