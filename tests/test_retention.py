@@ -31,6 +31,8 @@ from notifier.db.models import (
     Subscriber,
     SubscriberStatus,
 )
+from notifier.errors import ConfigError
+from notifier.legal import load_legal_pages
 from notifier.links import LinkTarget
 from notifier.retention import plan, purge
 from notifier.routing import release_due
@@ -308,3 +310,15 @@ def test_the_service_purges_daily_and_the_privacy_notice_names_the_periods(
     )
     assert "weitere 1.095 Tage" in text and "48 Stunden" in text
     assert "{retention." not in text
+
+
+def test_an_unknown_placeholder_in_the_privacy_notice_stops_the_start(project: Project) -> None:
+    notice = project.write("datenschutz.md", "Wir löschen nach {retention.outbox_tage} Tagen.\n")
+    project.write_config({"legal": {"privacy_file": str(notice)}})
+    with pytest.raises(ConfigError) as caught:
+        load_legal_pages(project.settings)
+    assert caught.value.key == "legal.privacy_file"
+    assert "unknown placeholder {retention.outbox_tage}" in str(caught.value)
+    assert "{retention.outbox_days}" in str(caught.value)
+    project.write("datenschutz.md", "Nach {retention.outbox_days} Tagen; {web.confirm_hours} h.\n")
+    assert "Nach 180 Tagen; 48 h." in load_legal_pages(project.settings).privacy
