@@ -418,3 +418,19 @@ def test_the_erasure_pages_pass_axe_core_in_a_browser(
     page.get_by_role("button", name="Hochladen und importieren").click()
     assert page.get_by_text("Zeile 2: anna.schmitz@kreis.example übersprungen").is_visible()
     assert_accessible(page, "Import mit übersprungenen Zeilen")
+
+
+def test_an_expired_link_gets_the_german_410_page_and_erases_nothing(
+    web: Callable[..., Web], project: Project
+) -> None:
+    site = web({"web": {"link_days": 0.00002}})  # 1.7 seconds
+    peter = _id_of(project, "peter.meyer@bitburg.example")
+    assert peter is not None
+    erase = _personal_path(project, "loeschen", peter)
+    token = site.csrf(erase)  # still valid: the confirmation page
+    time.sleep(2.5)
+    page = site.client.get(erase)
+    assert page.status_code == 410 and "Dieser Link ist abgelaufen" in page.text
+    answer = site.client.post(erase, data={"csrf_token": token})
+    assert answer.status_code == 410
+    assert _id_of(project, "peter.meyer@bitburg.example") == peter
