@@ -47,12 +47,15 @@ async def erase_subscriber(
     now: datetime,
     reason: str = REQUEST,
     keep_hash: bool = True,
+    search_audit: bool = True,
 ) -> Erased:
     """Erase ``sub`` everywhere, in the caller's transaction (so nothing is half-erased when it
     fails): messages not yet sent are cancelled first, then every step of
     :data:`notifier.db.erasure.ERASURE_STEPS` runs; the audit entry names only the id and the
-    actor. With ``keep_hash`` the address's salted hash is kept for the import."""
-    who = await steps.person(session, sub)
+    actor. With ``keep_hash`` the address's salted hash is kept for the import; without
+    ``search_audit`` only the audit entries filed under the subscriber are cleaned, not every
+    entry that might quote the address (see :class:`notifier.db.erasure.Person`)."""
+    who = await steps.person(session, sub, search_audit=search_audit)
     # The ORM must not write the object back after its row is gone.
     session.expunge(sub)
     rows = await steps.run_steps(session, who, now)

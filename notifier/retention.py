@@ -137,7 +137,7 @@ async def _person(db: Database, kind: str, subscriber_id: int, cut: Cutoffs, now
         if sub is None or not _still_due(kind, sub, cut):
             return False
         if kind == "unsubscribed":
-            who = await steps.person(session, sub)
+            who = await steps.person(session, sub, search_audit=False)
             session.expunge(sub)
             keep = [s for s in steps.ERASURE_STEPS if s[0] not in PROOF_KEEPS]
             await steps.run_steps(session, who, now, keep)
@@ -160,6 +160,7 @@ async def _person(db: Database, kind: str, subscriber_id: int, cut: Cutoffs, now
                 now=now,
                 reason=RETENTION,
                 keep_hash=kind != "unconfirmed",
+                search_audit=False,
             )
     return True
 

@@ -390,6 +390,8 @@ class AuditEntry(Base):
     """Who changed what, when: imports, announcements, cancellations, organisation syncs."""
 
     __tablename__ = "audit_log"
+    # An erasure finds the entries about one subscriber through it.
+    __table_args__ = (Index("ix_audit_log_entity", "entity", "entity_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(index=True)

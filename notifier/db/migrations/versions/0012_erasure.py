@@ -57,6 +57,7 @@ def upgrade() -> None:
         sa.Column("erased_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("address_hash"),
     )
+    op.create_index("ix_audit_log_entity", "audit_log", ["entity", "entity_id"], unique=False)
     installation = sa.table(
         "installation", sa.column("key", sa.String), sa.column("value", sa.Text)
     )
@@ -66,6 +67,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute("DELETE FROM installation WHERE key = 'erasure_salt'")
     op.drop_table("erased_addresses")
+    op.drop_index("ix_audit_log_entity", table_name="audit_log")
     # Rows whose recipient is gone cannot be kept under NOT NULL.
     op.execute("DELETE FROM outbox WHERE subscriber_id IS NULL")
     op.execute(
