@@ -140,6 +140,8 @@ def test_an_older_backup_is_migrated_when_the_service_starts(project: Project) -
     with sqlite3.connect(project.root / "var" / "test.db") as db:
         db.execute("DROP TABLE sender_status")
         db.execute("DROP TABLE installation")
+        db.execute("DROP TABLE erased_addresses")  # 0012
+        db.execute("DROP INDEX ix_audit_log_entity")  # 0012
         db.execute("UPDATE alembic_version SET version_num = '0008'")
     project.cli("db", "backup", older)
     restored = project.cli("db", "restore", older)
@@ -150,6 +152,13 @@ def test_an_older_backup_is_migrated_when_the_service_starts(project: Project) -
             (head_revision(),)
         ]
         assert db.execute("SELECT count(*) FROM sender_status").fetchone() == (0,)
+        # 0012 copies the outbox (SQLite's batch mode): its partial indexes keep their WHERE.
+        indexes = dict(
+            db.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'outbox'").fetchall()
+        )
+        assert "WHERE state IN ('queued', 'deferred', 'sending')" in indexes["ix_outbox_open"]
+        assert "WHERE state IN ('failed', 'deferred')" in indexes["ix_outbox_trouble"]
+        assert "ix_outbox_subscriber_id" in indexes
     assert "12 Abonnenten" in project.cli("db", "backup", project.root / "neu.db").output
 
 
