@@ -6,6 +6,7 @@ service; the privacy notice names the configured periods."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import signal
 import sqlite3
@@ -17,6 +18,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from notifier import selfservice
+from notifier.catcher import MailStore
 from notifier.config import Settings
 from notifier.db import Database
 from notifier.db.erasure import erased_among
@@ -184,10 +186,22 @@ async def _many_pending(project: Project, count: int, days_ago: float) -> list[i
 def test_the_cli_reports_per_kind_and_removes_what_the_dry_run_said(project: Project) -> None:
     project.seed(None)
     asyncio.run(_many_pending(project, 3, days_ago=10))
+    # Two mails in the built-in catcher's store, one of them 15 days old.
+    store = MailStore(project.root / "var" / "mails")
+    mail = b"Subject: Test\r\nTo: k0@kill.example\r\n\r\nHallo\r\n"
+    old, new = (
+        store.save("a@b.example", ["k0@kill.example"], mail),
+        store.save("a@b", ["x@y"], mail),
+    )
+    meta = store.directory / f"{old:06d}.json"
+    data = json.loads(meta.read_text("utf-8"))
+    data["received_at"] = (datetime.now(UTC) - 15 * DAY).isoformat()
+    meta.write_text(json.dumps(data), "utf-8")
     dry = project.cli("privacy", "purge", "--dry-run").output
     assert "Probelauf – würde entfernen:" in dry
     assert "Unbestätigte Anmeldungen (älter als 48 Std. + 7 Tage), gelöscht: 3" in dry
-    assert "Mail-Catcher: E-Mails älter als 14 Tage: 0" in dry
+    assert "Mail-Catcher: E-Mails älter als 14 Tage: 1" in dry
+    assert len(store.list()) == 2
     with _db(project) as db:
         assert db.execute("SELECT count(*) FROM subscribers").fetchone() == (3,)
     done = project.cli("privacy", "purge").output
@@ -198,6 +212,8 @@ def test_the_cli_reports_per_kind_and_removes_what_the_dry_run_said(project: Pro
     with _db(project) as db:
         assert db.execute("SELECT count(*) FROM subscribers").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM consents").fetchone() == (0,)
+    assert [m.number for m in store.list()] == [new]
+    assert not meta.exists()
     again = project.cli("privacy", "purge", "--dry-run").output
     assert "nichts zu entfernen" in again
 
