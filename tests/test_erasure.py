@@ -18,7 +18,7 @@ from sqlalchemy import select, text, update
 from notifier import selfservice
 from notifier.cli import main
 from notifier.config import Settings
-from notifier.db import Database
+from notifier.db import Database, queries
 from notifier.db.models import (
     AuditEntry,
     Base,
@@ -31,13 +31,13 @@ from notifier.db.models import (
     Role,
     Subscriber,
 )
-from notifier.erasure import erase_subscriber
+from notifier.erasure import CANCELLED_STEP, erase_subscriber
 from notifier.links import PERSONAL, Links, LinkTarget
 from notifier.routing import release_due
 
 from .browser import assert_accessible, browser_page
 from .conftest import Project, Web
-from .test_storage_contract import note, people, store
+from .test_storage_contract import LEASE, T0, note, people, queued, store
 
 __all__ = ["browser_page", "store"]
 
@@ -434,3 +434,37 @@ def test_an_expired_link_gets_the_german_410_page_and_erases_nothing(
     answer = site.client.post(erase, data={"csrf_token": token})
     assert answer.status_code == 410
     assert _id_of(project, "peter.meyer@bitburg.example") == peter
+
+
+async def test_a_message_a_sender_holds_is_dropped_when_its_recipient_is_erased(
+    store: Project,
+) -> None:
+    db = await queued(store, 3)
+    try:
+        claimed = await db.write(lambda c: queries.claim_batch(c, T0, 10, LEASE, "sender:1"))
+        assert len(claimed) == 3
+        victim = claimed[0]
+        async with db.transaction() as session:
+            sub = await session.get_one(Subscriber, victim.subscriber_id)
+            done = await erase_subscriber(session, sub, actor="cli", now=T0)
+        assert done.rows[CANCELLED_STEP] == 1
+        # The sender reads its batch after the erasure: the row is not built, the others are.
+        async with db.reading() as session:
+            batch = await queries.describe_claimed(session, claimed)
+        assert sorted(c.id for c in batch) == sorted(c.id for c in claimed[1:])
+        # An outcome for it (had it been on the wire already) is refused, not written.
+        late = [queries.Outcome(victim.id, OutboxState.sent, T0, owner="sender:1")]
+        assert await db.write(lambda c: queries.record_outcomes(c, late)) == [victim.id]
+        async with db.reading() as session:
+            row = await session.get_one(OutboxMessage, victim.id)
+        assert (row.state, row.subscriber_id, row.lease_owner) == (
+            OutboxState.cancelled,
+            None,
+            None,
+        )
+        # Nor does a later claim take it again.
+        later = T0 + LEASE * 2
+        again = await db.write(lambda c: queries.claim_batch(c, later, 10, LEASE, "sender:2"))
+        assert victim.id not in {c.id for c in again}
+    finally:
+        await db.engine.dispose()
