@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -17,11 +18,13 @@ async def record(
     entity: str,
     entity_id: int | str | None,
     details: dict[str, Any] | None = None,
+    *,
+    at: datetime | None = None,
 ) -> None:
-    """Add one audit entry to the caller's transaction."""
+    """Add one audit entry to the caller's transaction (at ``at``, by default now)."""
     session.add(
         AuditEntry(
-            at=utcnow(),
+            at=at or utcnow(),
             actor=actor,
             action=action,
             entity=entity,

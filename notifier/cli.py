@@ -21,6 +21,7 @@ import click
 from sqlalchemy import select
 
 from . import announcements as ann
+from . import erasure, retention
 from .addresses import check_email, display_email
 from .catcher import MailStore
 from .clock import utcnow
@@ -488,6 +489,61 @@ async def subscribers_import(ctx: click.Context, file: Path, dry_run: bool, if_e
             f"  {len(report.kept_inactive)} abgemeldete Adressen bleiben abgemeldet: "
             + ", ".join(display_email(e) for e in report.kept_inactive)
         )
+    if report.skipped_erased:
+        count = len(report.skipped_erased)
+        rows = "1 Zeile" if count == 1 else f"{count} Zeilen"
+        click.echo(f"  {rows} übersprungen, weil die Person gelöscht wurde:")
+        for row in report.skipped_erased:
+            click.echo(f"  {row.message}")
+
+
+@subscribers.command("erase")
+@click.argument("address")
+@click.option("--yes", "-y", is_flag=True, help="Ohne Rückfrage löschen.")
+@click.pass_context
+@run_async
+async def subscribers_erase(ctx: click.Context, address: str, yes: bool) -> None:
+    """Alle Daten der Person mit ADDRESS löschen (DSGVO Art. 17)."""
+    settings = _settings(ctx)
+    async with await _open(settings) as db:
+        async with db.reading() as session:
+            sub = await erasure.subscriber_by_address(session, address)
+            shown = f"{display_email(sub.email)} (Nr. {sub.id}, {sub.name})"
+        if not yes and not click.confirm(
+            f"Alle Daten von {shown} unwiderruflich löschen?", default=False
+        ):
+            click.echo("Abgebrochen; nichts gelöscht.")
+            return
+        async with db.transaction() as session:
+            sub = await erasure.subscriber_by_address(session, address)
+            done = await erasure.erase_subscriber(session, sub, actor=_actor(), now=utcnow())
+    cancelled = done.rows.get(erasure.CANCELLED_STEP, 0)
+    click.echo(
+        f"Abonnent Nr. {done.subscriber_id} gelöscht; {cancelled} noch nicht versandte "
+        "Nachrichten storniert. Ein späterer Import überspringt die Adresse."
+    )
+
+
+@main.group()
+def privacy() -> None:
+    """Datenschutz: Löschfristen ([retention])."""
+
+
+@privacy.command("purge")
+@click.option("--dry-run", is_flag=True, help="Nur zeigen, was entfernt würde.")
+@click.pass_context
+@run_async
+async def privacy_purge(ctx: click.Context, dry_run: bool) -> None:
+    """Entfernen, was älter ist als die Fristen in [retention] (sonst täglich durch den Planer)."""
+    settings = _settings(ctx)
+    now = utcnow()
+    async with await _open(settings) as db:
+        if dry_run:
+            due = await retention.plan(db, settings, now)
+        else:
+            due = await retention.purge(db, settings, now)
+    for line in retention.report_lines(due, settings, dry_run=dry_run):
+        click.echo(line)
 
 
 @subscribers.command("export")

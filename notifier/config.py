@@ -420,6 +420,25 @@ class LegalSettings(_Section):
     accessibility_file: str = ""
 
 
+class RetentionSettings(_Section):
+    """How long personal data is kept (DSGVO art. 5(1)(e)); a daily job of the scheduler and
+    ``notifier privacy purge`` remove what is older. Unconfirmed sign-ups go after
+    ``[web] confirm_hours`` and :data:`notifier.retention.UNCONFIRMED_GRACE` more."""
+
+    # Unsubscribed people: name, choices and messages go after this many days ...
+    unsubscribed_days: Annotated[int, Field(ge=1, le=36_500)] = 30
+    # ... their consent record (and address) as proof this many days later.
+    consent_proof_days: Annotated[int, Field(ge=0, le=36_500)] = 1095
+    # Outbox rows and briefings lose their recipient (the counts stay).
+    outbox_days: Annotated[int, Field(ge=1, le=36_500)] = 180
+    # IP addresses in consent records and the audit log.
+    ip_days: Annotated[int, Field(ge=1, le=36_500)] = 90
+    # Entries of the audit log.
+    audit_days: Annotated[int, Field(ge=1, le=36_500)] = 730
+    # Mails stored by the built-in catcher ([smtp] catcher).
+    catcher_days: Annotated[int, Field(ge=1, le=36_500)] = 14
+
+
 class Topic(_Section):
     key: str
     title: str
@@ -445,6 +464,7 @@ class Settings(_Section):
     bounces: BouncesSettings = BouncesSettings()
     paths: PathSettings = PathSettings()
     legal: LegalSettings = LegalSettings()
+    retention: RetentionSettings = RetentionSettings()
     web: WebSettings = WebSettings()
     briefings: BriefingSettings = BriefingSettings()
     sources: SourcesSettings = SourcesSettings()

@@ -5,6 +5,7 @@ application starts."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from markupsafe import Markup
@@ -43,7 +44,41 @@ def _read(settings: Settings, key: str) -> Markup:
     except UnicodeDecodeError as exc:
         problem = f"Datei {path} ist kein UTF-8-Text ({exc.reason} an Byte {exc.start})"
         raise ConfigError(_shown(settings), f"legal.{key}", problem) from exc
-    return markdown_html(text)
+    return markdown_html(_filled(settings, key, text))
+
+
+# ``{retention.outbox_days}``, ``{web.confirm_hours}``: the configured values, so the privacy
+# notice names the retention periods this installation keeps.
+_PLACEHOLDER = re.compile(r"\{(retention|web)\.([a-z_]+)\}")
+_WEB_VALUES = ("confirm_hours", "link_days")
+
+
+def _german(value: float) -> str:
+    return f"{value:,.10g}".replace(",", "\u2009").replace(".", ",").replace("\u2009", ".")
+
+
+def placeholders(settings: Settings) -> dict[str, str]:
+    """The values the legal texts may name, by placeholder (without braces)."""
+    values = {f"retention.{k}": _german(v) for k, v in settings.retention.model_dump().items()}
+    values |= {f"web.{k}": _german(getattr(settings.web, k)) for k in _WEB_VALUES}
+    return values
+
+
+def _filled(settings: Settings, key: str, text: str) -> str:
+    values = placeholders(settings)
+
+    def fill(match: re.Match[str]) -> str:
+        name = f"{match.group(1)}.{match.group(2)}"
+        if name not in values:
+            known = ", ".join("{" + k + "}" for k in values)
+            raise ConfigError(
+                _shown(settings),
+                f"legal.{key}",
+                f"unbekannter Platzhalter {{{name}}} (bekannt: {known})",
+            )
+        return values[name]
+
+    return _PLACEHOLDER.sub(fill, text)
 
 
 def _shown(settings: Settings) -> str:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from . import retention
 from .briefings import next_briefing_slot, run_due_briefings, send_due_reminders
 from .config import CalendarSource, FeedSource, Settings
 from .db import Database
@@ -40,6 +41,8 @@ logger = logging.getLogger(__name__)
 JOB_GRACE_SECONDS = 10.0
 # How often a standby asks for the scheduler lock, and the leader checks it still holds it.
 ELECTION_SECONDS = 1.0
+# How often the retention periods of [retention] are carried out.
+PURGE_SECONDS = 24 * 3600.0
 
 
 class Scheduler:
@@ -83,6 +86,8 @@ class Scheduler:
                 settings.bounces.imap.poll_minutes * 60,
             )
         self._add("bounces:clean", self.clean_bounces, 3600)
+        # The retention periods: at the leader's start, then daily.
+        self._add("privacy-purge", self.privacy_purge, PURGE_SECONDS)
         if poller is not None:
             for source in settings.sources.all:
                 # A partial, not a lambda: APScheduler must see a coroutine function to await it.
@@ -164,6 +169,13 @@ class Scheduler:
             return bool(await send_due_reminders(self.db, self.settings, self.clock()))
 
         await self._guarded("sending reminders", work)
+
+    async def privacy_purge(self) -> None:
+        async def work() -> bool:
+            await retention.purge(self.db, self.settings, self.clock())
+            return False
+
+        await self._guarded("purging by the retention periods", work)
 
     async def _poll(self, poller: SourcePoller, source: FeedSource | CalendarSource) -> None:
         async def work() -> bool:

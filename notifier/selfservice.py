@@ -20,6 +20,7 @@ from sqlalchemy.orm import selectinload
 from . import audit
 from .addresses import check_email
 from .config import Settings
+from .db.erasure import forget_erased
 from .db.models import (
     BriefingQueue,
     Consent,
@@ -257,6 +258,8 @@ async def confirm(
         SubscriberStatus.active if domain_allowed(sub.email, settings) else SubscriberStatus.held
     )
     sub.updated_at = now
+    # Back by their own consent: an office import may list the address again.
+    await forget_erased(session, sub.email)
     await audit.record(
         session, "web", "confirm", "subscriber", sub.id, {"ip": ip, "status": sub.status.value}
     )

@@ -17,10 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from .addresses import AddressError, normalise_email
+from .addresses import AddressError, display_email, normalise_email
 from .audit import record
 from .clock import utcnow
 from .csvfiles import FirstLines, Problems, csv_text, read_csv
+from .db.erasure import erased_among
 from .db.models import (
     LegalBasis,
     Organisation,
@@ -100,6 +101,31 @@ class ImportReport:
     unchanged: int = 0
     # Unsubscribed or suppressed addresses: the file does not subscribe them again.
     kept_inactive: list[str] = field(default_factory=list)
+    # Rows of people who were erased (see notifier.erasure): skipped, not added again.
+    skipped_erased: list[ErasedRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ErasedRow:
+    """A skipped row whose address belongs to an erased person."""
+
+    line: int
+    email: str
+    reason: str  # notifier.erasure.REQUEST or RETENTION
+
+    @property
+    def message(self) -> str:
+        """The German line of the import report."""
+        why = (
+            "diese Person hat die Löschung ihrer Daten verlangt"
+            if self.reason == "request"
+            else "diese Person hatte sich abgemeldet; ihre Daten wurden nach Ablauf der Frist "
+            "gelöscht"
+        )
+        return (
+            f"Zeile {self.line}: {display_email(self.email)} übersprungen – {why}. "
+            "Neu aufnehmen nur mit ihrer Anmeldung unter /anmelden."
+        )
 
 
 Units = tuple[dict[str, Organisation], dict[str, Organisation]]  # by key, by name
@@ -218,9 +244,15 @@ async def _apply(
             )
         ).all()
     }
+    erased = await erased_among(session, [r.email for r in rows if r.email not in existing])
     added: list[Subscriber] = []
     for row in rows:
         sub = existing.get(row.email)
+        if sub is None and row.email in erased:
+            # Skipped with a line in the report rather than refusing the file: the office's
+            # list is usually older than the person's request, and every other row is good.
+            report.skipped_erased.append(ErasedRow(row.line, row.email, erased[row.email]))
+            continue
         if sub is None:
             report.added += 1
             if dry_run:

@@ -167,6 +167,13 @@ def test_an_older_backup_is_migrated_when_the_service_starts(project: Project) -
             (head_revision(),)
         ]
         assert db.execute("SELECT count(*) FROM sender_status").fetchone() == (0,)
+        # 0012 copies the outbox (SQLite's batch mode): its partial indexes keep their WHERE.
+        indexes = dict(
+            db.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name = 'outbox'").fetchall()
+        )
+        assert "WHERE state IN ('queued', 'deferred', 'sending')" in indexes["ix_outbox_open"]
+        assert "WHERE state IN ('failed', 'deferred')" in indexes["ix_outbox_trouble"]
+        assert "ix_outbox_subscriber_id" in indexes
     assert "12 Abonnenten" in project.cli("db", "backup", project.root / "neu.db").output
 
 

@@ -282,7 +282,9 @@ class OutboxMessage(Base):
     digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id", name="fk_outbox_digest"))
     # Which message about the item: "" (the item itself), "reminder:7", "changed:2", "cancelled".
     notice: Mapped[str] = mapped_column(String(40), default="")
-    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    # NULL once the recipient is erased or the row is older than [retention] outbox_days: the
+    # row still counts for the statistics, but no longer says whom it went to.
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"), index=True)
     state: Mapped[OutboxState] = mapped_column(_enum(OutboxState), default=OutboxState.queued)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
@@ -319,7 +321,8 @@ class Digest(Base):
     __tablename__ = "digests"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id"), index=True)
+    # NULL once the subscriber is erased (see OutboxMessage.subscriber_id).
+    subscriber_id: Mapped[int | None] = mapped_column(ForeignKey("subscribers.id"), index=True)
     rhythm: Mapped[Rhythm] = mapped_column(_enum(Rhythm))
     slot_at: Mapped[datetime]
     created_at: Mapped[datetime]
@@ -399,10 +402,24 @@ class InstallationValue(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
+class ErasedAddress(Base):
+    """An address whose owner asked to be erased (or was erased after unsubscribing), kept
+    only as a salted hash (salt: ``installation.erasure_salt``), so that a later CSV import
+    can say so instead of adding the person again."""
+
+    __tablename__ = "erased_addresses"
+
+    address_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reason: Mapped[str] = mapped_column(String(20))  # "request" or "retention"
+    erased_at: Mapped[datetime]
+
+
 class AuditEntry(Base):
     """Who changed what, when: imports, announcements, cancellations, organisation syncs."""
 
     __tablename__ = "audit_log"
+    # An erasure finds the entries about one subscriber through it.
+    __table_args__ = (Index("ix_audit_log_entity", "entity", "entity_id"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     at: Mapped[datetime] = mapped_column(index=True)

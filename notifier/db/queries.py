@@ -551,7 +551,12 @@ async def describe_claimed(session: AsyncSession, rows: Sequence[ClaimedRow]) ->
             .where(Subscriber.id.in_({r.subscriber_id for r in rows}))
         )
     }
-    return [Claimed(**vars(r), **recipients[r.subscriber_id]) for r in rows]
+    # A recipient erased since the claim is missing: the erasure cancelled the row.
+    return [
+        Claimed(**vars(r), **recipients[r.subscriber_id])
+        for r in rows
+        if r.subscriber_id in recipients
+    ]
 
 
 async def subscriber_topics(
@@ -720,7 +725,7 @@ def suppress_bouncing(
         )
         .group_by(OutboxMessage.subscriber_id)
     )
-    suppressed = [sid for sid, count in counts.all() if count >= threshold]
+    suppressed = [sid for sid, count in counts.all() if sid is not None and count >= threshold]
     if suppressed:
         connection.execute(
             update(Subscriber)
@@ -913,7 +918,8 @@ async def recent_failures(session: AsyncSession, limit: int) -> list[Failure]:
     """The latest failed or deferred messages with the server's reply."""
     rows = await session.execute(
         select(
-            Subscriber.email,
+            # Erased recipients (or rows older than [retention] outbox_days) have no address.
+            func.coalesce(Subscriber.email, "(gelöscht)"),
             OutboxMessage.state,
             OutboxMessage.updated_at,
             OutboxMessage.last_code,
@@ -921,7 +927,7 @@ async def recent_failures(session: AsyncSession, limit: int) -> list[Failure]:
             OutboxMessage.attempts,
             OutboxMessage.next_attempt_at,
         )
-        .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
+        .outerjoin(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
         .where(text(OUTBOX_TROUBLE))  # literal: matches the partial index ix_outbox_trouble
         .order_by(OutboxMessage.updated_at.desc(), OutboxMessage.id.desc())
         .limit(limit)

@@ -128,6 +128,14 @@ async def recent_source_items(session: AsyncSession, limit: int = 10) -> list[It
     )
 
 
+# Shown for outbox rows and briefings whose recipient was erased or aged out.
+ERASED_RECIPIENT = "(gelöscht)"
+
+
+def _email_or_erased() -> Any:
+    return func.coalesce(Subscriber.email, ERASED_RECIPIENT)
+
+
 @dataclass(frozen=True)
 class BriefingRow:
     created_at: datetime
@@ -138,8 +146,8 @@ class BriefingRow:
 
 async def recent_briefings(session: AsyncSession, limit: int = 10) -> list[BriefingRow]:
     rows = await session.execute(
-        select(Digest.created_at, Digest.rhythm, Subscriber.email, OutboxMessage.state)
-        .join(Subscriber, Subscriber.id == Digest.subscriber_id)
+        select(Digest.created_at, Digest.rhythm, _email_or_erased(), OutboxMessage.state)
+        .outerjoin(Subscriber, Subscriber.id == Digest.subscriber_id)
         .outerjoin(OutboxMessage, OutboxMessage.digest_id == Digest.id)
         .order_by(Digest.created_at.desc(), Digest.id.desc())
         .limit(limit)
@@ -159,7 +167,7 @@ class Delivery:
     """One recipient's message about an item."""
 
     outbox_id: int
-    subscriber_id: int
+    subscriber_id: int | None  # None: erased, or older than [retention] outbox_days
     email: str
     name: str
     notice: str
@@ -188,9 +196,9 @@ async def deliveries(
     stmt = (
         select(
             OutboxMessage.id,
-            Subscriber.id,
-            Subscriber.email,
-            Subscriber.name,
+            OutboxMessage.subscriber_id,
+            _email_or_erased(),
+            func.coalesce(Subscriber.name, ""),
             OutboxMessage.notice,
             OutboxMessage.state,
             OutboxMessage.attempts,
@@ -199,7 +207,7 @@ async def deliveries(
             OutboxMessage.last_code,
             OutboxMessage.last_reply,
         )
-        .join(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
+        .outerjoin(Subscriber, Subscriber.id == OutboxMessage.subscriber_id)
         .where(OutboxMessage.item_id == item_id)
         .order_by(failed_first, Subscriber.email, OutboxMessage.id)
         .limit(limit)

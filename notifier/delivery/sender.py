@@ -335,6 +335,9 @@ class Sender:
             self._unsent.extend((row.id, owner) for row in rows)  # back to the outbox
             self._flush_wanted.set()
             raise
+        # Recipients erased since the claim: the erasure cancelled their rows; not ours any more.
+        for outbox_id in {row.id for row in rows} - {c.id for c in batch}:
+            self._held.pop(outbox_id, None)
         for index, claimed in enumerate(batch):
             if resuming or index % YIELD_EVERY == YIELD_EVERY - 1:
                 # Let the connections and the other tasks (whose transactions may hold the

@@ -1,16 +1,16 @@
-"""The subscriber endpoints of the JSON API: search, read, add and change subscribers."""
+"""The subscriber endpoints of the JSON API: search, read, add, change and erase subscribers."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import Query, Request
+from fastapi import Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.exceptions import HTTPException
 
-from .. import console, subscriber_admin
+from .. import console, erasure, subscriber_admin
 from ..db import reports
 from ..db.models import Role, Subscriber, SubscriberSource, SubscriberStatus
 from ..errors import StateError
@@ -194,3 +194,15 @@ async def change_subscriber(
         await session.flush()
         session.expire(sub)
         return _subscriber_out(await _subscriber(session, subscriber_id))
+
+
+@router.delete("/subscribers/{subscriber_id}", status_code=204)
+async def erase_subscriber(request: Request, subscriber_id: RowId, actor: Actor) -> Response:
+    """Erase the subscriber everywhere (DSGVO art. 17), in one transaction: messages not yet
+    sent are cancelled, outbox rows keep no recipient, the audit log names only the id and the
+    token. A later CSV import skips the address. 404 if there is no such subscriber."""
+    ctx = context_of(request)
+    async with ctx.db.transaction() as session:
+        sub = await _subscriber(session, subscriber_id)
+        await erasure.erase_subscriber(session, sub, actor=actor, now=ctx.clock())
+    return Response(status_code=204)

@@ -278,6 +278,6 @@ async def mail_html(request: Request, number: int, user: CurrentUser) -> Respons
 
 
 # The other pages register their routes on the same router.
-from . import office_announcements, office_bounces, office_subscribers  # noqa: E402
+from . import erasure, office_announcements, office_bounces, office_subscribers  # noqa: E402
 
-__all__ += ["office_announcements", "office_bounces", "office_subscribers"]
+__all__ += ["erasure", "office_announcements", "office_bounces", "office_subscribers"]
