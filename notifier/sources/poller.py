@@ -35,6 +35,7 @@ Source = FeedSource | CalendarSource
 PAST_WINDOW = timedelta(days=1)
 # What one poll's database work may take, on top of the fetch timeout and parse_seconds.
 APPLY_SECONDS = 60.0
+FLUSH_EVERY = 200
 
 
 @dataclass
@@ -309,6 +310,7 @@ class SourcePoller:
                     )
                 )
                 result.new += 1
+                await _breathe(session, result.new)
             elif item.content_hash != entry.content_hash:
                 # A corrected entry is kept up to date but not sent again.
                 item.subject = entry.title or item.subject
@@ -365,6 +367,7 @@ class SourcePoller:
                     )
                 )
                 result.new += 1
+                await _breathe(session, result.new)
                 continue
             if event.cancelled and not item.event_cancelled:
                 await self._cancel_event(session, item, result, now)
@@ -424,6 +427,14 @@ async def item_counts(session: AsyncSession) -> dict[str, int]:
         select(Item.source, func.count()).where(Item.source.is_not(None)).group_by(Item.source)
     )
     return {name: count for name, count in rows.all() if name is not None}
+
+
+async def _breathe(session: AsyncSession, added: int) -> None:
+    """Every FLUSH_EVERY new items, write them: the event loop gets a turn between the
+    batches, so a calendar of thousands of events does not hold up web requests."""
+    if added % FLUSH_EVERY == 0:
+        await session.flush()
+        await asyncio.sleep(0)
 
 
 async def existing_items(
