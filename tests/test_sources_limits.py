@@ -21,9 +21,12 @@ from notifier.db import Database
 from notifier.routing import release_due
 from notifier.sources.poller import SourcePoller
 
+from .browser import assert_accessible, browser_page
 from .conftest import Project, Web
 from .httpserver import FeedServer, Route
 from .test_sources_flow import PEOPLE, ics, rss
+
+__all__ = ["browser_page"]
 
 BERLIN = ZoneInfo("Europe/Berlin")
 USER, PASSWORD, EMAIL = "buero", "ein-langes-passwort", "buero@kreis.example"
@@ -432,3 +435,47 @@ def test_office_releases_and_discards_held_items(
     subjects = " ".join(str(m.message["Subject"]) for m in project.smtp.messages())
     assert "Meldung 20" in subjects and "Meldung 0" in subjects
     assert _statuses(project, "zweite") == {"recorded": 4}
+
+
+def test_held_items_on_the_dashboard_in_a_browser(
+    web: Callable[..., Web], project: Project, server: FeedServer, browser_page: Any
+) -> None:
+    """The conspicuous source on the dashboard passes axe-core; its button releases."""
+    from playwright.sync_api import expect
+
+    server.routes["/flut.xml"] = Route(body=entries(1, "vorher"))
+    site = web(
+        {
+            "sources": {
+                "feed": [
+                    {
+                        "name": "flut",
+                        "url": server.url("/flut.xml"),
+                        "poll_minutes": 0.02,
+                        "max_new_per_poll": 1,
+                    }
+                ]
+            }
+        }
+    )
+    project.cli("users", "add", USER, "--email", EMAIL, "--password", PASSWORD)
+    deadline = time.monotonic() + 60
+    while _statuses(project, "flut").get("recorded", 0) < 1:
+        assert time.monotonic() < deadline, site.running.output[-3000:]
+        time.sleep(0.2)
+    server.routes["/flut.xml"] = Route(body=entries(2, "welle"))
+    while _statuses(project, "flut").get("held", 0) < 2:
+        assert time.monotonic() < deadline, site.running.output[-3000:]
+        time.sleep(0.2)
+    page = browser_page
+    page.goto(site.url("/buero"))
+    page.get_by_label("Benutzername").fill(USER)
+    page.get_by_label("Passwort").fill(PASSWORD)
+    page.get_by_role("button", name="Anmelden").click()
+    expect(page.get_by_text("2 neue Einträge zurückgehalten (mehr als 1")).to_be_visible()
+    assert_accessible(page, "Übersicht mit auffälliger Quelle")
+    button = page.get_by_role("button", name=re.compile(r"^Freigeben\W+2 Einträge von flut$"))
+    button.click()
+    expect(page.get_by_role("status")).to_have_text("2 zurückgehaltene Einträge freigegeben.")
+    assert_accessible(page, "Übersicht nach Freigabe")
+    assert _statuses(project, "flut").get("held") is None
