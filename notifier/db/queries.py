@@ -316,12 +316,12 @@ async def build_briefings(
             .returning(BriefingQueue.subscriber_id, BriefingQueue.item_id)
         )
     ).all()
-    item_ids_taken = {item_id for _, item_id in taken}
-    live_items = (
-        set(await session.scalars(select(Item.id).where(Item.id.in_(item_ids_taken), _live(now))))
-        if item_ids_taken
-        else set()
-    )
+    item_ids_taken = sorted({item_id for _, item_id in taken})
+    live_items: set[int] = set()
+    for chunk in _chunks(item_ids_taken):  # a flood of items must not exceed SQLite's variables
+        live_items.update(
+            await session.scalars(select(Item.id).where(Item.id.in_(chunk), _live(now)))
+        )
     per_subscriber: dict[int, list[int]] = {}
     for subscriber_id, item_id in sorted(taken):
         if item_id in live_items:
