@@ -479,3 +479,16 @@ def test_held_items_on_the_dashboard_in_a_browser(
     expect(page.get_by_role("status")).to_have_text("2 zurückgehaltene Einträge freigegeben.")
     assert_accessible(page, "Übersicht nach Freigabe")
     assert _statuses(project, "flut").get("held") is None
+
+
+def test_a_source_error_is_one_bounded_line(project: Project, server: FeedServer) -> None:
+    path = "/" + "x" * 400 + ".xml"
+    server.routes[path] = Route(status=404)
+    project.write_config({"sources": {"feed": [{"name": "lang", "url": server.url(path)}]}})
+    project.seed(project.write("people.csv", PEOPLE))
+    polled = project.cli("sources", "poll", ok=False)
+    assert polled.exit_code == 1
+    with _db(project) as db:
+        (error,) = db.execute("SELECT last_error FROM sources WHERE name = 'lang'").fetchone()
+    assert error.startswith("lang: HTTP 404 Not Found von http://127.0.0.1:")
+    assert len(error) == 300 and error.endswith("…") and "\n" not in error

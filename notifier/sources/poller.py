@@ -36,6 +36,8 @@ PAST_WINDOW = timedelta(days=1)
 # What one poll's database work may take, on top of the fetch timeout and parse_seconds.
 APPLY_SECONDS = 60.0
 FLUSH_EVERY = 200
+# A source's recorded error is at most this long (it is shown in one line).
+ERROR_CHARS = 300
 
 
 @dataclass
@@ -117,6 +119,8 @@ class SourcePoller:
                     "Einzelheiten im Protokoll des Dienstes"
                 )
             if result.error is not None:
+                # One line of bounded length, whatever a parser put into its message.
+                result.error = _one_line(result.error, ERROR_CHARS)
                 await self._record_error(source, result.error, now)
                 return result
         if result.new or result.changed or result.cancelled:
@@ -427,6 +431,11 @@ async def item_counts(session: AsyncSession) -> dict[str, int]:
         select(Item.source, func.count()).where(Item.source.is_not(None)).group_by(Item.source)
     )
     return {name: count for name, count in rows.all() if name is not None}
+
+
+def _one_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 async def _breathe(session: AsyncSession, added: int) -> None:
