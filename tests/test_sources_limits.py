@@ -492,3 +492,30 @@ def test_a_source_error_is_one_bounded_line(project: Project, server: FeedServer
         (error,) = db.execute("SELECT last_error FROM sources WHERE name = 'lang'").fetchone()
     assert error.startswith("lang: HTTP 404 Not Found von http://127.0.0.1:")
     assert len(error) == 300 and error.endswith("…") and "\n" not in error
+
+
+async def test_hanging_sources_do_not_hold_up_the_others(
+    project: Project, server: FeedServer
+) -> None:
+    """Two sources that never answer, polled at most two at once: each fails at its own
+    timeout and the third is polled all the same."""
+    server.routes["/haengt1.xml"] = Route(body=entries(1, "h1"), delay=30)
+    server.routes["/haengt2.xml"] = Route(body=entries(1, "h2"), delay=30)
+    server.routes["/gut.xml"] = Route(body=entries(2, "g"))
+    feeds = [
+        {"name": name, "url": server.url(f"/{name}.xml"), "timeout": 1}
+        for name in ("haengt1", "haengt2", "gut")
+    ]
+    project.write_config({"sources": {"max_concurrent_polls": 2, "feed": feeds}})
+    project.seed(project.write("people.csv", PEOPLE))
+    settings = project.settings
+    now = datetime(2026, 12, 1, 8, tzinfo=UTC)
+    async with Database(settings.database_url) as db, httpx.AsyncClient(trust_env=False) as client:
+        poller = SourcePoller(db, settings, client, lambda: now)
+        started = time.monotonic()
+        results = await poller.poll_all(settings.sources.all)
+        elapsed = time.monotonic() - started
+    assert [(r.source, r.new) for r in results] == [("haengt1", 0), ("haengt2", 0), ("gut", 2)]
+    assert all("innerhalb von 1 Sekunden" in (r.error or "") for r in results[:2])
+    assert results[2].error is None
+    assert elapsed < 10, f"{elapsed:.1f} s"
