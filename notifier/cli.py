@@ -684,7 +684,8 @@ async def announcements_cancel(ctx: click.Context, item_id: int) -> None:
 @main.group(invoke_without_command=True)
 @click.pass_context
 def sources(ctx: click.Context) -> None:
-    """Quellen (News-Feeds, Kalender): Zustand ansehen, jetzt abrufen."""
+    """Quellen (News-Feeds, Kalender): Zustand ansehen, jetzt abrufen, Zurückgehaltenes
+    freigeben oder verwerfen."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(sources_list)
 
@@ -699,11 +700,12 @@ async def sources_list(ctx: click.Context) -> None:
     if not settings.sources.all:
         click.echo("Keine Quellen konfiguriert ([[sources.feed]] / [[sources.calendar]]).")
         return
-    from .sources.poller import item_counts, source_kind
+    from .sources.poller import held_counts, item_counts, source_kind
 
     async with await _open(settings) as db, db.transaction() as session:
         states = {s.name: s for s in await session.scalars(select(SourceState))}
         counts = await item_counts(session)
+        held = await held_counts(session)
     for source in settings.sources.all:
         state = states.get(source.name)
         last = german_datetime(state.last_poll_at, tz) if state and state.last_poll_at else "nie"
@@ -714,6 +716,13 @@ async def sources_list(ctx: click.Context) -> None:
         click.echo(f"  {source.url}")
         if state and state.last_error:
             click.echo(f"  letzter Fehler: {state.last_error}")
+        if held.get(source.name):
+            click.echo(
+                f"  auffällig: {held[source.name]} neue Einträge zurückgehalten (mehr als "
+                f"{settings.sources.new_per_poll(source)} in einem Abruf); freigeben mit "
+                f"`notifier sources release {source.name}`, verwerfen mit "
+                f"`notifier sources discard {source.name}`"
+            )
 
 
 @sources.command("poll")
@@ -731,20 +740,58 @@ async def sources_poll(ctx: click.Context, name: str | None) -> None:
     failed = False
     async with await _open(settings) as db, http_client() as client:
         poller = SourcePoller(db, settings, client, utcnow)
-        for source in chosen:
-            result = await poller.poll(source)
+        # Each source's failure is its own line; the others are still polled.
+        for source, result in zip(chosen, await poller.poll_all(chosen), strict=True):
             if result.error:
                 failed = True
                 click.echo(f"{source.name}: Fehler: {result.error}")
             elif result.not_modified:
                 click.echo(f"{source.name}: unverändert")
             else:
+                held = f" ({result.held} zurückgehalten: auffällig)" if result.held else ""
                 click.echo(
-                    f"{source.name}: {result.new} neu, {result.changed} geändert, "
+                    f"{source.name}: {result.new} neu{held}, {result.changed} geändert, "
                     f"{result.cancelled} abgesagt"
                 )
     if failed:
         sys.exit(1)
+
+
+def _configured_source(ctx: click.Context, name: str) -> str:
+    if not any(s.name == name for s in _settings(ctx).sources.all):
+        raise NotFoundError(f"keine Quelle {name!r} in der Konfiguration")
+    return name
+
+
+@sources.command("release")
+@click.argument("name")
+@click.pass_context
+@run_async
+async def sources_release(ctx: click.Context, name: str) -> None:
+    """Zurückgehaltene Einträge der Quelle NAME jetzt ankündigen."""
+    from .sources.poller import release_held
+
+    _configured_source(ctx, name)
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        done = await release_held(session, name, actor=_actor(), now=utcnow())
+    click.echo(
+        f"{name}: {done.released} Einträge freigegeben (gehen mit der nächsten Prüfung hinaus)"
+        + (f", {done.discarded} schon begonnene Termine nur erfasst" if done.discarded else "")
+    )
+
+
+@sources.command("discard")
+@click.argument("name")
+@click.pass_context
+@run_async
+async def sources_discard(ctx: click.Context, name: str) -> None:
+    """Zurückgehaltene Einträge der Quelle NAME verwerfen (nur erfasst, nie angekündigt)."""
+    from .sources.poller import discard_held
+
+    _configured_source(ctx, name)
+    async with await _open(_settings(ctx)) as db, db.transaction() as session:
+        done = await discard_held(session, name, actor=_actor(), now=utcnow())
+    click.echo(f"{name}: {done.discarded} Einträge verworfen (erfasst, nicht angekündigt)")
 
 
 @main.command()

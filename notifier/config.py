@@ -307,6 +307,8 @@ class _SourceSettings(_Section):
     scope: list[str] = []
     timeout: Annotated[float, Field(gt=0)] = 20.0
     max_bytes: Annotated[int, Field(gt=0)] = 5_000_000
+    # More new items than this in one poll are held for the office (None: [sources]'s value).
+    max_new_per_poll: Annotated[int, Field(ge=0)] | None = None
 
     @field_validator("name")
     @classmethod
@@ -327,8 +329,20 @@ class CalendarSource(_SourceSettings):
 
 
 class SourcesSettings(_Section):
+    # Limits every source shares (each poll, each parse); see config.toml.
+    max_concurrent_polls: Annotated[int, Field(ge=1, le=32)] = 2
+    parse_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
+    parse_memory_mb: Annotated[int, Field(ge=256, le=65536)] = 1024
+    max_per_series: Annotated[int, Field(ge=1)] = 1000
+    max_per_calendar: Annotated[int, Field(ge=1)] = 20_000
+    max_new_per_poll: Annotated[int, Field(ge=0)] = 20
     feed: list[FeedSource] = []
     calendar: list[CalendarSource] = []
+
+    def new_per_poll(self, source: FeedSource | CalendarSource) -> int:
+        """How many new items one poll of ``source`` may announce."""
+        own = source.max_new_per_poll
+        return self.max_new_per_poll if own is None else own
 
     @property
     def all(self) -> list[FeedSource | CalendarSource]:

@@ -33,6 +33,7 @@ ITEM_LABELS = {
     ItemStatus.routed: "versendet",
     ItemStatus.cancelled: "abgesagt",
     ItemStatus.recorded: "erfasst",
+    ItemStatus.held: "zurückgehalten",
 }
 RHYTHM_LABELS = {
     Rhythm.immediate: "sofort (eine E-Mail je Nachricht)",

@@ -114,6 +114,9 @@ class ItemStatus(enum.StrEnum):
     cancelled = "cancelled"
     # Seen on the first poll of a new source: kept so it is not announced later, never sent.
     recorded = "recorded"
+    # New from a source beyond its max_new_per_poll: waits for the office to release (→
+    # scheduled) or discard (→ recorded) it.
+    held = "held"
 
 
 class OutboxState(enum.StrEnum):

@@ -130,13 +130,25 @@ async def audience_breakdown(session: AsyncSession, item: Item) -> list[tuple[Or
 
 
 async def due_items(session: AsyncSession, now: datetime) -> list[int]:
-    """Ids of scheduled items whose send time has come, oldest first."""
+    """Ids of scheduled items whose send time has come, oldest first within each source, the
+    sources taking turns (announcements of the office and the API count as one more source).
+
+    Routing writes an item's outbox rows together and the senders claim rows in id order, so
+    the order of routing is the order of sending: taking turns, one source's backlog of many
+    items does not make another's item wait behind all of them."""
     stmt = (
-        select(Item.id)
+        select(Item.id, Item.source)
         .where(Item.status == ItemStatus.scheduled, Item.send_at <= now)
         .order_by(Item.send_at, Item.id)
     )
-    return list(await session.scalars(stmt))
+    lanes: dict[str | None, list[int]] = {}
+    for item_id, source in (await session.execute(stmt)).all():
+        lanes.setdefault(source, []).append(item_id)
+    queues = list(lanes.values())  # in order of each source's oldest due item
+    turns: list[int] = []
+    for rank in range(max((len(q) for q in queues), default=0)):
+        turns.extend(q[rank] for q in queues if rank < len(q))
+    return turns
 
 
 async def next_send_at(session: AsyncSession, now: datetime) -> datetime | None:
@@ -305,12 +317,12 @@ async def build_briefings(
             .returning(BriefingQueue.subscriber_id, BriefingQueue.item_id)
         )
     ).all()
-    item_ids_taken = {item_id for _, item_id in taken}
-    live_items = (
-        set(await session.scalars(select(Item.id).where(Item.id.in_(item_ids_taken), _live(now))))
-        if item_ids_taken
-        else set()
-    )
+    item_ids_taken = sorted({item_id for _, item_id in taken})
+    live_items: set[int] = set()
+    for chunk in _chunks(item_ids_taken):  # a flood of items must not exceed SQLite's variables
+        live_items.update(
+            await session.scalars(select(Item.id).where(Item.id.in_(chunk), _live(now)))
+        )
     per_subscriber: dict[int, list[int]] = {}
     for subscriber_id, item_id in sorted(taken):
         if item_id in live_items:

@@ -80,6 +80,8 @@ def parse_calendar(
     window_start: datetime,
     window_end: datetime,
     tz: ZoneInfo = BERLIN,
+    max_per_series: int | None = None,
+    max_per_calendar: int | None = None,
 ) -> list[CalendarEvent]:
     """Return the event occurrences of the iCalendar ``data`` that overlap the window, by start.
 
@@ -88,9 +90,14 @@ def parse_calendar(
     ``window_start``). Recurring series (RRULE, RDATE, EXDATE, RECURRENCE-ID overrides) are
     expanded; floating times and dates are read in ``tz``. ``name`` names the source in errors.
 
+    ``max_per_series`` and ``max_per_calendar`` cap the occurrences one series and the whole
+    calendar may have around the window: a rule is counted lazily before anything is expanded,
+    so ``RRULE:FREQ=SECONDLY`` is refused after counting ``max_per_series + 1`` starts.
+
     Raises:
-        SourceError: the data is not one VCALENDAR, or an event in it cannot be read. The whole
-            calendar is refused, so that a broken event is never mistaken for a removed one.
+        SourceError: the data is not one VCALENDAR, an event in it cannot be read, or it has more
+            occurrences than allowed. The whole calendar is refused, so that a broken event is
+            never mistaken for a removed one (and the message repeats nothing of its content).
         ValueError: a window bound is naive.
     """
     for bound in (window_start, window_end):
@@ -102,8 +109,13 @@ def parse_calendar(
     if window_end <= window_start:
         return []
     try:
-        components: list[Any] = recurring_ical_events.of(calendar).between(
-            window_start.astimezone(tz) - _WINDOW_MARGIN, window_end.astimezone(tz) + _WINDOW_MARGIN
+        components = _expand(
+            name,
+            calendar,
+            window_start.astimezone(tz) - _WINDOW_MARGIN,
+            window_end.astimezone(tz) + _WINDOW_MARGIN,
+            max_per_series,
+            max_per_calendar,
         )
         cancel_all = str(calendar.get("METHOD", "")).upper() == "CANCEL"
         events = [_event(name, c, tz, series, cancel_all) for c in components]
@@ -115,6 +127,65 @@ def parse_calendar(
         if e.start < window_end and (e.end > window_start or e.start >= window_start)
     ]
     return sorted(inside, key=lambda e: (e.start, e.key))
+
+
+def _too_many(name: str, what: str, limit: int, key: str) -> SourceError:
+    return SourceError(
+        name, f"Kalender abgelehnt: {what} hat mehr als {limit} Termine im Abrufzeitraum ({key})"
+    )
+
+
+def _expand(
+    name: str,
+    calendar: icalendar.Calendar,
+    start: datetime,
+    end: datetime,
+    max_per_series: int | None,
+    max_per_calendar: int | None,
+) -> list[Any]:
+    """The occurrences between ``start`` and ``end`` as components, within the caps.
+
+    recurring_ical_events expands a rule with dateutil's ``rrule.between``, which builds the
+    whole list first; each rule is therefore counted lazily (``xafter``) before, and the
+    occurrences are counted again while they are turned into components."""
+    query = recurring_ical_events.of(calendar)
+    total = 0
+    components: list[Any] = []
+    for series in query.series:
+        if max_per_series is not None:
+            _check_rules(name, series, start, end, max_per_series)
+        for count, occurrence in enumerate(series.between(start, end), start=1):
+            total += 1
+            if max_per_series is not None and count > max_per_series:
+                raise _too_many(name, "eine Terminserie", max_per_series, "max_per_series")
+            if max_per_calendar is not None and total > max_per_calendar:
+                raise _too_many(name, "der Kalender", max_per_calendar, "max_per_calendar")
+            components.append(occurrence.as_component(query.keep_recurrence_attributes))
+    return components
+
+
+def _check_rules(name: str, series: Any, start: datetime, end: datetime, limit: int) -> None:
+    """Count the starts each RRULE of ``series`` gives in the span, up to ``limit + 1``."""
+    recurrence = getattr(series, "recurrence", None)
+    rules = getattr(recurrence, "rrules", None) or ()
+    tzinfo = getattr(recurrence, "tzinfo", None)
+    for rule in rules:
+        first = getattr(rule, "_dtstart", None)
+        # dateutil compares naive with naive and aware with aware only.
+        if isinstance(first, datetime) and first.tzinfo is None:
+            low, high = start.replace(tzinfo=None), end.replace(tzinfo=None)
+        elif isinstance(first, datetime):
+            low, high = (
+                start.astimezone(tzinfo or first.tzinfo),
+                end.astimezone(tzinfo or first.tzinfo),
+            )
+        else:
+            continue
+        for count, when in enumerate(rule.xafter(low, inc=True), start=1):
+            if when > high:
+                break
+            if count > limit:
+                raise _too_many(name, "eine Terminserie", limit, "max_per_series")
 
 
 def ics_uid(key: str) -> str:

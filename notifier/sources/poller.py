@@ -6,6 +6,7 @@ name and tried again at the next interval; it changes nothing that was already s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -13,23 +14,30 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .. import audit
 from ..config import CalendarSource, FeedSource, Settings
 from ..db import Database, queries
 from ..db.models import Item, ItemKind, ItemStatus, SourceState
 from ..errors import NotFoundError, SourceError
 from ..organisations import resolve_units
-from .calendar import CalendarEvent, parse_calendar
-from .feed import FeedEntry, parse_feed
+from .calendar import CalendarEvent
+from .feed import FeedEntry
 from .http import fetch
+from .worker import ParseLimits, parse_isolated
 
 logger = logging.getLogger(__name__)
 
 Source = FeedSource | CalendarSource
 # Events that started up to this long ago are still read (to notice a late cancellation).
 PAST_WINDOW = timedelta(days=1)
+# What one poll's database work may take, on top of the fetch timeout and parse_seconds.
+APPLY_SECONDS = 60.0
+FLUSH_EVERY = 200
+# A source's recorded error is at most this long (it is shown in one line).
+ERROR_CHARS = 300
 
 
 @dataclass
@@ -40,6 +48,7 @@ class PollResult:
     cancelled: int = 0
     not_modified: bool = False
     error: str | None = None
+    held: int = 0  # of ``new``: held for the office (over max_new_per_poll)
 
 
 def http_client() -> httpx.AsyncClient:
@@ -65,83 +74,157 @@ class SourcePoller:
         self.settings = settings
         self.client = client
         self.clock = clock
+        self._slots = asyncio.Semaphore(settings.sources.max_concurrent_polls)
 
     def _url(self, source: Source) -> str:
         if "://" in source.url:
             return source.url
         return str(self.settings.path(source.url))
 
+    def _deadline(self, source: Source) -> float:
+        """Seconds one poll of ``source`` may take in all: fetch, parse and database work."""
+        return source.timeout + self.settings.sources.parse_seconds + APPLY_SECONDS
+
+    async def poll_all(self, sources: Sequence[Source]) -> list[PollResult]:
+        """Poll these sources, at most ``max_concurrent_polls`` at once; one source's failure
+        is its own result and never stops the others."""
+        return list(await asyncio.gather(*(self.poll(s) for s in sources)))
+
     async def poll(self, source: Source) -> PollResult:
-        """Poll one source now. Never raises for the source's own failures: they are logged
-        and stored as its last error."""
-        now = self.clock()
+        """Poll one source now. Never raises for the source's own failures, nor for unexpected
+        ones: they are logged and stored as its last error, so no source stops another.
+
+        At most ``[sources] max_concurrent_polls`` polls run at once (the others wait for a
+        slot), and each must finish within its fetch timeout + ``parse_seconds`` +
+        APPLY_SECONDS."""
         result = PollResult(source.name)
-        async with self.db.transaction() as session:
-            state = await session.get(SourceState, source.name)
-            etag = state.etag if state else None
-            last_modified = state.last_modified if state else None
-        try:
-            fetched = await fetch(
-                self.client,
-                source.name,
-                self._url(source),
-                etag=etag,
-                last_modified=last_modified,
-                timeout=source.timeout,
-                max_bytes=source.max_bytes,
-            )
-            if fetched.not_modified:
-                result.not_modified = True
-                async with self.db.transaction() as session:
-                    state = await self._state(session, source)
-                    state.last_poll_at = state.last_success_at = now
-                    state.last_error = None
-                return result
-            if isinstance(source, FeedSource):
-                entries: Sequence[FeedEntry | CalendarEvent] = parse_feed(source.name, fetched.body)
-            else:
-                entries = parse_calendar(
-                    source.name,
-                    fetched.body,
-                    window_start=now - PAST_WINDOW,
-                    window_end=now + timedelta(days=source.lookahead_days),
-                    tz=self.settings.scheduler.tz,
+        async with self._slots:
+            now = self.clock()
+            deadline = self._deadline(source)
+            try:
+                async with asyncio.timeout(deadline):
+                    await self._poll(source, result, now)
+            except (SourceError, NotFoundError) as exc:
+                result.error = str(exc)
+                logger.warning("source %s failed: %s", source.name, exc)
+            except TimeoutError:
+                result.error = (
+                    f"{source.name}: Abruf abgebrochen, er dauerte länger als {deadline:g} Sekunden"
                 )
-            async with self.db.transaction() as session:
-                state = await self._state(session, source)
-                first = not state.initialized
-                if isinstance(source, FeedSource):
-                    feed = [e for e in entries if isinstance(e, FeedEntry)]
-                    announce = not first or source.backfill
-                    await self._apply_feed(
-                        session, source, feed, result, announce=announce, now=now
-                    )
-                else:
-                    events = [e for e in entries if isinstance(e, CalendarEvent)]
-                    await self._apply_calendar(
-                        session, source, events, result, announce=not first, now=now
-                    )
-                state.initialized = True
-                state.etag, state.last_modified = fetched.etag, fetched.last_modified
-                state.last_poll_at = state.last_success_at = now
-                state.last_error = None
-        except (SourceError, NotFoundError) as exc:
-            result.error = str(exc)
-            logger.warning("source %s failed: %s", source.name, exc)
-            async with self.db.transaction() as session:
-                state = await self._state(session, source)
-                state.last_poll_at = now
-                state.last_error = str(exc)
-            return result
+                logger.warning("source %s: poll took longer than %g s", source.name, deadline)
+            except Exception as exc:  # one source must not stop the others
+                logger.exception("source %s: poll failed unexpectedly", source.name)
+                result.error = (
+                    f"{source.name}: interner Fehler beim Abruf ({type(exc).__name__}); "
+                    "Einzelheiten im Protokoll des Dienstes"
+                )
+            if result.error is not None:
+                # One line of bounded length, whatever a parser put into its message.
+                result.error = _one_line(result.error, ERROR_CHARS)
+                await self._record_error(source, result.error, now)
+                return result
         if result.new or result.changed or result.cancelled:
             logger.info(
-                "source %s: %d new, %d changed, %d cancelled",
+                "source %s: %d new (%d held), %d changed, %d cancelled",
                 source.name,
                 result.new,
+                result.held,
                 result.changed,
                 result.cancelled,
             )
         return result
+
+    async def _record_error(self, source: Source, error: str, now: datetime) -> None:
+        try:
+            async with self.db.transaction() as session:
+                state = await self._state(session, source)
+                state.last_poll_at = now
+                state.last_error = error
+        except Exception:  # the database itself failing: the log has to do
+            logger.exception("source %s: could not record its error", source.name)
+
+    async def _parse(
+        self, source: Source, body: bytes, now: datetime
+    ) -> list[FeedEntry] | list[CalendarEvent]:
+        limits = self.settings.sources
+        worker_limits = ParseLimits(
+            seconds=limits.parse_seconds,
+            memory_mb=limits.parse_memory_mb,
+            max_per_series=limits.max_per_series,
+            max_per_calendar=limits.max_per_calendar,
+        )
+        if isinstance(source, FeedSource):
+            return await parse_isolated(source.name, "feed", body, worker_limits)
+        return await parse_isolated(
+            source.name,
+            "calendar",
+            body,
+            worker_limits,
+            window_start=now - PAST_WINDOW,
+            window_end=now + timedelta(days=source.lookahead_days),
+            tz=self.settings.scheduler.tz,
+        )
+
+    async def _poll(self, source: Source, result: PollResult, now: datetime) -> None:
+        async with self.db.transaction() as session:
+            state = await session.get(SourceState, source.name)
+            etag = state.etag if state else None
+            last_modified = state.last_modified if state else None
+        fetched = await fetch(
+            self.client,
+            source.name,
+            self._url(source),
+            etag=etag,
+            last_modified=last_modified,
+            timeout=source.timeout,
+            max_bytes=source.max_bytes,
+        )
+        if fetched.not_modified:
+            result.not_modified = True
+            async with self.db.transaction() as session:
+                state = await self._state(session, source)
+                state.last_poll_at = state.last_success_at = now
+                state.last_error = None
+            return
+        entries: Sequence[FeedEntry | CalendarEvent] = await self._parse(source, fetched.body, now)
+        async with self.db.transaction() as session:
+            state = await self._state(session, source)
+            first = not state.initialized
+            if isinstance(source, FeedSource):
+                feed = [e for e in entries if isinstance(e, FeedEntry)]
+                announce = not first or source.backfill
+                await self._apply_feed(session, source, feed, result, announce=announce, now=now)
+            else:
+                events = [e for e in entries if isinstance(e, CalendarEvent)]
+                await self._apply_calendar(
+                    session, source, events, result, announce=not first, now=now
+                )
+            state.initialized = True
+            state.etag, state.last_modified = fetched.etag, fetched.last_modified
+            state.last_poll_at = state.last_success_at = now
+            state.last_error = None
+
+    async def _hold(
+        self, session: AsyncSession, source: Source, new_announced: int, result: PollResult
+    ) -> bool:
+        """Whether this poll's new items are held rather than announced: more of them than
+        the source's max_new_per_poll, or held items of the source still wait for the office
+        (until it decides, nothing new of a conspicuous source goes out)."""
+        if new_announced == 0:
+            return False
+        limit = self.settings.sources.new_per_poll(source)
+        waiting = (await held_counts(session, source.name)).get(source.name, 0)
+        hold = new_announced > limit or waiting > 0
+        if hold:
+            result.held = new_announced
+            logger.warning(
+                "source %s: %d new items (limit %d, %d already held): held for the office",
+                source.name,
+                new_announced,
+                limit,
+                waiting,
+            )
+        return hold
 
     async def _state(self, session: AsyncSession, source: Source) -> SourceState:
         state = await session.get(SourceState, source.name)
@@ -162,12 +245,7 @@ class SourcePoller:
     async def _existing(
         self, session: AsyncSession, source: Source, keys: Sequence[str]
     ) -> dict[str, Item]:
-        if not keys:
-            return {}
-        rows = await session.scalars(
-            select(Item).where(Item.source == source.name, Item.external_key.in_(keys))
-        )
-        return {i.external_key or "": i for i in rows}
+        return await existing_items(session, source.name, keys)
 
     def _new_item(
         self,
@@ -209,6 +287,9 @@ class SourcePoller:
     ) -> None:
         scope = await self._scope(session, source)
         existing = await self._existing(session, source, [e.key for e in entries])
+        fresh = {e.key for e in entries if e.key not in existing}
+        held = announce and await self._hold(session, source, len(fresh), result)
+        status = ItemStatus.held if held else ItemStatus.scheduled
         seen: set[str] = set()
         for entry in entries:
             if entry.key in seen:
@@ -225,7 +306,7 @@ class SourcePoller:
                         entry.categories,
                         scope,
                         now,
-                        ItemStatus.scheduled if announce else ItemStatus.recorded,
+                        status if announce else ItemStatus.recorded,
                         subject=entry.title or "(ohne Titel)",
                         body=entry.summary,
                         link=entry.link,
@@ -233,6 +314,7 @@ class SourcePoller:
                     )
                 )
                 result.new += 1
+                await _breathe(session, result.new)
             elif item.content_hash != entry.content_hash:
                 # A corrected entry is kept up to date but not sent again.
                 item.subject = entry.title or item.subject
@@ -255,6 +337,11 @@ class SourcePoller:
     ) -> None:
         scope = await self._scope(session, source)
         existing = await self._existing(session, source, [e.key for e in events])
+        fresh = {
+            e.key for e in events if e.key not in existing and e.start > now and not e.cancelled
+        }
+        held = announce and await self._hold(session, source, len(fresh), result)
+        status = ItemStatus.held if held else ItemStatus.scheduled
         handled: set[str] = set()
         for event in events:
             if event.key in handled:
@@ -272,7 +359,7 @@ class SourcePoller:
                         event.categories,
                         scope,
                         now,
-                        ItemStatus.scheduled if announce and upcoming else ItemStatus.recorded,
+                        status if announce and upcoming else ItemStatus.recorded,
                         subject=event.title or "(ohne Titel)",
                         body=event.description,
                         link=event.link,
@@ -284,6 +371,7 @@ class SourcePoller:
                     )
                 )
                 result.new += 1
+                await _breathe(session, result.new)
                 continue
             if event.cancelled and not item.event_cancelled:
                 await self._cancel_event(session, item, result, now)
@@ -311,7 +399,7 @@ class SourcePoller:
                     Item.source == source.name,
                     Item.kind == ItemKind.event,
                     Item.event_cancelled.is_(False),
-                    Item.status.in_([ItemStatus.routed, ItemStatus.scheduled]),
+                    Item.status.in_([ItemStatus.routed, ItemStatus.scheduled, ItemStatus.held]),
                     Item.starts_at > now,
                     Item.starts_at < window_end,
                 )
@@ -331,7 +419,7 @@ class SourcePoller:
     ) -> None:
         item.event_cancelled = True
         result.cancelled += 1
-        if item.status is ItemStatus.scheduled:
+        if item.status in (ItemStatus.scheduled, ItemStatus.held):
             item.status = ItemStatus.cancelled  # nobody was told yet
         elif item.status is ItemStatus.routed:
             await queries.drop_from_briefings(session, item.id)
@@ -343,3 +431,105 @@ async def item_counts(session: AsyncSession) -> dict[str, int]:
         select(Item.source, func.count()).where(Item.source.is_not(None)).group_by(Item.source)
     )
     return {name: count for name, count in rows.all() if name is not None}
+
+
+def _one_line(text: str, limit: int) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+async def _breathe(session: AsyncSession, added: int) -> None:
+    """Every FLUSH_EVERY new items, write them: the event loop gets a turn between the
+    batches, so a calendar of thousands of events does not hold up web requests."""
+    if added % FLUSH_EVERY == 0:
+        await session.flush()
+        await asyncio.sleep(0)
+
+
+async def existing_items(
+    session: AsyncSession, source_name: str, keys: Sequence[str]
+) -> dict[str, Item]:
+    """The items of source ``source_name`` with these external keys, by key. Asked in chunks
+    of :data:`queries.ID_CHUNK`: SQLite allows 32,766 variables in one statement."""
+    found: dict[str, Item] = {}
+    unique = sorted(set(keys))
+    for start in range(0, len(unique), queries.ID_CHUNK):
+        chunk = unique[start : start + queries.ID_CHUNK]
+        rows = await session.scalars(
+            select(Item).where(Item.source == source_name, Item.external_key.in_(chunk))
+        )
+        found.update((i.external_key or "", i) for i in rows)
+    return found
+
+
+async def held_counts(session: AsyncSession, source_name: str | None = None) -> dict[str, int]:
+    """How many items each source holds for the office's decision (only sources with some)."""
+    stmt = select(Item.source, func.count()).where(Item.status == ItemStatus.held)
+    if source_name is not None:
+        stmt = stmt.where(Item.source == source_name)
+    rows = await session.execute(stmt.group_by(Item.source))
+    return {name: count for name, count in rows.all() if name is not None}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What releasing or discarding a source's held items did."""
+
+    released: int = 0  # now scheduled: routed at the next release check
+    discarded: int = 0  # now recorded: kept as seen, never announced
+
+
+async def release_held(
+    session: AsyncSession, source_name: str, *, actor: str, now: datetime
+) -> Decision:
+    """Announce the held items of a source now (audited). Events that have begun meanwhile,
+    or were cancelled, are only recorded."""
+    over = await session.execute(
+        update(Item)
+        .where(
+            Item.source == source_name,
+            Item.status == ItemStatus.held,
+            Item.kind == ItemKind.event,
+            (Item.starts_at <= now) | Item.event_cancelled.is_(True),
+        )
+        .values(status=ItemStatus.recorded)
+    )
+    released = await session.execute(
+        update(Item)
+        .where(Item.source == source_name, Item.status == ItemStatus.held)
+        .values(status=ItemStatus.scheduled, send_at=now)
+    )
+    decision = Decision(
+        released=int(released.rowcount),  # type: ignore[attr-defined]
+        discarded=int(over.rowcount),  # type: ignore[attr-defined]
+    )
+    await audit.record(
+        session,
+        actor,
+        "source.held_released",
+        "source",
+        source_name,
+        {"released": decision.released, "recorded": decision.discarded},
+    )
+    return decision
+
+
+async def discard_held(
+    session: AsyncSession, source_name: str, *, actor: str, now: datetime
+) -> Decision:
+    """Record the held items of a source as seen, never to be announced (audited)."""
+    discarded = await session.execute(
+        update(Item)
+        .where(Item.source == source_name, Item.status == ItemStatus.held)
+        .values(status=ItemStatus.recorded)
+    )
+    decision = Decision(discarded=int(discarded.rowcount))  # type: ignore[attr-defined]
+    await audit.record(
+        session,
+        actor,
+        "source.held_discarded",
+        "source",
+        source_name,
+        {"recorded": decision.discarded},
+    )
+    return decision

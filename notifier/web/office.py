@@ -24,7 +24,7 @@ from ..db.models import OutboxState, SubscriberStatus, User
 from ..errors import NotFoundError
 from ..labels import ITEM_LABELS, STATE_LABELS, smtp_state
 from ..rendering import german_datetime
-from ..sources.poller import item_counts, source_kind
+from ..sources.poller import discard_held, held_counts, item_counts, release_held, source_kind
 from .app import checked_form, context_of, page
 from .forms import field
 from .officekit import (
@@ -150,7 +150,9 @@ async def logout(request: Request) -> Response:
 
 
 @router.get("")
-async def dashboard(request: Request, user: CurrentUser) -> Response:
+async def dashboard(
+    request: Request, user: CurrentUser, freigegeben: int = -1, verworfen: int = -1
+) -> Response:
     ctx = context_of(request)
     now = ctx.clock()
     tz = ctx.settings.scheduler.tz
@@ -164,6 +166,7 @@ async def dashboard(request: Request, user: CurrentUser) -> Response:
         senders = await queries.sender_statuses(session, now)
         states = await reports.source_states(session)
         counts = await item_counts(session)
+        held_items = await held_counts(session)
         held, _ = await reports.search_subscribers(
             session, reports.SubscriberFilter(status=SubscriberStatus.held), limit=0, offset=0
         )
@@ -173,9 +176,16 @@ async def dashboard(request: Request, user: CurrentUser) -> Response:
             "kind": "Feed" if source_kind(s) == "feed" else "Kalender",
             "count": counts.get(s.name, 0),
             "state": states.get(s.name),
+            "held": held_items.get(s.name, 0),
+            "limit": ctx.settings.sources.new_per_poll(s),
         }
         for s in ctx.settings.sources.all
     ]
+    source_notice = ""
+    if freigegeben >= 0:
+        source_notice = f"{freigegeben} zurückgehaltene Einträge freigegeben."
+    elif verworfen >= 0:
+        source_notice = f"{verworfen} zurückgehaltene Einträge verworfen."
     return office_page(
         request,
         user,
@@ -195,12 +205,30 @@ async def dashboard(request: Request, user: CurrentUser) -> Response:
             ],
             "smtp_down": any(not s.reachable for s in senders),
             "sources": sources,
+            "source_notice": source_notice,
             "held": held,
             "item_labels": ITEM_LABELS,
             "state_labels": STATE_LABELS,
         },
         section="start",
     )
+
+
+@router.post("/quellen/{name}/{decision}")
+async def decide_held(request: Request, name: str, decision: str, user: CurrentUser) -> Response:
+    """Release or discard the items a conspicuous source holds (audited with the user)."""
+    ctx = context_of(request)
+    await checked_form(request)
+    if decision not in ("freigeben", "verwerfen"):
+        raise HTTPException(404, "Diese Seite gibt es nicht.")
+    if not any(s.name == name for s in ctx.settings.sources.all):
+        raise HTTPException(404, "Diese Quelle ist nicht konfiguriert.")
+    async with ctx.db.transaction() as session:
+        if decision == "freigeben":
+            done = await release_held(session, name, actor=user.actor, now=ctx.clock())
+            return RedirectResponse(f"/buero?freigegeben={done.released}#quellen", 303)
+        done = await discard_held(session, name, actor=user.actor, now=ctx.clock())
+    return RedirectResponse(f"/buero?verworfen={done.discarded}#quellen", 303)
 
 
 @router.get("/vorschau/{key}")
