@@ -112,6 +112,50 @@ class MailSettings(_Section):
         return self.message_id_domain or self.sender_address.rpartition("@")[2]
 
 
+SELECTOR_FORMAT = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$"
+)
+
+
+class DkimSettings(_Section):
+    """DKIM signatures on every message (see notifier.dkim)."""
+
+    enabled: bool = False
+    # The signing domain (d=); empty: the domain of [mail] sender_address.
+    domain: str = ""
+    selector: str = "notifier"
+    private_key_file: str = "var/dkim.key"
+    # The PEM key itself (from NOTIFIER_DKIM__PRIVATE_KEY); set, it replaces the file.
+    private_key: SecretStr = SecretStr("")
+    # "rsa-sha256+ed25519-sha256": a second signature with Ed25519 (RFC 8463) beside the RSA
+    # one, under its own selector and key.
+    algorithm: Literal["rsa-sha256", "rsa-sha256+ed25519-sha256"] = "rsa-sha256"
+    ed25519_selector: str = "notifier-ed25519"
+    ed25519_key_file: str = "var/dkim-ed25519.key"
+    ed25519_private_key: SecretStr = SecretStr("")
+
+    @property
+    def ed25519(self) -> bool:
+        return self.algorithm.endswith("+ed25519-sha256")
+
+    @field_validator("selector", "ed25519_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if not SELECTOR_FORMAT.match(value):
+            raise ValueError("must be letters, digits and '-', parts separated by '.'")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower().rstrip(".")
+        if value and not value.isascii():
+            value = _idna(value)
+        if value and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", value):
+            raise ValueError("must be a domain name such as eifelkreis.de")
+        return value
+
+
 class SchedulerSettings(_Section):
     timezone: str = "Europe/Berlin"
     poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
@@ -299,6 +343,7 @@ class Settings(_Section):
     mail: MailSettings
     scheduler: SchedulerSettings = SchedulerSettings()
     delivery: DeliverySettings = DeliverySettings()
+    dkim: DkimSettings = DkimSettings()
     paths: PathSettings = PathSettings()
     legal: LegalSettings = LegalSettings()
     web: WebSettings = WebSettings()
