@@ -753,10 +753,10 @@ def dkim_keygen(
     ctx: click.Context, selector: str | None, file: Path | None, ed25519_key: bool
 ) -> None:
     """Neuen Schlüssel schreiben (RSA 2048 Bit, Dateirechte 0600) und den DNS-Eintrag zeigen."""
-    from . import dkim as signing  # OpenSSL only for the commands that need it
+    from . import dkim_keys  # cryptography only for the commands that need it
 
     click.echo(
-        signing.keygen(_settings(ctx), selector=selector, file=file, ed25519_key=ed25519_key)
+        dkim_keys.keygen(_settings(ctx), selector=selector, file=file, ed25519_key=ed25519_key)
     )
 
 
@@ -764,9 +764,9 @@ def dkim_keygen(
 @click.pass_context
 def dkim_show(ctx: click.Context) -> None:
     """Den DNS-Eintrag (TXT) der konfigurierten Schlüssel anzeigen."""
-    from . import dkim as signing
+    from . import dkim_keys
 
-    click.echo(signing.show(_settings(ctx)))
+    click.echo(dkim_keys.show(_settings(ctx)))
 
 
 __all__ = ["main"]
