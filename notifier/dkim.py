@@ -1,14 +1,17 @@
 """DKIM signatures (RFC 6376, and RFC 8463 for the optional Ed25519 one) on every message.
 
-dkimpy supplies the canonicalisation (relaxed headers, simple body) and the folding of the
-header; the signature itself is made by OpenSSL (:mod:`notifier.openssl`: through ctypes, which
-costs a sender process no memory, with ``cryptography`` as the fallback). dkimpy's own RSA is
-pure Python (about 130 signatures/s), and it parses the PEM key and the whole message again for
-every signature. Here the key is loaded once per process; the folded and canonical static part
-of the DKIM-Signature header is made once per set of signed headers, and the canonical form of
-the folded headers every copy shares (Subject, From …) once per message kind. A message costs
-its body hash, a few header lines and the signature itself: about 1.2 RSA-2048 signatures of
-CPU in all (bench/README.md, "DKIM").
+The canonicalisation (relaxed headers, simple body) is the few lines of RFC 6376 3.4 here, and
+the tests hold it to dkimpy's and verify every kind of message with dkimpy's verifier; dkimpy
+itself is not imported by the service: its package imports dnspython (and PyNaCl where
+installed), about 3 MB in every sender process, and the process tree has about 10 MB to spare
+under the 200 MB floor. The signature is made by OpenSSL (:mod:`notifier.openssl`: through
+ctypes, which costs a sender process no memory either, with ``cryptography`` as the fallback).
+dkimpy's own signing path would use pure-Python RSA (about 130 signatures/s) and parse the PEM
+key and the whole message again for every signature. Here the key is loaded once per process;
+the folded and canonical static part of the DKIM-Signature header is made once per set of
+signed headers, and the canonical form of the folded headers every copy shares (Subject, From
+…) once per message kind. A message costs its body hash, a few header lines and the signature
+itself: about 1.1 RSA-2048 signatures of CPU in all (bench/README.md, "DKIM").
 
 Signing runs in the sender's event loop, not in a thread: one RSA-2048 signature takes about
 0.25 ms of one core, and on the two-core machine both cores are busy with the two sender
@@ -19,14 +22,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-
-from dkim import fold
-from dkim.canonicalization import Relaxed, strip_trailing_lines
 
 from . import openssl
 from .config import DkimSettings, Settings
@@ -204,15 +205,42 @@ def domain_of(settings: Settings) -> str:
     return settings.dkim.domain or settings.mail.sender_address.rpartition("@")[2].lower()
 
 
+_WSP = re.compile(rb"[\t ]+")
+_FOLD = re.compile(rb"\r?\n")
+
+
 def relaxed_header(name: bytes, value: bytes) -> bytes:
-    """One header in relaxed canonical form (RFC 6376 3.4.2), CRLF-terminated, as dkimpy's
-    ``Relaxed.canonicalize_headers`` makes it (the tests compare the two). Most headers of a
-    message are one line without tabs or double spaces: their canonical value is the value
-    stripped, without a regular expression."""
+    """One header in relaxed canonical form (RFC 6376 3.4.2), CRLF-terminated: the name in
+    lower case, the value unfolded, runs of whitespace as one space, stripped. The tests
+    compare it with dkimpy's ``Relaxed.canonicalize_headers``. Most headers of a message are
+    one line without tabs or double spaces: for them no regular expression runs."""
     if b"\n" in value or b"\r" in value or b"\t" in value or b"  " in value:
-        ((cname, cvalue),) = Relaxed.canonicalize_headers([(name, value)])
-        return bytes(cname + b":" + cvalue)
+        value = _WSP.sub(b" ", _FOLD.sub(b"", value))
     return name.lower().rstrip() + b":" + value.strip() + b"\r\n"
+
+
+def simple_body(body: bytes) -> bytes:
+    """The simple canonical body (RFC 6376 3.4.3): empty lines at the end removed, an empty
+    body as one CRLF. The tests compare it with dkimpy's ``Simple.canonicalize_body``."""
+    end = len(body)
+    while body.endswith(b"\r\n", 0, end):
+        end -= 2
+    return body[:end] + b"\r\n"
+
+
+def fold(value: bytes, first: int, width: int = 78) -> bytes:
+    """``value`` folded at spaces so that lines stay within ``width`` (the first line starts
+    after ``first`` characters of header name); a word longer than a line stays whole."""
+    lines: list[bytes] = []
+    line, room = b"", width - first
+    for word in value.split(b" "):
+        if line and len(line) + 1 + len(word) > room:
+            lines.append(line)
+            line, room = word, width - 1
+        else:
+            line = line + b" " + word if line else word
+    lines.append(line)
+    return b"\r\n ".join(lines)
 
 
 # -- signing -------------------------------------------------------------------------------
@@ -238,9 +266,9 @@ class _Signature:
                 f"v=1; a={self.algorithm}; c=relaxed/simple; d={self.domain}; "
                 f"s={self.selector}; q=dns/txt; h={' : '.join(names)};"
             ).encode("ascii")
-            folded = fold(value, namelen=len(b"DKIM-Signature: "))
-            ((_, canonical),) = Relaxed.canonicalize_headers([(b"DKIM-Signature", folded)])
-            found = (b"DKIM-Signature: " + folded, b"dkim-signature:" + canonical.rstrip())
+            folded = fold(value, first=len(b"DKIM-Signature: "))
+            canonical = relaxed_header(b"DKIM-Signature", folded)
+            found = (b"DKIM-Signature: " + folded, canonical.removesuffix(b"\r\n"))
             if len(self._static) < 64:
                 self._static[names] = found
         return found
@@ -322,7 +350,7 @@ class Signer:
         # Simple body canonicalisation: the body is 7-bit quoted-printable and base64 with CRLF
         # lines of at most 76 characters, which relays pass on unchanged; relaxed would cost a
         # regular expression over every body (about 40 µs, 15 % of the signature itself).
-        body_hash = base64.b64encode(hashlib.sha256(strip_trailing_lines(body)).digest())
+        body_hash = base64.b64encode(hashlib.sha256(simple_body(body)).digest())
         signed = tuple(found)
         joined = b"".join(found.values())
         stamp = str(int(time.time())).encode()

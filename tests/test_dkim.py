@@ -17,7 +17,7 @@ import dkim as dkimpy
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from dkim.canonicalization import Relaxed
+from dkim.canonicalization import Relaxed, Simple
 from sqlalchemy import select
 
 from notifier import dkim, dkim_keys, openssl
@@ -317,6 +317,23 @@ def test_relaxed_header_matches_dkimpy() -> None:
     for name, value in samples:
         ((cname, cvalue),) = Relaxed.canonicalize_headers([(name, value)])
         assert dkim.relaxed_header(name, value) == cname + b":" + cvalue, (name, value)
+
+
+def test_simple_body_and_folding_match_dkimpy() -> None:
+    rng = random.Random(8463)
+    pieces = [b"a", b" ", b"\r\n", b"\r\n\r\n", b"\r", b"\n", b"=20"]
+    samples = [b"", b"\r\n", b"\r\n\r\n", b"a", b"a\r\n\r\n\r\n", b"\n\r\n"]
+    samples += [
+        b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 20))) for _ in range(3000)
+    ]
+    for body in samples:
+        assert dkim.simple_body(body) == Simple.canonicalize_body(body), body
+    # Folding keeps the words and their order, and the lines within 78 characters.
+    value = b"v=1; a=rsa-sha256; h=" + b" : ".join([b"list-unsubscribe-post"] * 12) + b";"
+    folded = dkim.fold(value, first=16)
+    assert folded.replace(b"\r\n ", b" ") == value
+    lines = folded.split(b"\r\n")
+    assert len(lines[0]) + 16 <= 78 and all(len(line) <= 78 for line in lines)
 
 
 def test_keygen_writes_a_private_2048_bit_key_and_show_prints_its_record(project: Project) -> None:
