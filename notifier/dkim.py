@@ -13,9 +13,10 @@ signed headers, and the canonical form of the folded headers every copy shares (
 …) once per message kind. A message costs its body hash, a few header lines and the signature
 itself: about 1.1 RSA-2048 signatures of CPU in all (bench/README.md, "DKIM").
 
-Signing runs in the sender's event loop, not in a thread: one RSA-2048 signature takes about
-0.25 ms of one core, and on the two-core machine both cores are busy with the two sender
-processes already, so a thread would add hand-over costs and no core.
+Signing runs in the sender's event loop, not in a thread. OpenSSL releases the GIL, so a thread
+could sign while the loop sends, but on the two-core machine the two sender processes keep both
+cores busy already, and the hop costs CPU: measured with ``asyncio.to_thread`` around the
+signature, 0.29 ms of CPU per message against 0.24 ms inline, a fifth of a signature more.
 """
 
 from __future__ import annotations

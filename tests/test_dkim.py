@@ -22,6 +22,7 @@ from sqlalchemy import select
 
 from notifier import dkim, dkim_keys, openssl
 from notifier.briefings import run_due_briefings
+from notifier.console import send_test
 from notifier.db import Database
 from notifier.db.models import (
     Item,
@@ -285,6 +286,34 @@ async def test_changing_a_signed_header_or_the_body_breaks_the_signature(
     assert verifies(head + b"\r\nFrom: x@evil.example\r\n\r\n" + body, keys) == [False, False]
     # Unchanged, and with an unsigned header added on the way (as relays do), it verifies.
     assert verifies(b"Received: from relay\r\n" + data, keys) == [True, True]
+
+
+async def test_the_office_test_message_is_signed(project: Project, keys: Keys) -> None:
+    settings = project.settings
+    now = datetime.now(UTC)
+    item = Item(
+        id=1,
+        kind=ItemKind.announcement,
+        subject="Entwurf",
+        body="Ein Entwurf.",
+        topics=[],
+        send_at=now,
+        created_at=now,
+        created_by="buero",
+    )
+    endpoint = ("127.0.0.1", project.smtp.port, "none")
+    await send_test(
+        settings,
+        Renderer(settings),
+        endpoint,
+        item,
+        name="Büro",
+        email="buero@kreis.example",
+        now=now,
+    )
+    (received,) = project.smtp.messages()
+    assert str(received.message["Subject"]) == "[Test] Entwurf"
+    assert verifies(received.data, keys) == [True, True]
 
 
 async def test_headers_not_present_are_not_signed(project: Project, keys: Keys) -> None:
