@@ -203,7 +203,10 @@ def check(settings: Settings) -> str | None:
 
 def domain_of(settings: Settings) -> str:
     """The signing domain: ``[dkim] domain`` or the domain of the sender address."""
-    return settings.dkim.domain or settings.mail.sender_address.rpartition("@")[2].lower()
+    if settings.dkim.domain:
+        return settings.dkim.domain  # validated, in its IDNA form
+    domain = settings.mail.sender_address.rpartition("@")[2].lower()
+    return domain if domain.isascii() else domain.encode("idna").decode("ascii")
 
 
 _WSP = re.compile(rb"[\t ]+")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import dkim as dkimpy
+import idna
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -523,3 +524,10 @@ def test_openssl_through_ctypes_signs_as_cryptography_does(kind: str) -> None:
         assert fast.sign(data) == fallback.sign(data)
     with pytest.raises(openssl.OpenSslError):
         openssl.Key(b"-----BEGIN PRIVATE KEY-----\nbXVlbGw=\n-----END PRIVATE KEY-----\n")
+
+
+def test_the_signing_domain_is_the_senders_in_its_idna_form(project: Project) -> None:
+    project.write_config({"mail": {"sender_address": "newsletter@Kreis-Prüm.example"}})
+    assert dkim.domain_of(project.settings) == idna.encode("kreis-prüm.example").decode()
+    project.write_config({"dkim": {"domain": "Prüm.example."}})
+    assert dkim.domain_of(project.settings) == idna.encode("prüm.example").decode()
