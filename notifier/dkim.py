@@ -11,7 +11,8 @@ key and the whole message again for every signature. Here the key is loaded once
 the folded and canonical static part of the DKIM-Signature header is made once per set of
 signed headers, and the canonical form of the folded headers every copy shares (Subject, From
 …) once per message kind. A message costs its body hash, a few header lines and the signature
-itself: about 1.1 RSA-2048 signatures of CPU in all (bench/README.md, "DKIM").
+itself: 1.1–1.3 RSA-2048 signatures of CPU in all, measured in one process (bench/README.md,
+"DKIM", on what the end-to-end figure adds).
 
 Signing runs in the sender's event loop, not in a thread. OpenSSL releases the GIL, so a thread
 could sign while the loop sends, but on the two-core machine the two sender processes keep both
