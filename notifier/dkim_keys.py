@@ -90,7 +90,8 @@ def keygen(
             f"Selektor {selector!r} ungültig: erlaubt sind Buchstaben, Ziffern und '-', "
             "Teile getrennt durch '.'",
         )
-    path = file if file is not None else settings.path(configured_file)
+    # A --file given relative to the current folder: config.toml would read it relative to its own.
+    path = file.resolve() if file is not None else settings.path(configured_file)
     key = new_key(algorithm)
     try:
         write_key(path, key)

@@ -12,6 +12,7 @@ signatures (RSA PKCS#1 v1.5 and Ed25519 are deterministic).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -31,7 +32,9 @@ class OpenSslError(ValueError):
 def _library() -> Any | None:
     """libcrypto as the running interpreter uses it, with the signatures of its functions
     declared; None where it cannot be found or lacks a function."""
-    import _hashlib  # noqa: F401 - maps libcrypto into the process
+    # Maps libcrypto into the process; a Python without OpenSSL looks for it by name below.
+    with contextlib.suppress(ImportError):
+        import _hashlib  # noqa: F401
 
     path = None
     try:
