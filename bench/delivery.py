@@ -47,6 +47,11 @@ FLOOR_RATIO = 0.9  # end to end / raw aiosmtplib, same run
 FLOOR_ROUTING_S = 5.0  # send_at -> N recipients in the outbox
 FLOOR_FIRST_S = 1.0  # send_at -> first message sent
 FLOOR_RSS_MB = 200.0  # peak RSS of the notifier process tree
+# Issue 14 (DKIM), in the same run: the signed end to end against the unsigned one, and the
+# CPU a signature adds per message against one OpenSSL RSA-2048 signature of this machine.
+FLOOR_SIGNED_RATIO = 0.45
+FLOOR_SIGN_CPU = 1.5  # extra CPU per signed message, in OpenSSL RSA-2048 signatures
+OPENSSL_SECONDS = 2.0  # how long the in-process OpenSSL sign rate is measured
 FLAT_TOLERANCE = 1.2  # "flat": peak RSS at 100,000 at most this times the one at 10,000
 FLAT_SIZES = (10_000, 100_000)
 
@@ -725,7 +730,11 @@ class Project:
 
 
 def make_project(
-    folder: Path, port: int, delivery: dict[str, Any], database_url: str = ""
+    folder: Path,
+    port: int,
+    delivery: dict[str, Any],
+    database_url: str = "",
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> Project:
     notifier = Path(sys.executable).parent / "notifier"
     if not notifier.exists():
@@ -753,6 +762,8 @@ def make_project(
         config["legal"] = {k: str(REPO / v) if v else "" for k, v in config["legal"].items()}
     if "web" in config:  # the web application runs as it does by default, on a free port
         config["web"] = {**config["web"], "port": 0}
+    for name, values in (sections or {}).items():  # e.g. [dkim] for the signed run
+        config[name] = {**config.get(name, {}), **values}
     wanted = dict(delivery)
     for key, value in config.get("delivery", {}).items():
         if key.startswith("rate_") and value:
@@ -1055,6 +1066,10 @@ class Result:
     failures: list[tuple[str, int | None, str | None]] = field(default_factory=list)
     peak_connections: int = 0  # established SMTP connections at the sink, highest sample
     cpu: CpuWindow | None = None  # the delivery phase: send_at until the end of the wait
+    # Issue 14: the same announcement signed with DKIM, on a copy of the seeded database.
+    signed: Result | None = None
+    dkim_algorithm: str = ""
+    openssl_rate: float | None = None  # RSA-2048 signatures per CPU second, this process
 
     @property
     def e2e_rate(self) -> float | None:
@@ -1225,6 +1240,60 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
 
 
 # --------------------------------------------------------------------------------------------
+# the signed run (issue 14)
+
+
+def openssl_sign_rate(seconds: float = OPENSSL_SECONDS) -> float:
+    """RSA-2048 PKCS#1 v1.5 SHA-256 signatures per CPU second of one core, made by OpenSSL
+    through ``cryptography`` in this process (as ``openssl speed rsa2048`` would, but counted
+    in CPU time, so other work on the machine does not lower it)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pad, digest, data = padding.PKCS1v15(), hashes.SHA256(), b"x" * 1024
+    key.sign(data, pad, digest)
+    count = 0
+    started = time.process_time()
+    while (spent := time.process_time() - started) < seconds:
+        for _ in range(20):
+            key.sign(data, pad, digest)
+        count += 20
+    return count / spent
+
+
+def snapshot(db: Path, to: Path) -> None:
+    """A consistent copy of a SQLite file (WAL included), through SQLite's backup API."""
+    with (
+        contextlib.closing(sqlite3.connect(db)) as src,
+        contextlib.closing(sqlite3.connect(to)) as dst,
+    ):
+        src.backup(dst)
+
+
+def signed_project(
+    folder: Path, port: int, delivery: dict[str, Any], seeded: Path, algorithm: str
+) -> Project:
+    """A second project beside the first, signing with a key made by ``notifier dkim keygen``,
+    its database a copy of the seeded one (same subscribers, an empty outbox)."""
+    folder.mkdir()
+    dkim = {
+        "enabled": True,
+        "algorithm": algorithm,
+        "private_key_file": str(folder / "dkim.key"),
+        "ed25519_key_file": str(folder / "dkim-ed25519.key"),
+    }
+    project = make_project(folder, port, delivery, sections={"dkim": dkim})
+    project.cli_ok("dkim", "keygen", timeout=120)
+    if "ed25519" in algorithm:
+        project.cli_ok("dkim", "keygen", "--ed25519", timeout=120)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{project.db}{suffix}").unlink(missing_ok=True)
+    snapshot(seeded, project.db)
+    return project
+
+
+# --------------------------------------------------------------------------------------------
 # report
 
 
@@ -1364,6 +1433,82 @@ def report(result: Result) -> list[bool | None]:
     return verdicts
 
 
+def report_signed(result: Result) -> list[bool | None]:
+    """The DKIM table: the signed run beside the unsigned one of the same run."""
+    signed = result.signed
+    if signed is None:
+        return []
+    n = result.n
+    verdicts: list[bool | None] = []
+    rows: list[tuple[str, str, str, str]] = []
+
+    def floor(name: str, shown: str, text: str, ok: bool | None) -> None:
+        rows.append((name, shown, text, _verdict(ok) if text else ""))
+        if text:
+            verdicts.append(ok)
+
+    unsigned_rate, signed_rate = result.e2e_rate, signed.e2e_rate
+    floor("end to end, unsigned (above)", "—" if unsigned_rate is None else
+          f"{fmt_int(unsigned_rate)} msg/s", "", None)  # fmt: skip
+    floor("end to end, signed", "—" if signed_rate is None else
+          f"{fmt_int(signed_rate)} msg/s", "", None)  # fmt: skip
+    ratio = None if unsigned_rate is None or signed_rate is None else signed_rate / unsigned_rate
+    floor("signed / unsigned end to end", "—" if ratio is None else f"{ratio:.2f}",
+          f"≥ {FLOOR_SIGNED_RATIO:.2f}", None if ratio is None else
+          ratio >= FLOOR_SIGNED_RATIO)  # fmt: skip
+    rate = result.openssl_rate
+    one = None if not rate else 1000 / rate  # ms of CPU per signature
+    floor("OpenSSL RSA-2048 signatures, one core", "—" if rate is None else
+          f"{fmt_int(rate)}/s", "(reference)", None)  # fmt: skip
+    rows[-1] = (*rows[-1][:3], f"{one:.3f} ms each" if one else "")
+    extra = None
+    if result.cpu is not None and signed.cpu is not None and result.complete and signed.complete:
+        extra = (signed.cpu.tree - result.cpu.tree) / CLK_TCK / n * 1000  # ms per message
+    limit = None if one is None else FLOOR_SIGN_CPU * one
+    floor("extra CPU per signed message", "—" if extra is None else f"{extra:.3f} ms",
+          "—" if limit is None else f"≤ {limit:.3f} ms", None if extra is None or limit is None
+          else extra <= limit)  # fmt: skip
+    rss = None if signed.memory is None else signed.memory.tree_peak_mb
+    floor("peak RSS, notifier process tree, signed", "—" if rss is None else f"{rss:.1f} MB",
+          f"≤ {FLOOR_RSS_MB:g} MB", None if rss is None else rss <= FLOOR_RSS_MB)  # fmt: skip
+
+    width = max(len(r[0]) for r in rows)
+    print()
+    print(
+        f"DKIM (issue 14): the same announcement signed ({result.dkim_algorithm}, 2048-bit RSA "
+        "key), on a copy of the seeded database"
+    )
+    print(f"  {'figure':<{width}}  {'value':>12}  {'floor':<15} result")
+    print(f"  {'-' * width}  {'-' * 12}  {'-' * 15} ------")
+    for name, value, text, verdict in rows:
+        print(f"  {name:<{width}}  {value:>12}  {text:<15} {verdict}")
+    print()
+    print("  details")
+    cpu_ms = [None if r.cpu is None else r.cpu.tree / CLK_TCK / n * 1000 for r in (result, signed)]
+    print(
+        "    notifier CPU per message (delivery phase)   "
+        + " / ".join("—" if c is None else f"{c:.3f} ms" for c in cpu_ms)
+        + " (unsigned / signed)"
+    )
+    if signed.cpu is not None:
+        print(f"    CPU, signed delivery phase                   {signed.cpu.describe()}")
+        if signed.cpu.other_cores > OTHER_CPU_LIMIT:
+            signed.notes.append(
+                f"DISTURBED: other processes used {signed.cpu.other_cores:.2f} cores during "
+                "the signed run"
+            )
+    steady = signed.steady_rate
+    print(
+        "    signed: sending rate (first → last sent)     "
+        + ("—" if steady is None else f"{fmt_int(steady)} msg/s")
+    )
+    states = ", ".join(f"{k} {fmt_int(v)}" for k, v in sorted(signed.states.items()))
+    print("    signed: outbox at the end                    " + (states or "empty"))
+    for note in signed.notes:
+        print(f"  NOTE: {note}")
+    return verdicts
+
+
 _REVISION: str | None = None
 
 
@@ -1413,6 +1558,9 @@ def bench_once(n: int, args: argparse.Namespace) -> Result:
         seeding = seed(project, n, args.seed, args.cli_budget)
         for line in seeding.lines:
             log(f"  {line}")
+        seeded = folder / "seeded.db"
+        if args.dkim != "off":
+            snapshot(project.db, seeded)  # the signed run starts from the same subscribers
         raw = measure_raw(sink, min(n, RAW_MAX), args.raw_connections, args.raw_rounds)
         log(f"raw: {fmt_int(raw.rate)} msg/s")
         result = Result(
@@ -1427,6 +1575,29 @@ def bench_once(n: int, args: argparse.Namespace) -> Result:
         args_timeout = n / 50 + 120 if args.timeout is None else args.timeout
         run_args = argparse.Namespace(**{**vars(args), "timeout": args_timeout})
         run_e2e(result, project, sink, run_args)
+        if args.dkim != "off" and result.complete:
+            result.dkim_algorithm = {"rsa": "rsa-sha256", "both": "rsa-sha256+ed25519-sha256"}[
+                args.dkim
+            ]
+            result.openssl_rate = openssl_sign_rate()
+            log(f"OpenSSL RSA-2048: {fmt_int(result.openssl_rate)} signatures/s on one core")
+            log("the signed run: a second project with a DKIM key, the seeded subscribers …")
+            try:
+                signed_folder = signed_project(
+                    folder / "signed", sink.port, delivery, seeded, result.dkim_algorithm
+                )
+            except BenchError as exc:
+                notes.append(f"the signed run was skipped: {exc}")
+            else:
+                result.signed = Result(
+                    n=n,
+                    sink_label=sink.label,
+                    raw=raw,
+                    seeding=seeding,
+                    delivery_applied=signed_folder.delivery_applied,
+                    delivery_refused=signed_folder.delivery_refused,
+                )
+                run_e2e(result.signed, signed_folder, sink, run_args)
         return result
 
 
@@ -1482,6 +1653,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=60.0,
         help="give up when nothing was sent for this many seconds (default 60)",
     )
+    parser.add_argument(
+        "--dkim",
+        choices=("rsa", "both", "off"),
+        default="rsa",
+        help="after the unsigned run, the same announcement DKIM-signed: rsa-sha256 (rsa, the "
+        "default), with a second ed25519-sha256 signature (both), or no signed run (off; "
+        "--flat implies it)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary project folder")
     parser.add_argument(
         "--check", action="store_true", help="exit with status 3 if a figure is below its floor"
@@ -1491,6 +1670,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--n must be at least 1")
     if args.raw_rounds < 1:
         parser.error("--raw-rounds must be at least 1")
+    if args.flat:
+        args.dkim = "off"  # the memory comparison needs the unsigned runs only
     return args
 
 
@@ -1518,6 +1699,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for n in sizes:
             result = bench_once(n, args)
             all_verdicts += report(result)
+            all_verdicts += report_signed(result)
             results.append(result)
             if not result.complete:
                 break

@@ -1048,4 +1048,43 @@ def _read_start(file: Path, limit: int, head: int) -> tuple[bytes, int]:
         return handle.read(head if size > limit else size), size
 
 
+@main.group()
+def dkim() -> None:
+    """DKIM-Schlüssel anlegen und den DNS-Eintrag dazu anzeigen."""
+
+
+@dkim.command("keygen")
+@click.option("--selector", help="Selektor des neuen Schlüssels (sonst [dkim] selector).")
+@click.option(
+    "--file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Schlüsseldatei (sonst [dkim] private_key_file); eine vorhandene bleibt unberührt.",
+)
+@click.option(
+    "--ed25519",
+    "ed25519_key",
+    is_flag=True,
+    help="Den Ed25519-Schlüssel der zweiten Signatur anlegen statt des RSA-Schlüssels.",
+)
+@click.pass_context
+def dkim_keygen(
+    ctx: click.Context, selector: str | None, file: Path | None, ed25519_key: bool
+) -> None:
+    """Neuen Schlüssel schreiben (RSA 2048 Bit, Dateirechte 0600) und den DNS-Eintrag zeigen."""
+    from . import dkim_keys  # cryptography only for the commands that need it
+
+    click.echo(
+        dkim_keys.keygen(_settings(ctx), selector=selector, file=file, ed25519_key=ed25519_key)
+    )
+
+
+@dkim.command("show")
+@click.pass_context
+def dkim_show(ctx: click.Context) -> None:
+    """Den DNS-Eintrag (TXT) der konfigurierten Schlüssel anzeigen."""
+    from . import dkim_keys
+
+    click.echo(dkim_keys.show(_settings(ctx)))
+
+
 __all__ = ["main"]

@@ -143,6 +143,50 @@ class MailSettings(_Section):
         return self.message_id_domain or self.sender_address.rpartition("@")[2]
 
 
+SELECTOR_FORMAT = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$"
+)
+
+
+class DkimSettings(_Section):
+    """DKIM signatures on every message (see notifier.dkim)."""
+
+    enabled: bool = False
+    # The signing domain (d=); empty: the domain of [mail] sender_address.
+    domain: str = ""
+    selector: str = "notifier"
+    private_key_file: str = ""  # empty: dkim.key in [paths] data
+    # The PEM key itself (from NOTIFIER_DKIM__PRIVATE_KEY); set, it replaces the file.
+    private_key: SecretStr = SecretStr("")
+    # "rsa-sha256+ed25519-sha256": a second signature with Ed25519 (RFC 8463) beside the RSA
+    # one, under its own selector and key.
+    algorithm: Literal["rsa-sha256", "rsa-sha256+ed25519-sha256"] = "rsa-sha256"
+    ed25519_selector: str = "notifier-ed25519"
+    ed25519_key_file: str = ""  # empty: dkim-ed25519.key in [paths] data
+    ed25519_private_key: SecretStr = SecretStr("")
+
+    @property
+    def ed25519(self) -> bool:
+        return self.algorithm.endswith("+ed25519-sha256")
+
+    @field_validator("selector", "ed25519_selector")
+    @classmethod
+    def _selector(cls, value: str) -> str:
+        if not SELECTOR_FORMAT.match(value):
+            raise ValueError("must be letters, digits and '-', parts separated by '.'")
+        return value
+
+    @field_validator("domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip().lower().rstrip(".")
+        if value and not value.isascii():
+            value = _idna(value)
+        if value and not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", value):
+            raise ValueError("must be a domain name such as eifelkreis.de")
+        return value
+
+
 class SchedulerSettings(_Section):
     timezone: str = "Europe/Berlin"
     poll_seconds: Annotated[float, Field(gt=0, le=60)] = 1.0
@@ -476,6 +520,7 @@ class Settings(_Section):
     scheduler: SchedulerSettings = SchedulerSettings()
     delivery: DeliverySettings = DeliverySettings()
     bounces: BouncesSettings = BouncesSettings()
+    dkim: DkimSettings = DkimSettings()
     paths: PathSettings = PathSettings()
     legal: LegalSettings = LegalSettings()
     retention: RetentionSettings = RetentionSettings()
@@ -540,6 +585,13 @@ class Settings(_Section):
         """Where the catcher stores what it receives."""
         named = self.catcher.directory
         return self.path(named) if named else self.data_dir / "mails"
+
+    def dkim_key_path(self, *, ed25519: bool = False) -> Path:
+        """The DKIM key file (``[dkim] private_key_file`` or ``ed25519_key_file``); empty: in the
+        data directory."""
+        named = self.dkim.ed25519_key_file if ed25519 else self.dkim.private_key_file
+        default = "dkim-ed25519.key" if ed25519 else "dkim.key"
+        return self.path(named) if named else self.data_dir / default
 
     @property
     def secret_key_path(self) -> Path:

@@ -18,7 +18,7 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime as rfc2822_date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import css_inline
@@ -30,6 +30,9 @@ from markupsafe import Markup
 from . import mime
 from .config import Settings
 from .db.models import Item, ItemKind, Rhythm
+
+if TYPE_CHECKING:
+    from .dkim import Signer
 
 _MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
 _POLICY = policy.SMTP.clone(max_line_length=998)
@@ -183,6 +186,13 @@ class Renderer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.mail = settings.mail
+        # Signs every message build_bytes makes; loaded once (raises DkimKeyError for a key
+        # that cannot be used). Imported here: without DKIM a process does without OpenSSL.
+        self.signer: Signer | None = None
+        if settings.dkim.enabled:
+            from .dkim import Signer
+
+            self.signer = Signer.from_settings(settings)
         self.tz = settings.scheduler.tz
         self.topic_titles = {t.key: t.title for t in settings.topics}
         self.topic_order = {t.key: i for i, t in enumerate(settings.topics)}
@@ -351,7 +361,8 @@ class Renderer:
         self, prepared: Prepared, recipient: Recipient, *, message_id: str, date: datetime
     ) -> bytes:
         """The message as bytes, built the fast way (see :mod:`notifier.mime`); it parses to
-        the same headers and parts as :meth:`build`.
+        the same headers and parts as :meth:`build`. With ``[dkim] enabled`` it starts with its
+        DKIM-Signature header(s) (see :mod:`notifier.dkim`).
 
         Raises ``ValueError`` if a header value would carry a line break (header injection).
         """
@@ -370,7 +381,7 @@ class Renderer:
             )
             prepared.skeleton["headers"] = shared
         html, text = self.render(prepared, recipient)
-        return mime.personal_message(
+        data = mime.personal_message(
             shared,
             to_name=recipient.name,
             to_address=recipient.email,
@@ -380,12 +391,14 @@ class Renderer:
             html=html,
             unsubscribe_url=recipient.unsubscribe_url,
         )
+        return data if self.signer is None else self.signer.sign(data)
 
     def build(
         self, prepared: Prepared, recipient: Recipient, *, message_id: str, date: datetime
     ) -> EmailMessage:
         """A multipart/alternative message (multipart/mixed with a calendar file for events);
-        the list headers only on bulk mail (see :attr:`Prepared.bulk`).
+        the list headers only on bulk mail (see :attr:`Prepared.bulk`). Never signed: this is
+        the reference the tests compare :meth:`build_bytes` with; what is sent comes from there.
 
         Raises ``ValueError`` if a header value would carry a line break (header injection).
         """

@@ -125,6 +125,11 @@ class Service:
         limit_malloc_arenas()
         if self.parent_pid is None:  # a helper's parent has warned already
             warn_about_plain_http(settings)
+        if settings.dkim.enabled:
+            # Before anything starts: a key that cannot sign stops the start with one line.
+            from .dkim import Signer
+
+            Signer.from_settings(settings)
         async with AsyncExitStack() as stack:
             if install_signal_handlers:
                 for sig in (signal.SIGINT, signal.SIGTERM):

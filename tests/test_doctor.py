@@ -228,3 +228,20 @@ def test_a_configuration_that_does_not_load(project: Project) -> None:
     assert result.exit_code == 1
     assert result.output.startswith(f"✗ Konfiguration {project.config}")
     assert "invalid TOML" in result.output and "→ Korrigieren Sie" in result.output
+
+
+def test_dkim_with_a_missing_key_and_then_with_a_made_one(
+    project: Project, doctor: Callable[..., Result]
+) -> None:
+    off = doctor()
+    assert "✓ DKIM: aus" in off.output
+    missing = doctor({"dkim": {"enabled": True}})
+    assert missing.exit_code == 1
+    [cross] = crosses(missing)
+    assert cross.startswith("✗ DKIM:") and str(project.root / "var" / "dkim.key") in cross
+    assert "→ Schlüssel anlegen mit `notifier dkim keygen`" in missing.output
+    made = project.cli("dkim", "keygen")
+    assert "notifier._domainkey." in made.output
+    ready = doctor({"dkim": {"enabled": True}})
+    assert ready.exit_code == 0, ready.output
+    assert "✓ DKIM: Schlüssel nutzbar; der TXT-Eintrag notifier._domainkey." in ready.output

@@ -16,6 +16,7 @@ from ..config import Settings
 from .connections import check_database, check_smtp, check_sources
 from .environment import check_paths, check_public_url
 from .findings import CHECK_SECONDS, Check, Finding, failed, passed
+from .signing import check_dkim
 from .templates import check_templates
 
 CHECKS: list[tuple[str, Check]] = [
@@ -23,6 +24,7 @@ CHECKS: list[tuple[str, Check]] = [
     ("SMTP", check_smtp),
     ("Vorlagen", check_templates),
     ("Öffentliche Adresse", check_public_url),
+    ("DKIM", check_dkim),
     ("Datenpfade", check_paths),
     ("Quellen", check_sources),
 ]
