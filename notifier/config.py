@@ -257,6 +257,31 @@ class WebSettings(_Section):
         return [d if d.isascii() else _idna(d) for d in domains]
 
 
+class MetricsSettings(_Section):
+    """``GET /metrics`` (Prometheus' text format) on the web application."""
+
+    # Off: /metrics answers 404.
+    enabled: bool = False
+    # Non-empty: a scrape must send ``Authorization: Bearer <token>`` (else 401). May come from
+    # the environment (NOTIFIER_METRICS__TOKEN).
+    token: SecretStr = SecretStr("")
+    # Where the processes of one machine keep their counters for each other (prometheus-client's
+    # multiprocess mode); emptied at a start when no process that wrote into it is alive.
+    directory: str = "var/metrics"
+
+
+class LoggingSettings(_Section):
+    """How ``notifier run`` logs (to standard error)."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
 class PathSettings(_Section):
     templates: str = "templates"
 
@@ -302,6 +327,8 @@ class Settings(_Section):
     paths: PathSettings = PathSettings()
     legal: LegalSettings = LegalSettings()
     web: WebSettings = WebSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
     briefings: BriefingSettings = BriefingSettings()
     sources: SourcesSettings = SourcesSettings()
     topics: Annotated[list[Topic], Field(min_length=1)]

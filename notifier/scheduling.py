@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from . import metrics
 from .briefings import next_briefing_slot, run_due_briefings, send_due_reminders
 from .config import CalendarSource, FeedSource, Settings
 from .db import Database
@@ -205,6 +206,7 @@ class LeadingScheduler:
                         scheduler.start()
                         self._scheduler = scheduler
                         self.leading.set()
+                        metrics.current().scheduler_leader.set(1)
                     elif not waiting_logged:
                         logger.info("Planer: in Bereitschaft, ein anderer Prozess plant")
                         waiting_logged = True
@@ -221,6 +223,7 @@ class LeadingScheduler:
 
     async def _step_down(self) -> None:
         self.leading.clear()
+        metrics.current().scheduler_leader.set(0)
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             await scheduler.aclose()
@@ -237,4 +240,5 @@ class LeadingScheduler:
         if scheduler is not None:
             await scheduler.aclose()
         self.leading.clear()
+        metrics.current().scheduler_leader.set(0)
         await self._lock.aclose()

@@ -16,6 +16,7 @@ import httpx
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .. import metrics
 from ..config import CalendarSource, FeedSource, Settings
 from ..db import Database, queries
 from ..db.models import Item, ItemKind, ItemStatus, SourceState
@@ -96,6 +97,7 @@ class SourcePoller:
                     state = await self._state(session, source)
                     state.last_poll_at = state.last_success_at = now
                     state.last_error = None
+                metrics.current().source_polls.labels(source.name, "not_modified").inc()
                 return result
             if isinstance(source, FeedSource):
                 entries: Sequence[FeedEntry | CalendarEvent] = parse_feed(source.name, fetched.body)
@@ -127,12 +129,16 @@ class SourcePoller:
                 state.last_error = None
         except (SourceError, NotFoundError) as exc:
             result.error = str(exc)
-            logger.warning("source %s failed: %s", source.name, exc)
+            logger.warning("source %s failed: %s", source.name, exc, extra={"source": source.name})
+            counted = metrics.current()
+            counted.source_polls.labels(source.name, "error").inc()
+            counted.source_errors.labels(source.name).inc()
             async with self.db.transaction() as session:
                 state = await self._state(session, source)
                 state.last_poll_at = now
                 state.last_error = str(exc)
             return result
+        metrics.current().source_polls.labels(source.name, "ok").inc()
         if result.new or result.changed or result.cancelled:
             logger.info(
                 "source %s: %d new, %d changed, %d cancelled",
@@ -140,6 +146,7 @@ class SourcePoller:
                 result.new,
                 result.changed,
                 result.cancelled,
+                extra={"source": source.name},
             )
         return result
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
-from .. import selfservice
+from .. import metrics, selfservice
 from ..addresses import check_email
 from ..db.models import Organisation, OrgKind, Subscriber, SubscriberStatus
 from ..errors import FieldError
@@ -162,6 +162,7 @@ async def signup(request: Request) -> Response:
             },
             status=422,
         )
+    metrics.current().signups.inc()
     if queued:
         ctx.wake()
     return page(request, "public/signup_done.html", {"hours": ctx.settings.web.confirm_hours})
@@ -201,12 +202,15 @@ async def confirm(request: Request, token: str) -> Response:
     await checked_form(request)
     try:
         target = _target(request, CONFIRM, token)
+        now = ctx.clock()
         async with ctx.db.transaction() as session:
             sub = await selfservice.confirm(
-                session, target, ip=_ip(request), settings=ctx.settings, now=ctx.clock()
+                session, target, ip=_ip(request), settings=ctx.settings, now=now
             )
     except LinkError as exc:
         return _link_problem(request, exc)
+    if sub.updated_at == now:  # confirmed now, not again
+        metrics.current().confirmations.inc()
     preferences, _ = ctx.links.personal_urls(sub.id, sub.token_version)
     return page(
         request,
@@ -329,7 +333,7 @@ async def unsubscribe(request: Request, token: str) -> Response:
         target = _target(request, PERSONAL, token, expires=False)
         async with ctx.db.transaction() as session:
             sub = await selfservice.subscriber_for(session, target)
-            await selfservice.unsubscribe(
+            changed = await selfservice.unsubscribe(
                 session,
                 sub,
                 how="one-click" if one_click else "page",
@@ -340,6 +344,8 @@ async def unsubscribe(request: Request, token: str) -> Response:
         if one_click:
             return Response(str(exc), status_code=404, media_type="text/plain; charset=utf-8")
         return _link_problem(request, exc)
+    if changed:
+        metrics.current().unsubscribes.inc()
     if one_click:
         return Response("Abgemeldet.", media_type="text/plain; charset=utf-8")
     return page(
