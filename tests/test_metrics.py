@@ -8,15 +8,22 @@ import json
 import re
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
 
+from notifier import metrics
+from notifier.config import load_settings
+from notifier.errors import ConfigError
 from notifier.logs import log_form
+from notifier.metrics.directory import prepare_directory
 
 from .conftest import EXAMPLE, Project, Web
 from .httpserver import FeedServer, Route
@@ -290,3 +297,49 @@ def test_log_form_is_stable_and_hides_the_local_part() -> None:
     assert log_form("Anna.Schmitz@Kreis.example") == log_form("anna.schmitz@kreis.example")
     assert log_form("anna.schmitz@kreis.example") != log_form("anne.schmitz@kreis.example")
     assert "anna" not in log_form("anna.schmitz@kreis.example")
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_a_start_empties_the_directory_only_when_no_writer_is_alive(tmp_path: Path) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    dead = _dead_pid()
+    for name in (f"counter_{dead}.db", f"gauge_livesum_{dead}.db"):
+        (directory / name).write_bytes(b"\0" * 8)
+    try:
+        with prepare_directory(directory):
+            pass
+        assert sorted(p.name for p in directory.glob("*.db")) == []
+
+        # A writer still runs (another sender process): the dead one's counters stay in the
+        # sum, its live gauges go.
+        alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        try:
+            for pid in (dead, alive.pid):
+                for name in (f"counter_{pid}.db", f"gauge_livesum_{pid}.db"):
+                    (directory / name).write_bytes(b"\0" * 8)
+            with prepare_directory(directory):
+                pass
+            assert sorted(p.name for p in directory.glob("*.db")) == sorted(
+                [f"counter_{dead}.db", f"counter_{alive.pid}.db", f"gauge_livesum_{alive.pid}.db"]
+            )
+        finally:
+            alive.kill()
+            alive.wait()
+    finally:
+        metrics.configure(None)
+
+
+def test_metrics_and_logging_settings(project: Project) -> None:
+    settings = load_settings(project.config, environ={"NOTIFIER_METRICS__TOKEN": "geheim"})
+    assert settings.metrics.token.get_secret_value() == "geheim"
+    assert not settings.metrics.enabled
+    assert (settings.logging.format, settings.logging.level) == ("text", "INFO")
+    project.write_config({"logging": {"format": "xml"}})
+    with pytest.raises(ConfigError, match=r"logging\.format"):
+        load_settings(project.config, environ={})
