@@ -4,6 +4,7 @@ two sender processes whose counters add up; JSON log lines without recipients' a
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import shutil
@@ -12,22 +13,29 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest, multiprocess
 from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select, update
+from sqlalchemy import text as sql
 
 from notifier import metrics
 from notifier.config import load_settings
+from notifier.db import Database
+from notifier.db.models import OUTBOX_OPEN, OUTBOX_TROUBLE, OutboxMessage, OutboxState
 from notifier.errors import ConfigError
 from notifier.logs import log_form
 from notifier.metrics.directory import prepare_directory
+from notifier.metrics.exposition import scrape as scrape_text
+from notifier.routing import release_due
 
 from .conftest import EXAMPLE, Project, Web
 from .httpserver import FeedServer, Route
-from .test_cluster import address, people
+from .test_cluster import address, note, people
 
 TOKEN = "metrik-Token-0123456789abcdef"
 FEEDS = Path(__file__).parent / "feeds"
@@ -343,3 +351,48 @@ def test_metrics_and_logging_settings(project: Project) -> None:
     project.write_config({"logging": {"format": "xml"}})
     with pytest.raises(ConfigError, match=r"logging\.format"):
         load_settings(project.config, environ={})
+
+
+async def test_the_outbox_gauge_counts_on_the_partial_indexes(
+    project: Project, backend: str
+) -> None:
+    project.write_config({"database": {"url": backend}})
+    await asyncio.to_thread(project.seed, project.write("people.csv", people(30)))
+    await asyncio.to_thread(project.cli, "announce", project.write("a.md", note("Gezählt")))
+    db = Database(project.settings.database_url)
+    try:
+        assert await release_due(db, datetime.now(UTC)) == [(1, 30)]
+        async with db.transaction() as session:
+            ids = list(await session.scalars(select(OutboxMessage.id).order_by(OutboxMessage.id)))
+            for state, chosen in (("failed", ids[:3]), ("deferred", ids[3:7]), ("sent", ids[7:12])):
+                await session.execute(
+                    update(OutboxMessage)
+                    .where(OutboxMessage.id.in_(chosen))
+                    .values(state=OutboxState(state))
+                )
+        text = (await scrape_text(db, datetime.now(UTC))).decode()
+        if db.is_postgres:
+            plans = []
+        else:
+            async with db.reading() as session:
+                plans = [
+                    " ".join(map(str, row))
+                    for condition in (OUTBOX_OPEN, OUTBOX_TROUBLE)
+                    for row in await session.execute(
+                        sql(
+                            "EXPLAIN QUERY PLAN SELECT state, count(*) FROM outbox"
+                            f" WHERE {condition} GROUP BY state"
+                        )
+                    )
+                ]
+    finally:
+        await db.engine.dispose()
+    samples = parse(text)
+    assert value(samples, "notifier_outbox_messages", state="queued") == 18
+    assert value(samples, "notifier_outbox_messages", state="deferred") == 4
+    assert value(samples, "notifier_outbox_messages", state="failed") == 3
+    assert value(samples, "notifier_outbox_messages", state="sending") == 0
+    assert ("notifier_outbox_messages", (("state", "sent"),)) not in samples
+    # SQLite reads the partial indexes, not the table of every message ever sent.
+    if plans:
+        assert "ix_outbox_open" in " ".join(plans) and "ix_outbox_trouble" in " ".join(plans)
