@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import time
 
@@ -14,6 +15,8 @@ from . import instruments
 from .exposition import scrape
 
 router = APIRouter()
+# A scrape reads a few counts from the database; Prometheus' own timeout is 10 s by default.
+SCRAPE_TIMEOUT_SECONDS = 8.0
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -38,7 +41,17 @@ async def metrics(request: Request) -> Response:
                 headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
                 media_type="text/plain; charset=utf-8",
             )
-    body = await scrape(ctx.db, ctx.clock())
+    try:
+        async with asyncio.timeout(SCRAPE_TIMEOUT_SECONDS):
+            body = await scrape(ctx.db, ctx.clock())
+    except TimeoutError:
+        # A database that does not answer in time: the scrape fails visibly (Prometheus
+        # records up=0) rather than piling up requests.
+        return Response(
+            "Die Datenbank hat nicht rechtzeitig geantwortet.\n",
+            status_code=503,
+            media_type="text/plain; charset=utf-8",
+        )
     return Response(body, media_type=CONTENT_TYPE_LATEST, headers={"Cache-Control": "no-store"})
 
 
