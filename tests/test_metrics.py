@@ -29,7 +29,7 @@ from notifier.db import Database
 from notifier.db.models import OUTBOX_OPEN, OUTBOX_TROUBLE, OutboxMessage, OutboxState
 from notifier.errors import ConfigError
 from notifier.logs import log_form
-from notifier.metrics.directory import prepare_directory
+from notifier.metrics.directory import forget_dead, prepare_directory
 from notifier.metrics.exposition import scrape as scrape_text
 from notifier.routing import release_due
 
@@ -335,6 +335,13 @@ def test_a_start_empties_the_directory_only_when_no_writer_is_alive(tmp_path: Pa
                 pass
             assert sorted(p.name for p in directory.glob("*.db")) == sorted(
                 [f"counter_{dead}.db", f"counter_{alive.pid}.db", f"gauge_livesum_{alive.pid}.db"]
+            )
+            # Killed (no clean stop): the next scrape no longer counts its live gauges.
+            alive.kill()
+            alive.wait()
+            forget_dead(directory)
+            assert sorted(p.name for p in directory.glob("*.db")) == sorted(
+                [f"counter_{dead}.db", f"counter_{alive.pid}.db"]
             )
         finally:
             alive.kill()

@@ -68,3 +68,16 @@ def leave(directory: Path) -> None:
     """This process ends: its live gauges (scheduler leadership) no longer count."""
     with contextlib.suppress(OSError):
         multiprocess.mark_process_dead(os.getpid(), str(directory))  # type: ignore[no-untyped-call]
+
+
+_LIVE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
+
+
+def forget_dead(directory: Path) -> None:
+    """Remove the live gauges of processes that died without a clean stop (SIGKILL, a crash):
+    a killed scheduler leader must not be shown leading. Called at each scrape (a listing)."""
+    with contextlib.suppress(OSError):
+        for path in directory.iterdir():
+            match = _LIVE.match(path.name)
+            if match and not _alive(int(match.group(1))):
+                path.unlink(missing_ok=True)

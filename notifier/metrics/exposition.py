@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from ..db import Database
 from ..db.scrape import SourceHealth, outbox_by_state, source_health
 from . import instruments
+from .directory import forget_dead
 
 
 class _Snapshot(Collector):
@@ -76,6 +77,7 @@ async def scrape(db: Database, now: datetime) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     directory = instruments.directory()
     if directory is not None:
+        forget_dead(directory)
         multiprocess.MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
     else:
         registry.register(_Own(instruments.current().registry))
