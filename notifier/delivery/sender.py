@@ -91,6 +91,22 @@ def _reason_class(exc: DeliveryError) -> str:
     return "connection"
 
 
+def _described(claimed: queries.Claimed, exc: DeliveryError) -> tuple[str, dict[str, object]]:
+    """A failure as the log shows it, and its fields. The recipient appears as a hash and its
+    domain (servers repeat the address in their replies too): enough to follow one
+    recipient's trouble, not to say who it is."""
+    reply = without_address(exc.reply, claimed.email)
+    recipient = log_form(claimed.email)
+    fields: dict[str, object] = {
+        "outbox_id": claimed.id,
+        "item_id": claimed.item_id,
+        "recipient": recipient,
+        "smtp_code": exc.code,
+        "smtp_reply": reply,
+    }
+    return f"{recipient}: {exc.code or '-'} {reply}", fields
+
+
 def _resolve(future: asyncio.Future[None], _: object = None) -> None:
     if not future.done():
         future.set_result(None)
@@ -664,32 +680,24 @@ class Sender:
         failed. ``quiet``: no log line of its own (the state of the server is logged once).
         ``reason``: the reason class the metrics count (else taken from the error)."""
         now = self.clock()
-        log = logger.debug if quiet else logger.warning
+        level = logging.DEBUG if quiet else logging.WARNING
         too_old = now - claimed.created_at > timedelta(hours=self.delivery.max_age_hours)
-        # The log names the recipient by a hash and its domain (servers repeat the address in
-        # their replies too): enough to follow one recipient's trouble, not who it is.
-        reply = without_address(exc.reply, claimed.email)
-        fields = {
-            "outbox_id": claimed.id,
-            "item_id": claimed.item_id,
-            "recipient": log_form(claimed.email),
-            "smtp_code": exc.code,
-            "smtp_reply": reply,
-        }
-        shown = f"{fields['recipient']}: {exc.code or '-'} {reply}"
         if isinstance(exc, TemporaryDeliveryError) and not too_old:
             backoff = timedelta(
                 seconds=self.delivery.retry_base_seconds * 2 ** max(claimed.attempts - 1, 0)
             )
             backoff = min(backoff, MAX_BACKOFF) * random.uniform(0.8, 1.2)  # noqa: S311
             self._metrics.deferred.labels(reason or _reason_class(exc)).inc()
-            log(
-                "outbox %s deferred until %s: %s",
-                claimed.id,
-                (now + backoff).isoformat(timespec="seconds"),
-                shown,
-                extra=fields,
-            )
+            if logger.isEnabledFor(level):
+                shown, fields = _described(claimed, exc)
+                logger.log(
+                    level,
+                    "outbox %s deferred until %s: %s",
+                    claimed.id,
+                    (now + backoff).isoformat(timespec="seconds"),
+                    shown,
+                    extra=fields,
+                )
             return self._record(
                 queries.Outcome(
                     claimed.id,
@@ -706,7 +714,9 @@ class Sender:
             if too_old and isinstance(exc, TemporaryDeliveryError)
             else reason or _reason_class(exc)
         ).inc()
-        log("outbox %s failed: %s", claimed.id, shown, extra=fields)
+        if logger.isEnabledFor(level):
+            shown, fields = _described(claimed, exc)
+            logger.log(level, "outbox %s failed: %s", claimed.id, shown, extra=fields)
         hard = isinstance(exc, PermanentDeliveryError) and exc.bounced
         return self._record(
             queries.Outcome(
