@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from apscheduler.triggers.cron import CronTrigger
 
+from . import metrics
 from .config import CalendarSource, Settings
 from .db import Database, queries
 from .db.models import Rhythm
@@ -69,6 +70,9 @@ async def run_due_briefings(db: Database, settings: Settings, now: datetime) -> 
                 )
                 continue
             built[rhythm] = await queries.build_briefings(session, rhythm, slot, now)
+        counted = metrics.current()
+        counted.briefing_runs.labels(rhythm.value).inc()
+        counted.briefings_built.labels(rhythm.value).inc(built[rhythm])
         if built.get(rhythm):
             logger.info(
                 "%d %s briefings built for %s", built[rhythm], rhythm.value, slot.isoformat()

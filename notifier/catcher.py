@@ -22,6 +22,7 @@ from aiosmtpd.smtp import Envelope, Session
 
 from .clock import utcnow
 from .errors import NotFoundError, NotifierError
+from .logs import log_form
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,11 @@ class _Handler:
         number = await asyncio.to_thread(
             self.store.save, envelope.mail_from or "", list(envelope.rcpt_tos), content
         )
-        logger.info("catcher: message %d for %s stored", number, ", ".join(envelope.rcpt_tos))
+        logger.info(
+            "catcher: message %d for %s stored",
+            number,
+            ", ".join(log_form(to) for to in envelope.rcpt_tos),
+        )
         return "250 Message accepted for delivery"
 
 

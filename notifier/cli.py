@@ -33,6 +33,7 @@ from .db.models import Item, ItemStatus, OutboxState, SourceState
 from .errors import ConfigError, FileError, NotFoundError, NotifierError, megabytes, os_reason
 from .labels import BOUNCE_LABELS, FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE_LABELS, smtp_state
 from .links import Links
+from .logs import configure_logging
 from .organisations import LEVEL_LABELS, load_organisations
 from .rendering import Renderer, german_datetime
 from .service import ROLES, Service, prepare_database
@@ -159,6 +160,9 @@ def main(ctx: click.Context, config_path: Path, verbose: bool) -> None:
 async def run(ctx: click.Context, only: str | None, smtp: str | None, parent: int | None) -> None:
     """Den Dienst starten (Planer, Versand, ggf. Mail-Catcher) bis Strg+C."""
     settings = _settings(ctx)
+    configure_logging(
+        settings.logging.format, "DEBUG" if ctx.obj["verbose"] else settings.logging.level
+    )
     override = None
     if smtp:
         host, _, port = smtp.rpartition(":")

@@ -452,6 +452,31 @@ class WebSettings(_Section):
         return [d if d.isascii() else _idna(d) for d in domains]
 
 
+class MetricsSettings(_Section):
+    """``GET /metrics`` (Prometheus' text format) on the web application."""
+
+    # Off: /metrics answers 404.
+    enabled: bool = False
+    # Non-empty: a scrape must send ``Authorization: Bearer <token>`` (else 401). May come from
+    # the environment (NOTIFIER_METRICS__TOKEN).
+    token: SecretStr = SecretStr("")
+    # Where the processes of one machine keep their counters for each other (prometheus-client's
+    # multiprocess mode); emptied at a start when no process that wrote into it is alive.
+    directory: str = ""  # empty: metrics/ in the data directory ([paths] data)
+
+
+class LoggingSettings(_Section):
+    """How ``notifier run`` logs (to standard error)."""
+
+    format: Literal["text", "json"] = "text"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+
 class PathSettings(_Section):
     # The data directory: the SQLite file, the secret key and the catcher's mails live here
     # unless their own keys name another place. The default is created on first start.
@@ -525,6 +550,8 @@ class Settings(_Section):
     legal: LegalSettings = LegalSettings()
     retention: RetentionSettings = RetentionSettings()
     web: WebSettings = WebSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
     briefings: BriefingSettings = BriefingSettings()
     sources: SourcesSettings = SourcesSettings()
     topics: Annotated[list[Topic], Field(min_length=1)]
@@ -585,6 +612,13 @@ class Settings(_Section):
         """Where the catcher stores what it receives."""
         named = self.catcher.directory
         return self.path(named) if named else self.data_dir / "mails"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the processes keep their counters (``[metrics] directory``; empty: in the data
+        directory)."""
+        named = self.metrics.directory
+        return self.path(named) if named else self.data_dir / "metrics"
 
     def dkim_key_path(self, *, ed25519: bool = False) -> Path:
         """The DKIM key file (``[dkim] private_key_file`` or ``ed25519_key_file``); empty: in the

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from . import retention
+from . import metrics, retention
 from .briefings import next_briefing_slot, run_due_briefings, send_due_reminders
 from .config import CalendarSource, FeedSource, Settings
 from .db import Database
@@ -261,6 +261,7 @@ class LeadingScheduler:
                         scheduler.start()
                         self._scheduler = scheduler
                         self.leading.set()
+                        metrics.current().scheduler_leader.set(1)
                     elif not waiting_logged:
                         logger.info("Planer: in Bereitschaft, ein anderer Prozess plant")
                         waiting_logged = True
@@ -277,6 +278,7 @@ class LeadingScheduler:
 
     async def _step_down(self) -> None:
         self.leading.clear()
+        metrics.current().scheduler_leader.set(0)
         scheduler, self._scheduler = self._scheduler, None
         if scheduler is not None:
             await scheduler.aclose()
@@ -293,4 +295,5 @@ class LeadingScheduler:
         if scheduler is not None:
             await scheduler.aclose()
         self.leading.clear()
+        metrics.current().scheduler_leader.set(0)
         await self._lock.aclose()

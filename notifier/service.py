@@ -13,8 +13,10 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import urlsplit
 
+from . import metrics
 from .catcher import MailCatcher
 from .clock import utcnow
 from .config import Settings
@@ -23,6 +25,7 @@ from .db.engine import sqlite_path
 from .db.lockfile import ServiceLock
 from .delivery import Sender, SmtpTransport
 from .errors import NotifierError
+from .metrics.directory import leave as leave_metrics
 from .rendering import Renderer
 from .topics import sync_topics
 
@@ -78,6 +81,34 @@ def warn_about_plain_http(settings: Settings) -> None:
             "(List-Unsubscribe-Post) setzt bei den E-Mail-Anbietern HTTPS voraus.",
             url,
         )
+
+
+def start_metrics(settings: Settings) -> Path | None:
+    """A fresh set of metrics for this process: in ``[metrics] directory`` when enabled (the
+    scrape adds up the machine's processes), else in memory. Raises NotifierError naming the
+    key and the path when the directory cannot be used."""
+    if not settings.metrics.enabled:
+        metrics.configure(None)
+        return None
+    directory = settings.metrics_dir
+    try:
+        metrics.configure(directory)
+    except OSError as exc:
+        raise NotifierError(
+            f"[metrics] directory: {directory} ist nicht anlegbar oder nicht beschreibbar "
+            f"({exc.strerror or exc})"
+        ) from exc
+    if not settings.metrics.token.get_secret_value() and not _loopback_host(settings.web.host):
+        logger.warning(
+            "[metrics] ist ohne token eingeschaltet und die Web-Oberfläche lauscht auf %s: "
+            "/metrics ist für jeden erreichbar, der diese Adresse erreicht.",
+            settings.web.host,
+        )
+    return directory
+
+
+def _loopback_host(host: str) -> bool:
+    return is_loopback_url(f"http://{host}/")
 
 
 ROLES = ("sender", "scheduler", "web")
@@ -138,6 +169,9 @@ class Service:
             if self.parent_pid is not None:
                 watch = asyncio.create_task(self._watch_parent(self.parent_pid))
                 stack.callback(watch.cancel)
+            metrics_directory = start_metrics(settings)
+            if metrics_directory is not None:
+                stack.callback(leave_metrics, metrics_directory)
             sqlite_file = sqlite_path(settings.database_url)
             if sqlite_file is not None and self.parent_pid is None and EXCLUSIVE & {*self.roles}:
                 # One service per SQLite file (its helpers run under this lock).

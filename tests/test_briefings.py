@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, select
 
+from notifier import metrics
 from notifier.briefings import latest_slot, run_due_briefings
 from notifier.db import Database, queries
 from notifier.db.models import (
@@ -685,6 +686,7 @@ async def test_briefing_groups_items_by_topic_newest_first(desk: Desk) -> None:
 
 async def test_two_checks_racing_for_a_slot_build_it_once(desk: Desk) -> None:
     """Two processes checking the same slot at once: one builds, the other does nothing."""
+    counted = metrics.configure(None).registry  # this process's metrics, from zero
     assert await desk.briefings(local(SUNDAY_BEFORE, "12:00")) == {}
     await desk.announce("Einzige Meldung")
     await desk.release(local(SUNDAY_BEFORE, "18:00"))
@@ -695,6 +697,10 @@ async def test_two_checks_racing_for_a_slot_build_it_once(desk: Desk) -> None:
     # Each rhythm's slot is built by exactly one of the two (which one may differ per rhythm).
     built = [(rhythm, count) for result in results for rhythm, count in result.items()]
     assert sorted(built) == [(Rhythm.daily, 1), (Rhythm.weekly, 1)]
+    for rhythm in ("daily", "weekly"):  # counted once: by the check that built it
+        labels = {"rhythm": rhythm}
+        assert counted.get_sample_value("notifier_briefing_runs_total", labels) == 1
+        assert counted.get_sample_value("notifier_briefings_built_total", labels) == 1
     async with desk.db.transaction() as session:
         assert await session.scalar(select(func.count()).select_from(Digest)) == 2
     sent = await desk.deliver(local(WEEK))

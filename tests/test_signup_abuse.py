@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Project, Web
 
@@ -59,11 +60,22 @@ def _pages_alike(answers: list[httpx.Response]) -> None:
 def test_one_client_gets_its_limit_of_mails_and_the_same_page_after(
     web: Callable[..., Web], project: Project
 ) -> None:
-    site = web({"web": {"signup_per_client_per_hour": 4}})
+    site = web({"web": {"signup_per_client_per_hour": 4}, "metrics": {"enabled": True}})
     with _client(site) as client:
         answers = [_sign_up(site, client, f"person{i}@og-{i}.example") for i in range(9)]
+        answers.append(_sign_up(site, client, "bot@og-x.example", homepage="http://x.example"))
     _pages_alike(answers)
     assert len(_mails_after(project)) == 4
+    # The refused posts are counted by reason.
+    scraped = {
+        (sample.name, sample.labels.get("reason", "")): sample.value
+        for family in text_string_to_metric_families(site.client.get("/metrics").text)
+        for sample in family.samples
+        if sample.name.startswith("notifier_signups")
+    }
+    assert scraped[("notifier_signups_total", "")] == 4
+    assert scraped[("notifier_signups_refused_total", "limit")] == 5
+    assert scraped[("notifier_signups_refused_total", "honeypot")] == 1
     # Another client address is not held up by the first one.
     with _client(site, "127.0.0.2") as other:
         _pages_alike([_sign_up(site, other, "anna@og-anders.example")])

@@ -18,6 +18,7 @@ import math
 import time
 from collections.abc import Callable
 
+from .. import metrics
 from ..config import DeliverySettings
 from ..db import Database, queries
 
@@ -83,7 +84,13 @@ class SharedRateLimiter:
             while self._tokens == 0:
                 wait = self._empty_until - loop.time()
                 if wait > 0:
-                    await asyncio.sleep(min(wait, MAX_WAIT_SECONDS))
+                    counted = metrics.current()
+                    counted.rate_limit_waits.inc()
+                    started = loop.time()
+                    try:
+                        await asyncio.sleep(min(wait, MAX_WAIT_SECONDS))
+                    finally:
+                        counted.rate_limit_wait_seconds.inc(loop.time() - started)
                     continue
                 want = max(1, min(self.chunk, self.demand()))
                 # Shielded: a caller that gives up waiting (a stop) must not cancel the

@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from jinja2 import TemplateError
 from sqlalchemy import Connection, select
 
+from .. import metrics
 from ..bounces.verp import ReturnPath
 from ..config import Settings
 from ..db import Database, queries
@@ -39,6 +40,7 @@ from ..errors import (
     TemporaryDeliveryError,
 )
 from ..links import Links
+from ..logs import log_form, without_address
 from ..rendering import MessageIds, Prepared, Recipient, Renderer
 from .health import SmtpHealth, Trouble
 from .ratelimit import SharedRateLimiter
@@ -78,6 +80,32 @@ class Job:
     claimed: queries.Claimed
     prepared: Prepared
     recipient: Recipient
+
+
+def _reason_class(exc: DeliveryError) -> str:
+    """The few classes failures are counted by: no session, the server's 4xx or 5xx reply, or
+    a connection lost without a reply."""
+    if isinstance(exc, SmtpUnavailable):
+        return "unreachable"
+    if exc.code is not None and 400 <= exc.code < 600:
+        return f"smtp_{exc.code // 100}xx"
+    return "connection"
+
+
+def _described(claimed: queries.Claimed, exc: DeliveryError) -> tuple[str, dict[str, object]]:
+    """A failure as the log shows it, and its fields. The recipient appears as a hash and its
+    domain (servers repeat the address in their replies too): enough to follow one
+    recipient's trouble, not to say who it is."""
+    reply = without_address(exc.reply, claimed.email)
+    recipient = log_form(claimed.email)
+    fields: dict[str, object] = {
+        "outbox_id": claimed.id,
+        "item_id": claimed.item_id,
+        "recipient": recipient,
+        "smtp_code": exc.code,
+        "smtp_reply": reply,
+    }
+    return f"{recipient}: {exc.code or '-'} {reply}", fields
 
 
 def _resolve(future: asyncio.Future[None], _: object = None) -> None:
@@ -162,6 +190,7 @@ class Sender:
         # The limits hold for all sender processes together (shared through the database).
         limiter = SharedRateLimiter(db, self.delivery, demand=lambda: self._jobs.qsize() + 1)
         self._limiter = limiter if limiter.active else None
+        self._metrics = metrics.current()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -437,6 +466,7 @@ class Sender:
         address, say), which makes every message to it fail: that counts towards suppressing
         the address, like a refusal by the server."""
         error: DeliveryError
+        reason = "template" if isinstance(exc, TemplateError) else "unbuildable"
         if isinstance(exc, TemplateError):
             # The office can fix a template (Jinja reads a changed file again): the message
             # waits and is retried like a temporary SMTP failure, up to max_age_hours.
@@ -450,8 +480,13 @@ class Sender:
             if len(self._build_errors) > 64:
                 self._build_errors.clear()
             self._build_errors.add(str(exc))
-            logger.error("outbox %s: message cannot be built", claimed.id, exc_info=exc)
-        self._failure(claimed, error)
+            logger.error(
+                "outbox %s: message cannot be built",
+                claimed.id,
+                exc_info=exc,
+                extra={"outbox_id": claimed.id, "item_id": claimed.item_id},
+            )
+        self._failure(claimed, error, reason=reason)
 
     # -- sending -----------------------------------------------------------------------------
 
@@ -581,11 +616,21 @@ class Sender:
             self._sent_one(index, loop.time() - started)
             return self._failure(claimed, exc)
         self._sent_one(index, loop.time() - started)
+        now = self.clock()
+        self._metrics.sent.inc()
+        self._metrics.latency.observe(max((now - claimed.created_at).total_seconds(), 0.0))
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "outbox %s sent: %s",
+                claimed.id,
+                reply,
+                extra={"outbox_id": claimed.id, "item_id": claimed.item_id, "smtp_reply": reply},
+            )
         return self._record(
             queries.Outcome(
                 claimed.id,
                 OutboxState.sent,
-                self.clock(),
+                now,
                 code=250,
                 reply=reply,
                 message_id=message_id,
@@ -615,6 +660,7 @@ class Sender:
         """The connection could not set up a session: it pauses; with every connection paused,
         the messages waiting here are deferred at once (one statement) and claiming waits."""
         loop = asyncio.get_running_loop()
+        self._metrics.smtp_session_errors.labels(_reason_class(exc)).inc()
         recorded = self._failure(claimed, exc, quiet=True)
         started = self._smtp.connection_failed(index, exc.reply, self.clock(), loop.time())
         if started or self._smtp.outage is not None:  # (a probe failed: the same again)
@@ -635,24 +681,35 @@ class Sender:
         return recorded
 
     def _failure(
-        self, claimed: queries.Claimed, exc: DeliveryError, *, quiet: bool = False
+        self,
+        claimed: queries.Claimed,
+        exc: DeliveryError,
+        *,
+        quiet: bool = False,
+        reason: str | None = None,
     ) -> asyncio.Future[None]:
         """Record a failed message: deferred with backoff if temporary and not too old, else
-        failed. ``quiet``: no log line of its own (the state of the server is logged once)."""
+        failed. ``quiet``: no log line of its own (the state of the server is logged once).
+        ``reason``: the reason class the metrics count (else taken from the error)."""
         now = self.clock()
-        log = logger.debug if quiet else logger.warning
+        level = logging.DEBUG if quiet else logging.WARNING
         too_old = now - claimed.created_at > timedelta(hours=self.delivery.max_age_hours)
         if isinstance(exc, TemporaryDeliveryError) and not too_old:
             backoff = timedelta(
                 seconds=self.delivery.retry_base_seconds * 2 ** max(claimed.attempts - 1, 0)
             )
             backoff = min(backoff, MAX_BACKOFF) * random.uniform(0.8, 1.2)  # noqa: S311
-            log(
-                "outbox %s deferred until %s: %s",
-                claimed.id,
-                (now + backoff).isoformat(timespec="seconds"),
-                exc,
-            )
+            self._metrics.deferred.labels(reason or _reason_class(exc)).inc()
+            if logger.isEnabledFor(level):
+                shown, fields = _described(claimed, exc)
+                logger.log(
+                    level,
+                    "outbox %s deferred until %s: %s",
+                    claimed.id,
+                    (now + backoff).isoformat(timespec="seconds"),
+                    shown,
+                    extra=fields,
+                )
             return self._record(
                 queries.Outcome(
                     claimed.id,
@@ -664,7 +721,14 @@ class Sender:
                     owner=claimed.owner,
                 )
             )
-        log("outbox %s failed: %s", claimed.id, exc)
+        self._metrics.failed.labels(
+            "expired"
+            if too_old and isinstance(exc, TemporaryDeliveryError)
+            else reason or _reason_class(exc)
+        ).inc()
+        if logger.isEnabledFor(level):
+            shown, fields = _described(claimed, exc)
+            logger.log(level, "outbox %s failed: %s", claimed.id, shown, extra=fields)
         hard = isinstance(exc, PermanentDeliveryError) and exc.bounced
         return self._record(
             queries.Outcome(

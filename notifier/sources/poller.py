@@ -17,7 +17,7 @@ import httpx
 from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import audit
+from .. import audit, metrics
 from ..config import CalendarSource, FeedSource, Settings
 from ..db import Database, queries
 from ..db.models import Item, ItemKind, ItemStatus, SourceState
@@ -106,7 +106,9 @@ class SourcePoller:
                     await self._poll(source, result, now)
             except (SourceError, NotFoundError) as exc:
                 result.error = str(exc)
-                logger.warning("source %s failed: %s", source.name, exc)
+                logger.warning(
+                    "source %s failed: %s", source.name, exc, extra={"source": source.name}
+                )
             except TimeoutError:
                 result.error = (
                     f"{source.name}: Abruf abgebrochen, er dauerte länger als {deadline:g} Sekunden"
@@ -121,6 +123,9 @@ class SourcePoller:
             if result.error is not None:
                 # One line of bounded length, whatever a parser put into its message.
                 result.error = _one_line(result.error, ERROR_CHARS)
+                counted = metrics.current()
+                counted.source_polls.labels(source.name, "error").inc()
+                counted.source_errors.labels(source.name).inc()
                 await self._record_error(source, result.error, now)
                 return result
         if result.new or result.changed or result.cancelled:
@@ -131,6 +136,7 @@ class SourcePoller:
                 result.held,
                 result.changed,
                 result.cancelled,
+                extra={"source": source.name},
             )
         return result
 
@@ -185,6 +191,7 @@ class SourcePoller:
                 state = await self._state(session, source)
                 state.last_poll_at = state.last_success_at = now
                 state.last_error = None
+            metrics.current().source_polls.labels(source.name, "not_modified").inc()
             return
         entries: Sequence[FeedEntry | CalendarEvent] = await self._parse(source, fetched.body, now)
         async with self.db.transaction() as session:
@@ -203,6 +210,7 @@ class SourcePoller:
             state.etag, state.last_modified = fetched.etag, fetched.last_modified
             state.last_poll_at = state.last_success_at = now
             state.last_error = None
+        metrics.current().source_polls.labels(source.name, "ok").inc()
 
     async def _hold(
         self, session: AsyncSession, source: Source, new_announced: int, result: PollResult

@@ -34,6 +34,8 @@ from ..config import Settings
 from ..db import Database
 from ..legal import LegalPages, load_legal_pages
 from ..links import Links, secret_key
+from ..metrics.web import HttpMetrics
+from ..metrics.web import router as metrics_router
 from ..rendering import german_date, german_datetime
 from .limits import BodyLimit
 
@@ -287,6 +289,9 @@ def create_app(
     app.include_router(public.router)
     app.include_router(office.router, prefix="/buero")
     app.include_router(api.router, prefix="/api/v1")
+    app.include_router(metrics_router)
+    # Outermost: counts every answer, the error pages included, by the route that matched.
+    app.add_middleware(HttpMetrics)
 
     @app.get("/", include_in_schema=False)
     async def _home() -> RedirectResponse:

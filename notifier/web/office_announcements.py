@@ -20,6 +20,7 @@ from ..db import queries, reports
 from ..db.models import Item, ItemStatus, OutboxState
 from ..errors import AnnouncementRefused, DeliveryError, NotFoundError, StateError
 from ..labels import BOUNCE_LABELS, ITEM_LABELS, ROLE_LABELS, STATE_LABELS
+from ..logs import log_form, without_address
 from ..organisations import LEVEL_LABELS, organisation_index
 from .app import checked_form, context_of
 from .forms import field, fields
@@ -337,7 +338,12 @@ async def _send_test(
             now=ctx.clock(),
         )
     except DeliveryError as exc:
-        logger.warning("test message to %s failed: %s", user.email, exc)
+        logger.warning(
+            "test message to %s failed: %s %s",
+            log_form(user.email),
+            exc.code or "-",
+            without_address(exc.reply, user.email),
+        )
         return "", f"Die Test-E-Mail wurde nicht angenommen: {exc.code or ''} {exc.reply}".strip()
     except ValueError as exc:
         return "", f"Die Test-E-Mail kann nicht erstellt werden: {exc}"
@@ -350,7 +356,7 @@ async def _send_test(
             item_id,
             {"to": user.email, "subject": item.subject},
         )
-    logger.info("test message sent to %s: %s", user.email, reply)
+    logger.info("test message sent to %s: %s", log_form(user.email), reply)
     return f"Die Test-E-Mail ist an {user.email} verschickt.", ""
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
-from .. import selfservice
+from .. import metrics, selfservice
 from ..addresses import check_email
 from ..data_export import personal_data
 from ..db.models import Organisation, OrgKind, Subscriber, SubscriberStatus
@@ -136,6 +136,7 @@ async def signup(request: Request) -> Response:
         # Only a program fills in the field that people do not see: it is told what anyone
         # is told, and nothing is stored or sent.
         logger.info("sign-up refused: the hidden field was filled in")
+        metrics.current().signups_refused.labels("honeypot").inc()
         return _signup_done(request)
     errors: dict[str, str] = {}
     now = ctx.clock()
@@ -154,7 +155,7 @@ async def signup(request: Request) -> Response:
             errors[exc.field] = exc.problem
         if field(form, "consent") != "1":
             errors["consent"] = "Bitte stimmen Sie der Einwilligung zu."
-        if (
+        allowed = (
             not errors
             and choices is not None
             and await allow_signup_mail(
@@ -165,7 +166,8 @@ async def signup(request: Request) -> Response:
                 key=ctx.links.key,
                 now=now,
             )
-        ):
+        )
+        if allowed and choices is not None:
             queued = await selfservice.sign_up(
                 session,
                 field(form, "email"),
@@ -186,6 +188,10 @@ async def signup(request: Request) -> Response:
             },
             status=422,
         )
+    if allowed:
+        metrics.current().signups.inc()
+    else:
+        metrics.current().signups_refused.labels("limit").inc()
     if queued:
         ctx.wake()
     return _signup_done(request)
@@ -230,12 +236,15 @@ async def confirm(request: Request, token: str) -> Response:
     await checked_form(request)
     try:
         target = _target(request, CONFIRM, token)
+        now = ctx.clock()
         async with ctx.db.transaction() as session:
             sub = await selfservice.confirm(
-                session, target, ip=_ip(request), settings=ctx.settings, now=ctx.clock()
+                session, target, ip=_ip(request), settings=ctx.settings, now=now
             )
     except LinkError as exc:
         return _link_problem(request, exc)
+    if sub.updated_at == now:  # confirmed now, not again
+        metrics.current().confirmations.inc()
     preferences, _ = ctx.links.personal_urls(sub.id, sub.token_version)
     return page(
         request,
@@ -363,7 +372,7 @@ async def unsubscribe(request: Request, token: str) -> Response:
         target = _target(request, PERSONAL, token, expires=False)
         async with ctx.db.transaction() as session:
             sub = await selfservice.subscriber_for(session, target)
-            await selfservice.unsubscribe(
+            changed = await selfservice.unsubscribe(
                 session,
                 sub,
                 how="one-click" if one_click else "page",
@@ -374,6 +383,8 @@ async def unsubscribe(request: Request, token: str) -> Response:
         if one_click:
             return Response(str(exc), status_code=404, media_type="text/plain; charset=utf-8")
         return _link_problem(request, exc)
+    if changed:
+        metrics.current().unsubscribes.inc()
     if one_click:
         return Response("Abgemeldet.", media_type="text/plain; charset=utf-8")
     return page(
