@@ -164,6 +164,9 @@ class DkimSettings(_Section):
     ed25519_selector: str = "notifier-ed25519"
     ed25519_key_file: str = ""  # empty: dkim-ed25519.key in [paths] data
     ed25519_private_key: SecretStr = SecretStr("")
+    # The DNS server `notifier doctor` asks for the published records, "HOST" or "HOST:PORT";
+    # empty: the system's resolver (an internal DNS may not see the public zone).
+    nameserver: str = ""
 
     @property
     def ed25519(self) -> bool:

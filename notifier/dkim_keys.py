@@ -145,3 +145,28 @@ def show(settings: Settings) -> str:
         selector = dkim.selector if algorithm == "rsa-sha256" else dkim.ed25519_selector
         lines.append(describe_record(selector, domain_of(settings), key))
     return "\n".join(lines)
+
+
+def expected_records(settings: Settings) -> list[tuple[str, str]]:
+    """(name, value) of the TXT record each configured key needs. Raises
+    :class:`DkimKeyError` for a key that cannot be used."""
+    records = []
+    dkim = settings.dkim
+    for algorithm, source in _sources(settings):
+        load_key(algorithm, source)
+        key = serialization.load_pem_private_key(_read_pem(source, algorithm), password=None)
+        assert isinstance(key, rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey)
+        selector = dkim.selector if algorithm == "rsa-sha256" else dkim.ed25519_selector
+        records.append((record_name(selector, domain_of(settings)), public_value(key)))
+    return records
+
+
+def tags(value: str) -> dict[str, str]:
+    """The tags of a DKIM key record (``v=DKIM1; k=rsa; p=…``), whitespace removed from values
+    (a long p= is often published in pieces with spaces between them)."""
+    found = {}
+    for part in value.split(";"):
+        name, _, tag_value = part.partition("=")
+        if name.strip():
+            found[name.strip()] = "".join(tag_value.split())
+    return found

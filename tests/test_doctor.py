@@ -5,6 +5,7 @@ and the German hint. Real SQLite files, the recording SMTP server, the tests' HT
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from click.testing import Result
 from notifier.config import PACKAGED_TEMPLATES
 
 from .conftest import REPO, Project, free_port
+from .dnsserver import TxtServer
 from .httpserver import FeedServer, Route
 from .smtpd import RecordingSMTP
 
@@ -230,18 +232,43 @@ def test_a_configuration_that_does_not_load(project: Project) -> None:
     assert "invalid TOML" in result.output and "→ Korrigieren Sie" in result.output
 
 
-def test_dkim_with_a_missing_key_and_then_with_a_made_one(
-    project: Project, doctor: Callable[..., Result]
-) -> None:
+def test_dkim_key_and_its_published_record(project: Project, doctor: Callable[..., Result]) -> None:
     off = doctor()
     assert "✓ DKIM: aus" in off.output
-    missing = doctor({"dkim": {"enabled": True}})
-    assert missing.exit_code == 1
-    [cross] = crosses(missing)
-    assert cross.startswith("✗ DKIM:") and str(project.root / "var" / "dkim.key") in cross
-    assert "→ Schlüssel anlegen mit `notifier dkim keygen`" in missing.output
-    made = project.cli("dkim", "keygen")
-    assert "notifier._domainkey." in made.output
-    ready = doctor({"dkim": {"enabled": True}})
-    assert ready.exit_code == 0, ready.output
-    assert "✓ DKIM: Schlüssel nutzbar; der TXT-Eintrag notifier._domainkey." in ready.output
+    dns = TxtServer()
+    try:
+        signing = {"enabled": True, "nameserver": dns.address}
+        missing = doctor({"dkim": signing})
+        assert missing.exit_code == 1
+        [cross] = crosses(missing)
+        assert cross.startswith("✗ DKIM:") and str(project.root / "var" / "dkim.key") in cross
+        assert "→ Schlüssel anlegen mit `notifier dkim keygen`" in missing.output
+
+        made = project.cli("dkim", "keygen")
+        name = "notifier._domainkey.eifelkreis-verbindet.example"
+        value = re.search(r"Wert: (v=DKIM1; k=rsa; p=\S+)", made.output)
+        assert value is not None and f"Name: {name}" in made.output
+        unpublished = doctor({"dkim": signing})
+        assert crosses(unpublished) == [f"✗ DKIM: kein DNS-Eintrag {name} ({dns.address})"]
+        assert name in dns.queries
+
+        # Published for another key (the one before a key change, say).
+        other = value.group(1)[:-12] + "AAAAAAAAAAAA"
+        dns.records[name] = [other]
+        stale = doctor({"dkim": signing})
+        assert crosses(stale) == [
+            f"✗ DKIM: der DNS-Eintrag {name} gehört zu einem anderen Schlüssel"
+        ]
+
+        dns.records[name] = [value.group(1)]
+        ready = doctor({"dkim": signing})
+        assert ready.exit_code == 0, ready.output
+        assert f"✓ DKIM: Schlüssel nutzbar, DNS-Eintrag {name} passt dazu" in ready.output
+    finally:
+        dns.close()
+
+    # A DNS server that does not answer: one line, with what to do.
+    silent = doctor({"dkim": {"enabled": True, "nameserver": f"127.0.0.1:{free_port()}"}})
+    [cross] = crosses(silent)
+    assert cross.startswith(f"✗ DKIM: DNS-Eintrag {name} nicht abfragbar")
+    assert "[dkim] nameserver" in silent.output
