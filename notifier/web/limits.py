@@ -5,7 +5,10 @@ Each route class has its own limit (``[web] max_form_bytes``, ``max_upload_bytes
 office's CSV import, ``max_json_bytes`` for the API). A ``Content-Length`` over the limit is
 answered 413 at once, without reading a byte of the body; a body without a length (chunked) is
 read into memory up to the limit and answered 413 as soon as it goes over, so neither memory nor
-the disk (multipart spools files) takes more than the limit per request.
+the disk (multipart spools files) takes more than the limit per request. A body that is only a
+little too large (at most :data:`DRAIN_BYTES` over) is read to its end and dropped first: a
+server that answers and closes while the client still sends makes the kernel reset the
+connection, and a browser would show a connection error instead of the German page.
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ RouteClass = Literal["form", "upload", "json"]
 # The one place where a file is uploaded: the office's CSV import.
 UPLOAD_PATHS = frozenset({"/buero/abonnenten/import"})
 _NO_BODY = frozenset({"GET", "HEAD", "OPTIONS"})
+# A body at most this much over its limit is read to its end (and dropped) before the 413, so
+# that a browser shows the answer; a larger one is answered at once and the connection closed.
+DRAIN_BYTES = 1_000_000
 
 
 def route_class(path: str) -> RouteClass:
@@ -59,6 +65,10 @@ class BodyLimit:
         limit = limit_of(self.settings, kind)
         length = _content_length(scope)
         if length is not None and length > limit:
+            if length - limit <= DRAIN_BYTES:
+                # A little too large (a browser's upload): read and drop the rest, so that the
+                # browser gets to show the answer; closing on unread data resets the connection.
+                await _drain(receive, length)
             await _refuse(scope, receive, send, kind, limit)
             return
         if length is None:
@@ -66,6 +76,7 @@ class BodyLimit:
             try:
                 body = await _read_up_to(receive, limit)
             except _TooLarge:
+                await _drain(receive, DRAIN_BYTES)
                 await _refuse(scope, receive, send, kind, limit)
                 return
             await self.app(scope, _replay(body, receive), send)
@@ -98,6 +109,17 @@ async def _read_up_to(receive: Receive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
+
+
+async def _drain(receive: Receive, budget: int) -> None:
+    """Read and drop what is left of the body, at most ``budget`` bytes more."""
+    while budget > 0:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        budget -= len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:
