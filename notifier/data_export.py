@@ -1,6 +1,7 @@
 """Everything stored about one person, as one document (DSGVO art. 15 access, art. 20
 portability): the subscriber's data, subscriptions, provenance, consent records, the messages
-sent or queued to them, their briefing queue and the audit entries about them.
+sent or queued to them, their briefing queue, the bounces and complaints that came back for
+them, and the audit entries about them.
 
 The same document serves every way of asking: the personal preferences page (JSON download and
 a readable page), the office console (for a request by letter) and
@@ -22,13 +23,14 @@ from .config import Settings
 from .db import personal
 from .db.models import (
     AuditEntry,
+    Bounce,
     Consent,
     LegalBasis,
     OutboxState,
     Subscriber,
     SubscriberSource,
 )
-from .labels import RHYTHM_LABELS, ROLE_CHOICES, STATE_LABELS, SUBSCRIBER_LABELS
+from .labels import BOUNCE_LABELS, RHYTHM_LABELS, ROLE_CHOICES, STATE_LABELS, SUBSCRIBER_LABELS
 
 FORMAT = "notifier-personal-data"
 VERSION = 1
@@ -121,6 +123,7 @@ class PersonalData:
     messages: list[Message]
     briefing_queue: list[personal.QueuedItem]
     audit: Sequence[AuditEntry]
+    bounces: Sequence[Bounce]
 
     @property
     def basis_label(self) -> str:
@@ -152,6 +155,10 @@ class PersonalData:
             (s.topic_key, self.topic_titles.get(s.topic_key, s.topic_key))
             for s in sub.subscriptions
         ]
+
+    @staticmethod
+    def bounce_label(bounce: Bounce) -> str:
+        return BOUNCE_LABELS[bounce.kind.value]
 
     @staticmethod
     def action_label(action: str) -> str:
@@ -216,6 +223,18 @@ class PersonalData:
                 {"item_id": q.item_id, "subject": q.subject, "queued_at": _time(q.queued_at)}
                 for q in self.briefing_queue
             ],
+            "bounces": [
+                {
+                    "received_at": _time(b.received_at),
+                    "kind": b.kind.value,
+                    "address": b.address,
+                    "outbox_id": b.outbox_id,
+                    "status": b.status,
+                    "diagnostic": b.diagnostic,
+                    "action": b.action,
+                }
+                for b in self.bounces
+            ],
             "audit": [
                 {"at": _time(a.at), "actor": a.actor, "action": a.action, "details": a.details}
                 for a in self.audit
@@ -277,6 +296,7 @@ async def personal_data(
         messages=[_message(r) for r in await personal.messages(session, sub.id)],
         briefing_queue=await personal.briefing_queue(session, sub.id),
         audit=await personal.audit_entries(session, sub.id),
+        bounces=await personal.bounces(session, sub.id, sub.email),
     )
 
 

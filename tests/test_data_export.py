@@ -15,6 +15,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from notifier.links import secret_key
 
+from .bouncemail import dsn
 from .conftest import Project, Web
 
 USER, PASSWORD = "buero", "ein-langes-passwort"
@@ -106,7 +107,14 @@ def test_a_person_sees_and_downloads_everything_stored_about_them(
             ).fetchone() == ("sent",)
 
     _wait(sent)
-    assert any(ERIKA in m.rcpt_tos for m in project.smtp.messages())
+    [told] = [
+        m
+        for m in project.smtp.messages()
+        if ERIKA in m.rcpt_tos and "Ladesäulen" in str(m.message["Subject"])
+    ]
+    # Her mailbox was full for a while: a delivery report came back (a soft bounce).
+    report = dsn(told.mail_from, ERIKA, "4.2.2", str(told.message["Message-ID"]))
+    project.cli("bounces", "feed", project.write("voll.eml", report.decode()))
 
     # The preferences page shows it all, with the download and the page.
     page = site.client.get(preferences)
@@ -121,6 +129,8 @@ def test_a_person_sees_and_downloads_everything_stored_about_them(
         "Bestätigung der Anmeldung",
         "versandt",
         "Anmeldung bestätigt",
+        "Zurückgekommene Nachrichten",
+        "weicher Fehler",
         f"{preferences}/daten.json",
     ):
         assert shown in page.text, shown
@@ -135,6 +145,8 @@ def test_a_person_sees_and_downloads_everything_stored_about_them(
     doc = download.json()
     assert (doc["format"], doc["version"]) == ("notifier-personal-data", 1)
     assert doc["subscriber"]["email"] == ERIKA and doc["subscriber"]["status"] == "active"
+    [bounce] = doc["bounces"]
+    assert (bounce["kind"], bounce["status"], bounce["address"]) == ("soft", "4.2.2", ERIKA)
     assert doc["subscriber"]["topics"] == [{"key": "mobilitaet", "title": "Mobilität"}]
     assert doc["subscriber"]["organisation"]["name"] == "Bettingen"
     assert doc["provenance"] == {

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from .models import (
     AuditEntry,
+    Bounce,
     BriefingQueue,
     Consent,
     Digest,
@@ -108,5 +109,17 @@ async def audit_entries(session: AsyncSession, subscriber_id: int) -> Sequence[A
             select(AuditEntry)
             .where(AuditEntry.entity == "subscriber", AuditEntry.entity_id == str(subscriber_id))
             .order_by(AuditEntry.id)
+        )
+    ).all()
+
+
+async def bounces(session: AsyncSession, subscriber_id: int, email: str) -> Sequence[Bounce]:
+    """Bounces, complaints and unsubscribe mails that came back for the person (matched to
+    them, or naming their address), oldest first; as erasure finds them."""
+    return (
+        await session.scalars(
+            select(Bounce)
+            .where(or_(Bounce.subscriber_id == subscriber_id, Bounce.address == email))
+            .order_by(Bounce.id)
         )
     ).all()
