@@ -14,15 +14,15 @@ from datetime import datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Self
 
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
 from .clock import utcnow
-from .errors import NotFoundError, NotifierError
+from .errors import NotFoundError
 from .logs import log_form
+from .smtp_server import SmtpServer
 
 logger = logging.getLogger(__name__)
 
@@ -130,33 +130,23 @@ class _Handler:
         return "250 Message accepted for delivery"
 
 
-class MailCatcher:
+class MailCatcher(SmtpServer):
     """Serve SMTP on ``host:port`` (0: any free port) until the context exits."""
 
     def __init__(self, directory: Path, host: str = "127.0.0.1", port: int = 0) -> None:
         self.store = MailStore(directory)
-        self.host = host
-        self.port = port
-        self._server: asyncio.Server | None = None
+        super().__init__(
+            _Handler(self.store),
+            host=host,
+            port=port,
+            hostname="notifier-catcher",
+            data_size_limit=50 * 2**20,
+            what="Mail-Catcher",
+            hint="[catcher] port in config.toml ändern, 0 wählt einen freien Port",
+        )
 
-    async def __aenter__(self) -> MailCatcher:
-        handler = _Handler(self.store)
-        loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(
-                lambda: SMTPServer(
-                    handler, hostname="notifier-catcher", data_size_limit=50 * 2**20
-                ),
-                host=self.host,
-                port=self.port,
-            )
-        except OSError as exc:
-            raise NotifierError(
-                f"Mail-Catcher kann nicht auf {self.host}:{self.port} lauschen: {exc.strerror} "
-                "([catcher] port in config.toml ändern, 0 wählt einen freien Port)"
-            ) from exc
-        sockname: Any = self._server.sockets[0].getsockname()
-        self.port = int(sockname[1])
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
         logger.info(
             "mail catcher listening on %s:%d, storing in %s",
             self.host,
@@ -164,13 +154,3 @@ class MailCatcher:
             self.store.directory,
         )
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()

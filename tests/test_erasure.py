@@ -256,8 +256,13 @@ def test_a_person_signed_up_and_told_erases_themselves_on_the_preferences_page(
     path = _personal_path(project, "einstellungen", erika)
     preferences = site.client.get(path)
     assert "Alle meine Daten löschen" in preferences.text
-    erase = _personal_path(project, "loeschen", erika)
-    assert f'href="{erase}"' in preferences.text
+    # The page links to the erasure with a link of her own (signed with a time stamp, so it is
+    # read back rather than made again here).
+    linked = re.search(r'href="(/loeschen/[^"]+)"', preferences.text)
+    assert linked is not None
+    erase = linked.group(1)
+    target = Links(project.settings).read(PERSONAL, erase.rsplit("/", 1)[1])
+    assert (target.subscriber_id, target.version) == (erika, 0)
     confirm_page = site.client.get(erase)
     assert confirm_page.status_code == 200 and "Endgültig löschen" in confirm_page.text
     assert _id_of(project, EMAIL) == erika  # showing the page erases nothing

@@ -8,15 +8,13 @@ by aiosmtpd before they are read whole.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from types import TracebackType
-from typing import Any
+from typing import Self
 
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import Envelope, Session
 
-from ..errors import NotifierError
+from ..smtp_server import SmtpServer
 from .intake import BounceIntake
 
 logger = logging.getLogger(__name__)
@@ -54,46 +52,24 @@ class _Handler:
         return f"250 2.0.0 Recorded as {handled.kind.value} ({handled.bounce_id})"
 
 
-class BounceListener:
+class BounceListener(SmtpServer):
     """Serve SMTP on ``host:port`` (0: any free port) until the context exits."""
 
     def __init__(self, intake: BounceIntake, host: str, port: int, max_bytes: int) -> None:
         self.intake = intake
-        self.host = host
-        self.port = port
         self.max_bytes = max_bytes
-        self._server: asyncio.Server | None = None
+        super().__init__(
+            _Handler(intake),
+            host=host,
+            port=port,
+            hostname="notifier-bounces",
+            data_size_limit=max_bytes,
+            timeout=TIMEOUT_SECONDS,
+            what="Bounce-Empfang",
+            hint="[bounces] listen in config.toml ändern",
+        )
 
-    async def __aenter__(self) -> BounceListener:
-        handler = _Handler(self.intake)
-        loop = asyncio.get_running_loop()
-        try:
-            self._server = await loop.create_server(
-                lambda: SMTPServer(
-                    handler,
-                    hostname="notifier-bounces",
-                    data_size_limit=self.max_bytes,
-                    timeout=TIMEOUT_SECONDS,
-                ),
-                host=self.host,
-                port=self.port,
-            )
-        except OSError as exc:
-            raise NotifierError(
-                f"Bounce-Empfang kann nicht auf {self.host}:{self.port} lauschen: {exc.strerror} "
-                "([bounces] listen in config.toml ändern)"
-            ) from exc
-        sockname: Any = self._server.sockets[0].getsockname()
-        self.port = int(sockname[1])
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
         logger.info("bounce listener on %s:%d", self.host, self.port)
         return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,13 +26,12 @@ from .models import (
     Consent,
     Digest,
     ErasedAddress,
-    InstallationValue,
     OutboxMessage,
     OutboxState,
     Subscriber,
     Subscription,
 )
-from .queries import _insert
+from .queries import _insert, installation_secret
 
 # Written in place of personal data in the audit log's details.
 ERASED = "[gelöscht]"
@@ -212,19 +210,8 @@ ERASURE_SALT = "erasure_salt"
 
 
 async def erasure_salt(session: AsyncSession) -> bytes:
-    """This database's salt for the hashes of erased addresses (made by migration 0012, or
-    here if the row is missing; the first writer wins)."""
-    query = select(InstallationValue.value).where(InstallationValue.key == ERASURE_SALT)
-    value = await session.scalar(query)
-    if value is None:
-        await session.execute(
-            _insert(session)(InstallationValue)
-            .values(key=ERASURE_SALT, value=secrets.token_hex(32))
-            .on_conflict_do_nothing()
-        )
-        value = await session.scalar(query)
-        assert value is not None
-    return bytes.fromhex(value)
+    """This database's salt for the hashes of erased addresses (made by migration 0012)."""
+    return await installation_secret(session, ERASURE_SALT)
 
 
 def address_hash(salt: bytes, email: str) -> str:

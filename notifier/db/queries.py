@@ -861,21 +861,27 @@ async def smtp_size_limit(session: AsyncSession) -> int | None:
 MESSAGE_ID_KEY = "message_id_key"
 
 
-async def message_id_key(session: AsyncSession) -> bytes:
-    """This database's secret for Message-IDs (32 bytes). Migration 0010 makes it; a database
-    that lost the row gets a new one here (the first writer wins). A copy of the database keeps
-    it, so a restored installation keeps its Message-IDs; two databases have different ones."""
-    query = select(InstallationValue.value).where(InstallationValue.key == MESSAGE_ID_KEY)
+async def installation_secret(session: AsyncSession, key: str) -> bytes:
+    """A secret of this database (32 bytes) kept in ``installation`` under ``key``: made by a
+    migration, or here if the row is missing (the first writer wins)."""
+    query = select(InstallationValue.value).where(InstallationValue.key == key)
     value = await session.scalar(query)
     if value is None:
         await session.execute(
             _insert(session)(InstallationValue)
-            .values(key=MESSAGE_ID_KEY, value=secrets.token_hex(32))
+            .values(key=key, value=secrets.token_hex(32))
             .on_conflict_do_nothing()
         )
         value = await session.scalar(query)
         assert value is not None
     return bytes.fromhex(value)
+
+
+async def message_id_key(session: AsyncSession) -> bytes:
+    """This database's secret for Message-IDs (made by migration 0010). A copy of the database
+    keeps it, so a restored installation keeps its Message-IDs; two databases have different
+    ones."""
+    return await installation_secret(session, MESSAGE_ID_KEY)
 
 
 async def open_count(session: AsyncSession) -> int:
