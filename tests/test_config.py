@@ -469,6 +469,7 @@ def test_a_data_directory_the_service_cannot_write_stops_the_start() -> None:
     assert "key 'paths.data'" in lines[0]
     assert f"Verzeichnis {data} ist für Benutzer nobody nicht beschreibbar" in lines[0]
 
+
 def test_an_empty_data_directory_is_refused(tmp_path: Path) -> None:
     data = repo_config()
     data["paths"]["data"] = " "

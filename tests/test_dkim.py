@@ -194,11 +194,11 @@ async def send_every_kind(
         )
         try:
             while await sender.run_once():
-                pass
+                continue
             clock.now += timedelta(minutes=2)
             assert await run_due_briefings(db, settings, clock()) == {Rhythm.daily: 1}
             while await sender.run_once():
-                pass
+                continue
         finally:
             await sender.close()
     kinds: dict[str, Received] = {}

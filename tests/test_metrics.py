@@ -321,7 +321,8 @@ def test_a_start_empties_the_directory_only_when_no_writer_is_alive(tmp_path: Pa
         (directory / name).write_bytes(b"\0" * 8)
     try:
         with prepare_directory(directory):
-            pass
+            # Nobody who wrote here is alive: the start emptied it.
+            assert sorted(p.name for p in directory.glob("*.db")) == []
         assert sorted(p.name for p in directory.glob("*.db")) == []
 
         # A writer still runs (another sender process): the dead one's counters stay in the
@@ -332,7 +333,7 @@ def test_a_start_empties_the_directory_only_when_no_writer_is_alive(tmp_path: Pa
                 for name in (f"counter_{pid}.db", f"gauge_livesum_{pid}.db"):
                     (directory / name).write_bytes(b"\0" * 8)
             with prepare_directory(directory):
-                pass
+                assert (directory / f"counter_{dead}.db").exists()
             assert sorted(p.name for p in directory.glob("*.db")) == sorted(
                 [f"counter_{dead}.db", f"counter_{alive.pid}.db", f"gauge_livesum_{alive.pid}.db"]
             )
