@@ -20,7 +20,7 @@ from pathlib import Path
 from common import HOST, BenchError, fmt_int, log, terminate
 from project import make_project
 from raw import RAW_MAX, RAW_ROUNDS, measure_raw
-from report import FLOOR_N, report, report_signed, verdict
+from report import FLOOR_N, report, report_signed, verdict_word
 from seeding import CLI_SAMPLE, seed
 from service import Result, run_e2e
 from signed import openssl_sign_rate, signed_project, snapshot
@@ -205,7 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"flat memory: peak RSS {small:.1f} MB at N = {fmt_int(FLAT_SIZES[0])}, "
             f"{large:.1f} MB at N = {fmt_int(FLAT_SIZES[1])} (ratio {large / small:.2f}, "
-            f"flat means ≤ {FLAT_TOLERANCE:.2f})  {verdict(flat)}"
+            f"flat means ≤ {FLAT_TOLERANCE:.2f})  {verdict_word(flat)}"
         )
     if not results or not results[-1].complete:
         return 1

@@ -23,7 +23,7 @@ FLOOR_SIGNED_RATIO = 0.45
 FLOOR_SIGN_CPU = 1.5  # extra CPU per signed message, in OpenSSL RSA-2048 signatures
 
 
-def verdict(ok: bool | None) -> str:
+def verdict_word(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "BELOW")
 
 
@@ -40,7 +40,7 @@ def report(result: Result) -> list[bool | None]:
         shown = (
             "—" if value is None else (fmt_int(value) if unit == "msg/s" else f"{value:.{digits}f}")
         )
-        rows.append((name, f"{shown} {unit}".strip(), text, verdict(ok)))
+        rows.append((name, f"{shown} {unit}".strip(), text, verdict_word(ok)))
         verdicts.append(ok)
 
     e2e, ratio = result.e2e_rate, result.ratio
@@ -169,7 +169,7 @@ def report_signed(result: Result) -> list[bool | None]:
     rows: list[tuple[str, str, str, str]] = []
 
     def floor(name: str, shown: str, text: str, ok: bool | None) -> None:
-        rows.append((name, shown, text, verdict(ok) if text else ""))
+        rows.append((name, shown, text, verdict_word(ok) if text else ""))
         if text:
             verdicts.append(ok)
 
