@@ -18,13 +18,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from common import HOST, BenchError, fmt_int, log, terminate
-from project import make_project
+from project import make_project, snapshot
 from raw import RAW_MAX, RAW_ROUNDS, measure_raw
 from report import FLOOR_N, report, report_signed, verdict_word
 from seeding import CLI_SAMPLE, seed
 from service import Result, run_e2e
-from signed import openssl_sign_rate, signed_project, snapshot
+from signed import openssl_sign_rate, signed_project
 from sink import Sink
+from storm import IMPORT_ROWS, STORM_CLIENTS, UNSUBSCRIBE_SHARE, report_storm, run_storm
 
 FLAT_TOLERANCE = 1.2  # "flat": peak RSS at 100,000 at most this times the one at 10,000
 FLAT_SIZES = (10_000, 100_000)
@@ -59,8 +60,8 @@ def bench_once(n: int, args: argparse.Namespace) -> Result:
         for line in seeding.lines:
             log(f"  {line}")
         seeded = folder / "seeded.db"
-        if args.dkim != "off":
-            snapshot(project.db, seeded)  # the signed run starts from the same subscribers
+        if args.dkim != "off" or args.storm:
+            snapshot(project.db, seeded)  # later runs start from the same subscribers
         raw = measure_raw(sink, min(n, RAW_MAX), args.raw_connections, args.raw_rounds)
         log(f"raw: {fmt_int(raw.rate)} msg/s")
         result = Result(
@@ -98,6 +99,8 @@ def bench_once(n: int, args: argparse.Namespace) -> Result:
                     delivery_refused=signed_folder.delivery_refused,
                 )
                 run_e2e(result.signed, signed_folder, sink, run_args)
+        if args.storm and result.complete:
+            result.storm = run_storm(folder, sink, delivery, seeded, result, run_args)
         return result
 
 
@@ -159,7 +162,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="rsa",
         help="after the unsigned run, the same announcement DKIM-signed: rsa-sha256 (rsa, the "
         "default), with a second ed25519-sha256 signature (both), or no signed run (off; "
-        "--flat implies it)",
+        "--flat and --storm imply it)",
+    )
+    parser.add_argument(
+        "--storm",
+        action="store_true",
+        help="after the unsigned run, the same announcement again under a click storm "
+        "(preferences pages and one-click unsubscribes), then again during the office's CSV "
+        "import with /healthz probed (issue 12; fresh copies of the seeded database)",
+    )
+    parser.add_argument(
+        "--storm-clients",
+        type=int,
+        default=STORM_CLIENTS,
+        help=f"concurrent clients of the storm (default {STORM_CLIENTS})",
+    )
+    parser.add_argument(
+        "--storm-unsubscribe",
+        type=float,
+        default=UNSUBSCRIBE_SHARE,
+        help=f"share of the storm's requests that unsubscribe (default {UNSUBSCRIBE_SHARE})",
+    )
+    parser.add_argument(
+        "--storm-import-rows",
+        type=int,
+        default=IMPORT_ROWS,
+        help=f"rows of the office's CSV import (default {IMPORT_ROWS}; 0: no import run)",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="with --storm: record the service's main process with py-spy during the storm "
+        "into FILE (collapsed stacks; summary: python bench/storm.py profile FILE)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary project folder")
     parser.add_argument(
@@ -170,8 +204,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--n must be at least 1")
     if args.raw_rounds < 1:
         parser.error("--raw-rounds must be at least 1")
-    if args.flat:
-        args.dkim = "off"  # the memory comparison needs the unsigned runs only
+    if args.storm and args.flat:
+        parser.error("--storm and --flat are separate runs")
+    if args.storm_clients < 1 or not 0 <= args.storm_unsubscribe <= 1:
+        parser.error("--storm-clients must be at least 1, --storm-unsubscribe within 0 … 1")
+    if args.profile and not args.storm:
+        parser.error("--profile needs --storm")
+    if args.flat or args.storm:
+        args.dkim = "off"  # the memory comparison and the storm need the unsigned runs only
     return args
 
 
@@ -188,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = bench_once(n, args)
             all_verdicts += report(result)
             all_verdicts += report_signed(result)
+            if result.storm is not None:
+                all_verdicts += report_storm(result, result.storm)
             results.append(result)
             if not result.complete:
                 break

@@ -3,6 +3,7 @@ against it, and read-only queries on its SQLite database."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -72,6 +73,15 @@ def dump_toml(data: dict[str, Any]) -> str:
     return text
 
 
+def snapshot(db: Path, to: Path) -> None:
+    """A consistent copy of a SQLite file (WAL included), through SQLite's backup API."""
+    with (
+        contextlib.closing(sqlite3.connect(db)) as src,
+        contextlib.closing(sqlite3.connect(to)) as dst,
+    ):
+        src.backup(dst)
+
+
 @dataclass
 class Project:
     """A throw-away project folder: config.toml, the SQLite file, CSVs, the service log."""
@@ -100,6 +110,12 @@ class Project:
     def watcher(self) -> Any:
         """Read-only queries on the service's database (see :class:`Watcher`)."""
         return Watcher(self.db) if self.watcher_factory is None else self.watcher_factory(self)
+
+    def restore(self, seeded: Path) -> None:
+        """Replace the project's database with a copy of ``seeded`` (see :func:`snapshot`)."""
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        snapshot(seeded, self.db)
 
     def insert_rows(self, rows: Sequence[Sequence[str]]) -> None:
         if self.direct_insert is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from zoneinfo import ZoneInfo
 
 from common import ANNOUNCEMENT_BODY, ANNOUNCEMENT_SUBJECT, BenchError, fmt_int, log
@@ -26,11 +27,16 @@ from raw import RawResult
 from seeding import Seeding
 from sink import Sink, sink_connections
 
+if TYPE_CHECKING:
+    from storm import StormResult
+
 
 class Service:
     """``notifier run`` in its own session; its output goes to service.log."""
 
     READY = "Beenden mit Strg+C"
+    # "  Web:         http://127.0.0.1:PORT/anmelden …": where the web application listens.
+    WEB = re.compile(r"Web:\s+(http://[^/\s]+)/")
 
     def __init__(self, project: Project) -> None:
         self.project = project
@@ -39,6 +45,7 @@ class Service:
         self.tail: deque[str] = deque(maxlen=40)
         self.log_path = project.folder / "service.log"
         self.stop_seconds: float | None = None
+        self.web_url = ""  # http://host:port of the web application, once it is ready
         self.killed: list[int] = []
 
     def start(self, timeout: float) -> float:
@@ -66,6 +73,9 @@ class Service:
                 sink.write(raw)
                 line = raw.decode("utf-8", "replace").rstrip()
                 self.tail.append(line)
+                web = self.WEB.search(line)
+                if web and not self.web_url:
+                    self.web_url = web.group(1)
                 if self.READY in line:
                     self.ready.set()
 
@@ -123,6 +133,8 @@ class Result:
     signed: Result | None = None
     dkim_algorithm: str = ""
     openssl_rate: float | None = None  # RSA-2048 signatures per CPU second, this process
+    # Issue 12: the same announcement under a click storm and during an import (bench/storm.py).
+    storm: StormResult | None = None
 
     @property
     def e2e_rate(self) -> float | None:
@@ -164,7 +176,32 @@ def _progress_line(result: Result, total: int, open_rows: int, started: float) -
     )
 
 
-def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespace) -> None:
+class Load(Protocol):
+    """Work done against the service during the send (bench/storm.py): started at send_at,
+    stopped once the send is done (or given up), while the service still runs."""
+
+    def start(self, service: Service, send_at: float) -> None: ...
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop it; ``wait=False``: at once, without waiting for work still going on."""
+        ...
+
+    @property
+    def cpu_pids(self) -> dict[str, int]:
+        """Its own processes (label -> pid), counted apart in the CPU split."""
+        ...
+
+
+def run_e2e(
+    result: Result,
+    project: Project,
+    sink: Sink,
+    args: argparse.Namespace,
+    load: Load | None = None,
+) -> None:
+    """Start the service, announce to all N, watch the send until it is done, stop the service.
+    With ``load``, that load runs from send_at until the send is done; messages it cancels
+    (one-click unsubscribes) count as done."""
     n = result.n
     service = Service(project)
     watcher: Any = None
@@ -206,11 +243,17 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
         started = time.time()
         progress: tuple[int, int] = (-1, -1)  # (sent, received by the sink)
         last_change = started
+        # The rows the send must finish: N, or with a load what routing counted (someone who
+        # unsubscribed before routing gets no row).
+        expected: int | None = n if load is None else None
         while True:
             now = time.time()
             total, open_rows = watcher.progress()
             done = total - open_rows  # sent, or failed for good
             if result.cpu is None and now >= send_at:
+                if load is not None:
+                    load.start(service, send_at)
+                    cpu.pids |= load.cpu_pids
                 memory.sample()
                 cpu.begin(memory.cpu_ticks)
                 result.cpu = cpu
@@ -221,7 +264,9 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
                 connections = sink_connections(sink.port)
                 result.peak_connections = max(result.peak_connections, connections)
                 next_connections = now + 0.5
-            if result.outbox_full_s is None and total >= n:
+            if expected is None and total:
+                expected = watcher.item(item_id)[3]  # None until routing has committed
+            if result.outbox_full_s is None and total >= (expected or n):
                 result.outbox_full_s = now - send_at
             if now - last_print >= (1.0 if interactive else 10.0):
                 line = _progress_line(result, total, open_rows, started)
@@ -232,9 +277,10 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
             if (done, sink.received()) != progress:
                 progress = (done, sink.received())
                 last_change = now
-            if total >= n and open_rows == 0:
+            if total >= (expected or n) and open_rows == 0:
                 states = watcher.states()
-                if states.get("sent", 0) >= n:
+                cancelled = states.get("cancelled", 0) if load is not None else 0
+                if states.get("sent", 0) + cancelled >= (expected or n):
                     result.complete = True
                 else:
                     result.notes.append("stopped waiting: nothing to send, not all sent")
@@ -264,9 +310,14 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
             print(file=sys.stderr)
         if not result.complete:
             result.notes.append("last lines of the service's output:\n" + service.last_lines())
+        if load is not None and result.cpu is not None:
+            # Its processes' CPU is read before they end (/proc forgets them), then it stops.
+            memory.sample()
+            cpu.end(memory.cpu_ticks)
+            load.stop()
         time.sleep(0.2)  # let the sink's last counter line arrive
         memory.sample()
-        if result.cpu is not None:
+        if result.cpu is not None and load is None:
             cpu.end(memory.cpu_ticks)
         result.states = watcher.states()  # exact, once: the polls above count cheaply
 
@@ -286,7 +337,11 @@ def run_e2e(result: Result, project: Project, sink: Sink, args: argparse.Namespa
     finally:
         if watcher is not None:
             watcher.close()
-        log("stopping `notifier run` with SIGTERM …")
-        service.stop()
-        result.stop_s = service.stop_seconds
-        result.killed = service.killed
+        try:
+            if load is not None:
+                load.stop(wait=False)  # on an error or Ctrl-C (a second stop does nothing)
+        finally:
+            log("stopping `notifier run` with SIGTERM …")
+            service.stop()
+            result.stop_s = service.stop_seconds
+            result.killed = service.killed

@@ -3,8 +3,6 @@ with DKIM on a copy of the seeded database."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -33,15 +31,6 @@ def openssl_sign_rate(seconds: float = OPENSSL_SECONDS) -> float:
     return count / spent
 
 
-def snapshot(db: Path, to: Path) -> None:
-    """A consistent copy of a SQLite file (WAL included), through SQLite's backup API."""
-    with (
-        contextlib.closing(sqlite3.connect(db)) as src,
-        contextlib.closing(sqlite3.connect(to)) as dst,
-    ):
-        src.backup(dst)
-
-
 def signed_project(
     folder: Path, port: int, delivery: dict[str, Any], seeded: Path, algorithm: str
 ) -> Project:
@@ -58,7 +47,5 @@ def signed_project(
     project.cli_ok("dkim", "keygen", timeout=120)
     if "ed25519" in algorithm:
         project.cli_ok("dkim", "keygen", "--ed25519", timeout=120)
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{project.db}{suffix}").unlink(missing_ok=True)
-    snapshot(seeded, project.db)
+    project.restore(seeded)
     return project
