@@ -28,7 +28,15 @@ from typing import Any, TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import delivery as bench  # the benchmark's own module beside this file
+# The delivery benchmark's modules beside this file.
+from common import HOST, BenchError, fmt_int, log, terminate
+from procfs import OTHER_CPU_LIMIT, process_ticks
+from project import PROGRESS_SQL, make_project
+from raw import RAW_MAX, RawResult, measure_raw
+from report import git_revision
+from seeding import seed
+from service import Result, run_e2e
+from sink import Sink
 
 T = TypeVar("T")
 PG_HOST = "127.0.0.1"
@@ -81,7 +89,7 @@ class PgServer:
             self.loop.run(conn.close())
             break
         if not self.user:
-            raise bench.BenchError(
+            raise BenchError(
                 f"no PostgreSQL server on {PG_HOST}:{PG_PORT} (database 'test'): "
                 + "; ".join(problems)
             )
@@ -109,7 +117,7 @@ class PgServer:
 
 
 class PgWatcher:
-    """bench.Watcher's queries on a PostgreSQL database (read-only, autocommit)."""
+    """project.Watcher's queries on a PostgreSQL database (read-only, autocommit)."""
 
     def __init__(self, server: PgServer, name: str) -> None:
         self.loop = Loop()
@@ -123,7 +131,7 @@ class PgWatcher:
         return {r[0]: r[1] for r in rows}
 
     def progress(self) -> tuple[int, int]:
-        row = self.loop.run(self.conn.fetchrow(bench.PROGRESS_SQL))
+        row = self.loop.run(self.conn.fetchrow(PROGRESS_SQL))
         return int(row[0]), int(row[1])
 
     def item(self, item_id: int) -> tuple[str, float, float | None, int | None]:
@@ -135,7 +143,7 @@ class PgWatcher:
             )
         )
         if row is None:
-            raise bench.BenchError(f"item {item_id} is not in the database")
+            raise BenchError(f"item {item_id} is not in the database")
         return row[0], row[1], row[2], row[3]
 
     def last_item_id(self) -> int | None:
@@ -168,7 +176,7 @@ class PgWatcher:
 
 
 def pg_insert(server: PgServer, name: str, rows: Sequence[Sequence[str]]) -> None:
-    """Subscribers and subscriptions straight into PostgreSQL (COPY), like bench._insert_sql."""
+    """Subscribers and subscriptions straight into PostgreSQL (COPY), like seeding.insert_sql."""
 
     async def insert() -> None:
         conn = await _connect(server.user, name)
@@ -230,7 +238,7 @@ def postgres_ticks() -> int:
             except OSError:
                 continue
             if comm == "postgres":
-                total += bench.process_ticks(int(entry.name))
+                total += process_ticks(int(entry.name))
     return total
 
 
@@ -242,15 +250,15 @@ def postgres_ticks() -> int:
 class Run:
     backend: str  # "SQLite" or "PostgreSQL"
     processes: int
-    result: bench.Result
+    result: Result
 
 
 def run_one(
     backend: str,
     processes: int,
     n: int,
-    sink: bench.Sink,
-    raw: bench.RawResult,
+    sink: Sink,
+    raw: RawResult,
     server: PgServer | None,
     args: argparse.Namespace,
 ) -> Run:
@@ -266,14 +274,14 @@ def run_one(
             "processes": processes,
             "batch_size": args.batch_size,
         }
-        bench.log(f"{backend}, {processes} sender process(es): project {folder} …")
-        project = bench.make_project(folder, sink.port, delivery, url)
+        log(f"{backend}, {processes} sender process(es): project {folder} …")
+        project = make_project(folder, sink.port, delivery, url)
         if server is not None:
             project.cpu_groups = {"postgres": postgres_ticks}
             project.watcher_factory = lambda _p: PgWatcher(server, name)
             project.direct_insert = lambda _p, rows: pg_insert(server, name, rows)
-        seeding = bench.seed(project, n, args.seed, args.cli_budget)
-        result = bench.Result(
+        seeding = seed(project, n, args.seed, args.cli_budget)
+        result = Result(
             n=n,
             sink_label=sink.label,
             raw=raw,
@@ -282,9 +290,9 @@ def run_one(
             delivery_refused=project.delivery_refused,
         )
         run_args = argparse.Namespace(lead=args.lead, poll=0.1, timeout=n / 50 + 120, stall=60.0)
-        bench.run_e2e(result, project, sink, run_args)
+        run_e2e(result, project, sink, run_args)
         rate = result.e2e_rate
-        bench.log(f"  end to end: {'—' if rate is None else bench.fmt_int(rate)} msg/s")
+        log(f"  end to end: {'—' if rate is None else fmt_int(rate)} msg/s")
         return Run(backend, processes, result)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
@@ -432,7 +440,7 @@ def measure_claiming(backend: str, url: str, rows: int, claimers: int, batch: in
         for proc in procs:
             assert proc.stdout is not None
             if proc.stdout.readline().strip() != "ready":
-                raise bench.BenchError("a claiming worker did not start")
+                raise BenchError("a claiming worker did not start")
         began = time.perf_counter()
         for proc in procs:
             assert proc.stdin is not None
@@ -443,7 +451,7 @@ def measure_claiming(backend: str, url: str, rows: int, claimers: int, batch: in
             assert proc.stdout is not None
             line = proc.stdout.readline().strip()
             if not line.startswith("handled "):
-                raise bench.BenchError(f"a claiming worker failed: {line!r}")
+                raise BenchError(f"a claiming worker failed: {line!r}")
             handled.append(int(line.split()[1]))
         seconds = time.perf_counter() - began
     finally:
@@ -453,7 +461,7 @@ def measure_claiming(backend: str, url: str, rows: int, claimers: int, batch: in
             if proc.poll() is None:
                 proc.kill()
     if sum(handled) != rows:
-        raise bench.BenchError(f"claimers handled {sum(handled)} of {rows} messages")
+        raise BenchError(f"claimers handled {sum(handled)} of {rows} messages")
     return Claiming(backend, claimers, rows, seconds, handled)
 
 
@@ -462,15 +470,15 @@ def measure_claiming(backend: str, url: str, rows: int, claimers: int, batch: in
 
 
 def report(
-    n: int, runs: list[Run], claims: list[Claiming], server: PgServer, raw: bench.RawResult,
-    sink: bench.Sink, args: argparse.Namespace,
+    n: int, runs: list[Run], claims: list[Claiming], server: PgServer, raw: RawResult,
+    sink: Sink, args: argparse.Namespace,
 ) -> None:  # fmt: skip
-    fmt = bench.fmt_int
+    fmt = fmt_int
     sqlite = next((r.result.e2e_rate for r in runs if r.backend == "SQLite"), None)
     print()
     print(f"notifier cluster benchmark: N = {fmt(n)} subscribers, one announcement to all")
-    print(f"  sink:      {sink.label} on {bench.HOST}")
-    print(f"  machine:   {os.cpu_count()} cores; commit {bench.git_revision()}")
+    print(f"  sink:      {sink.label} on {HOST}")
+    print(f"  machine:   {os.cpu_count()} cores; commit {git_revision()}")
     print(f"  databases: PostgreSQL {server.version} on {PG_HOST}:{PG_PORT} (a new database per "
           "run, same machine); SQLite: a file in a temporary folder")  # fmt: skip
     print(f"  [delivery] connections = {args.connections} per process, batch_size = "
@@ -518,7 +526,7 @@ def report(
     disturbed = [
         f"{run.backend} × {run.processes} {run.result.cpu.other_cores:.2f}"
         for run in runs
-        if run.result.cpu is not None and run.result.cpu.other_cores > bench.OTHER_CPU_LIMIT
+        if run.result.cpu is not None and run.result.cpu.other_cores > OTHER_CPU_LIMIT
     ]
     if disturbed:
         print(
@@ -567,19 +575,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and len(sys.argv) > 1 and sys.argv[1] == WORKER_FLAG:
         return claim_worker(sys.argv[2], int(sys.argv[3]))
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, bench._terminate)
-    signal.signal(signal.SIGINT, bench._terminate)
+    signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     notes: list[str] = []
     server: PgServer | None = None
     try:
         server = PgServer()
         with contextlib.ExitStack() as stack:
-            sink = bench.Sink(args.sink, notes)
+            sink = Sink(args.sink, notes)
             stack.callback(sink.stop)
             sink.start()
-            bench.log(f"sink: {sink.label} on {bench.HOST}:{sink.port}")
-            raw = bench.measure_raw(sink, min(args.n, bench.RAW_MAX), 16, 2)
-            bench.log(f"raw: {bench.fmt_int(raw.rate)} msg/s")
+            log(f"sink: {sink.label} on {HOST}:{sink.port}")
+            raw = measure_raw(sink, min(args.n, RAW_MAX), 16, 2)
+            log(f"raw: {fmt_int(raw.rate)} msg/s")
             configs = [("SQLite", 1, None)]
             configs += [("PostgreSQL", p, server) for p in args.process_counts]
             runs = []
@@ -592,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             claims = []
             rows = min(args.n, CLAIM_ROWS)
             with tempfile.TemporaryDirectory(prefix="notifier-claim-") as folder:
-                bench.log(f"claiming overhead on SQLite: {bench.fmt_int(rows)} rows …")
+                log(f"claiming overhead on SQLite: {fmt_int(rows)} rows …")
                 claims.append(
                     measure_claiming(
                         "SQLite", f"sqlite+aiosqlite:///{folder}/claim.db", rows, 1, args.batch_size
@@ -601,7 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for claimers in CLAIMERS:
                 name = server.create()
                 try:
-                    bench.log(f"claiming overhead on PostgreSQL, {claimers} process(es) …")
+                    log(f"claiming overhead on PostgreSQL, {claimers} process(es) …")
                     claims.append(
                         measure_claiming(
                             "PostgreSQL", server.url(name), rows, claimers, args.batch_size
@@ -613,10 +621,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for note in notes:
                 print(f"  NOTE: {note}")
     except KeyboardInterrupt:
-        bench.log("interrupted: everything started was stopped")
+        log("interrupted: everything started was stopped")
         return 130
-    except bench.BenchError as exc:
-        bench.log(f"FAILED: {exc}")
+    except BenchError as exc:
+        log(f"FAILED: {exc}")
         return 1
     finally:
         if server is not None:
