@@ -26,9 +26,9 @@ from ..db import queries, reports
 from ..db.models import Item, OutboxState, Role
 from ..errors import AnnouncementRefused, FieldError, NotFoundError, StateError
 from ..organisations import organisation_index
-from .app import context_of
 from .officekit import renderer
 from .params import Offset, RowId
+from .request import context_of
 
 router = APIRouter(tags=["notifier"])
 _bearer = HTTPBearer(

@@ -16,8 +16,8 @@ from ..db.models import Role, Subscriber, SubscriberSource, SubscriberStatus
 from ..errors import StateError
 from ..organisations import organisation_index
 from .api import Actor, invalid, router
-from .app import context_of
 from .params import Offset, RowId
+from .request import context_of
 
 # -- subscribers -----------------------------------------------------------------------------
 

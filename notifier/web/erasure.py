@@ -13,12 +13,12 @@ from .. import erasure, selfservice
 from ..addresses import display_email
 from ..db import reports
 from ..links import PERSONAL, LinkError
-from .app import checked_form, context_of, page
 from .officekit import CurrentUser, office_page
 from .officekit import router as office_router
 from .params import RowId
 from .public import _link_problem, _target
 from .public import router as public_router
+from .request import checked_form, context_of, page
 
 # The actor of an erasure the person asked for on the web (no personal data in the audit).
 SELF = "web"

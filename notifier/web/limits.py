@@ -15,10 +15,12 @@ from __future__ import annotations
 
 from typing import Literal
 
+from fastapi.responses import JSONResponse, Response
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..config import WebSettings
+from .request import page
 
 RouteClass = Literal["form", "upload", "json"]
 
@@ -142,10 +144,6 @@ def _megabytes(limit: int) -> str:
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, kind: RouteClass, limit: int) -> None:
-    from fastapi.responses import JSONResponse, Response
-
-    from .app import page
-
     what = {"form": "Das Formular", "upload": "Die Datei", "json": "Der Inhalt"}[kind]
     detail = f"{what} ist zu groß (höchstens {_megabytes(limit)})."
     # The connection closes after the answer: the rest of the body is never read.

@@ -25,7 +25,6 @@ from ..errors import NotFoundError
 from ..labels import ITEM_LABELS, STATE_LABELS, smtp_state
 from ..rendering import german_datetime
 from ..sources.poller import discard_held, held_counts, item_counts, release_held, source_kind
-from .app import checked_form, context_of, page
 from .forms import field
 from .officekit import (
     CurrentUser,
@@ -34,6 +33,7 @@ from .officekit import (
     preview_html,
     router,
 )
+from .request import checked_form, context_of, page
 
 __all__ = ["router"]
 

@@ -22,7 +22,6 @@ from ..errors import AnnouncementRefused, DeliveryError, NotFoundError, StateErr
 from ..labels import BOUNCE_LABELS, ITEM_LABELS, ROLE_LABELS, STATE_LABELS
 from ..logs import log_form, without_address
 from ..organisations import LEVEL_LABELS, organisation_index
-from .app import checked_form, context_of
 from .forms import field, fields
 from .officekit import (
     CurrentUser,
@@ -36,6 +35,7 @@ from .officekit import (
     units,
 )
 from .params import PageNo, RowId
+from .request import checked_form, context_of
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from ..addresses import display_email
 from ..db import bounces as store
 from ..db.models import Subscriber, SubscriberStatus
 from ..labels import BOUNCE_LABELS
-from .app import checked_form, context_of
 from .forms import field
 from .officekit import CurrentUser, OfficeUser, office_page, router
 from .params import RowId
+from .request import checked_form, context_of
 
 DOMAIN_DAYS = 30
 LATEST = 100

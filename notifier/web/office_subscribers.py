@@ -23,7 +23,6 @@ from ..db.models import Role, Subscriber, SubscriberStatus
 from ..errors import InputError, StateError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, ROLE_LABELS, SUBSCRIBER_LABELS
 from ..subscribers import export_subscribers, import_subscribers
-from .app import checked_form, context_of
 from .forms import field, submitted_subscriber, subscriber_values
 from .officekit import (
     CurrentUser,
@@ -34,6 +33,7 @@ from .officekit import (
     units,
 )
 from .params import PageNo, RowId
+from .request import checked_form, context_of
 
 PAGE_SIZE = 50
 FIELD_LABELS = {

@@ -18,8 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Organisation, User
 from ..rendering import Renderer
-from .app import WebContext, context_of, page
 from .public import Unit, organisation_choices
+from .request import WebContext, context_of, page
 
 # The e-mail HTML shown in a frame: its inline styles and embedded images may load, nothing
 # from another host (an image there would tell it that the office looked at the message, even

@@ -12,10 +12,10 @@ from .. import audit, selfservice
 from ..data_export import PersonalData, file_name, personal_data
 from ..links import PERSONAL, LinkError
 from . import api, public
-from .app import context_of, page
 from .officekit import CurrentUser
 from .officekit import router as office_router
 from .params import RowId
+from .request import context_of, page
 
 
 def _download(data: PersonalData, request: Request) -> Response:

@@ -21,8 +21,8 @@ from ..errors import FieldError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, SUBSCRIBER_LABELS
 from ..links import CONFIRM, PERSONAL, LinkError, LinkTarget
 from ..signup_limits import allow_signup_mail
-from .app import checked_form, context_of, page
 from .forms import field, fields, submitted_subscriber, subscriber_values
+from .request import checked_form, context_of, page
 
 router = APIRouter(include_in_schema=False)
 logger = logging.getLogger(__name__)
