@@ -306,6 +306,18 @@ async def mail_html(request: Request, number: int, user: CurrentUser) -> Respons
 
 
 # The other pages register their routes on the same router.
-from . import erasure, office_announcements, office_bounces, office_subscribers  # noqa: E402
+from . import (  # noqa: E402
+    erasure,
+    office_announcements,
+    office_bounces,
+    office_reach,
+    office_subscribers,
+)
 
-__all__ += ["erasure", "office_announcements", "office_bounces", "office_subscribers"]
+__all__ += [
+    "erasure",
+    "office_announcements",
+    "office_bounces",
+    "office_reach",
+    "office_subscribers",
+]
