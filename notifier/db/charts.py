@@ -57,6 +57,7 @@ async def bounces_by_item(session: AsyncSession, item_ids: Sequence[int]) -> Cou
     """Hard and soft bounces of the messages of each item."""
     rows = await session.execute(
         select(OutboxMessage.item_id, func.count())
+        .select_from(Bounce)
         .join(OutboxMessage, OutboxMessage.id == Bounce.outbox_id)
         .where(
             OutboxMessage.item_id.in_(item_ids),

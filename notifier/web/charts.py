@@ -180,7 +180,8 @@ def _table(chart: Chart) -> str:
     return (
         f'<details><summary>Zahlen als Tabelle<span class="visually-hidden">: '
         f"{escape(chart.title)}</span></summary>"
-        f'<div class="table-wrap"><table><caption class="visually-hidden">{escape(chart.title)}'
+        f'<div class="table-wrap" tabindex="0" role="region" aria-label="Zahlen: '
+        f'{escape(chart.title)}"><table><caption class="visually-hidden">{escape(chart.title)}'
         f'</caption><thead><tr><th scope="col">{escape(chart.label_header)}</th>{head}</tr>'
         f"</thead><tbody>{rows}</tbody></table></div></details>"
     )

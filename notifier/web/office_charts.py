@@ -103,9 +103,10 @@ async def bounce_chart(session: AsyncSession, items: Sequence[Item]) -> Chart | 
     unsubscribes = await store.unsubscribes_by_item(session, ids, since)
     return Chart(
         ident="bounces-abmeldungen",
-        title=f"Bounces und Abmeldungen je Mitteilung (die letzten {len(sent)} versandten)",
+        title="Bounces und Abmeldungen je Mitteilung",
         description=(
-            "Säulendiagramm: je Mitteilung die zurückgekommenen Nachrichten (Bounces) und die "
+            f"Säulendiagramm der letzten {len(sent)} versandten Mitteilungen: je Mitteilung die "
+            "zurückgekommenen Nachrichten (Bounces) und die "
             "Abmeldungen danach. Eine Abmeldung zählt für die letzte Mitteilung, die die Person "
             f"vorher erhalten hat. Insgesamt {sum(bounces.values())} Bounces und "
             f"{sum(unsubscribes.values())} Abmeldungen."
