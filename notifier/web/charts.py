@@ -109,10 +109,10 @@ def _svg(chart: Chart) -> str:
             f'<text class="chart-tick" x="{LEFT - 6}" y="{ty}" text-anchor="end" '
             f'dominant-baseline="middle">{_german(tick)}</text>'
         )
-    # At most about twelve labels on the x axis; always the first and the last.
+    # At most about twelve labels on the x axis, counted back from the last (the newest).
     every = max(1, math.ceil(n / 12))
     for i, label in enumerate(chart.labels):
-        if i % every == 0 or i == n - 1:
+        if (n - 1 - i) % every == 0:
             tx = _number(LEFT + slot * (i + 0.5))
             parts.append(
                 f'<text class="chart-tick" x="{tx}" y="{HEIGHT - BOTTOM + 16}" '

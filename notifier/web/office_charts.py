@@ -65,9 +65,12 @@ async def delivery_chart(
     start, end = span
     end = min(max(end, start), now)
     step = _step(end - start)
-    # Ends of the intervals: from the first step after the start to the first one past the end.
-    ends = [start + step * (i + 1) for i in range(DELIVERY_POINTS)]
-    ends = [e for e in ends if e - step <= end] or [start + step]
+    # Points in time from the first message queued (nothing sent yet) to the first one past the
+    # last message's end; at least two, so the chart is a line.
+    ends = [start + step * i for i in range(DELIVERY_POINTS)]
+    ends = [e for e in ends if e - step <= end]
+    if len(ends) < 2:
+        ends.append(start + step)
     figures = await store.delivered_by(session, item.id, ends)
     same_day = start.astimezone(tz).date() == ends[-1].astimezone(tz).date()
     fmt = "%H:%M" if same_day else "%d.%m. %H:%M"
