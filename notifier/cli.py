@@ -21,7 +21,7 @@ import click
 from sqlalchemy import select
 
 from . import announcements as ann
-from . import erasure, retention
+from . import erasure, reach, retention
 from .addresses import check_email, display_email
 from .catcher import MailStore
 from .clock import utcnow
@@ -35,6 +35,7 @@ from .labels import BOUNCE_LABELS, FINAL_STATES, ITEM_LABELS, ROLE_LABELS, STATE
 from .links import Links
 from .logs import configure_logging
 from .organisations import LEVEL_LABELS, load_organisations
+from .reach import text as reach_text
 from .rendering import Renderer, german_datetime
 from .service import ROLES, Service, prepare_database
 from .subscribers import export_subscribers, import_subscribers
@@ -576,6 +577,50 @@ async def subscribers_export(ctx: click.Context, output: Path | None, excel: boo
         except OSError as exc:  # a failed write names no file
             raise FileError.from_os(exc, output) from exc
         click.echo(f"{text.count(chr(10)) - 1} Abonnenten nach {output} geschrieben.")
+
+
+@main.command("reach")
+@click.option(
+    "--csv",
+    "as_csv",
+    is_flag=True,
+    help="Nur die Ortsgemeinden ohne angemeldete/n Bürgermeister/in, als CSV (für Anschreiben).",
+)
+@click.option(
+    "--excel",
+    is_flag=True,
+    help="Mit --csv: mit Semikolon getrennt und mit BOM, so öffnet Excel die Datei direkt.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Mit --csv: Zieldatei (sonst Standardausgabe).",
+)
+@click.pass_context
+@run_async
+async def reach_command(ctx: click.Context, as_csv: bool, excel: bool, output: Path | None) -> None:
+    """Reichweite: Bürgermeister/innen, Abonnenten und Themen je Einheit des Baums."""
+    settings = _settings(ctx)
+    if (excel or output) and not as_csv:
+        raise click.UsageError("--excel und --output gelten nur zusammen mit --csv.")
+    async with await _open(settings) as db, db.reading() as session:
+        report = await reach.read(session, settings.topic_keys)
+    if not as_csv:
+        day = utcnow().astimezone(settings.scheduler.tz).strftime("%d.%m.%Y")
+        titles = {t.key: t.title for t in settings.topics}
+        for line in reach_text.table_lines(report, titles, day=day):
+            click.echo(line)
+        return
+    text = reach.not_reached_csv(report, excel=excel)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        await asyncio.to_thread(output.write_text, text, encoding="utf-8")
+    except OSError as exc:
+        raise FileError.from_os(exc, output) from exc
+    click.echo(f"{len(report.not_reached())} Ortsgemeinden nach {output} geschrieben.")
 
 
 def _print_audience(audience: ann.Audience) -> None:

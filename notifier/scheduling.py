@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from . import metrics, retention
+from . import metrics, reach, retention
 from .briefings import next_briefing_slot, run_due_briefings, send_due_reminders
 from .config import CalendarSource, FeedSource, Settings
 from .db import Database
@@ -88,6 +88,8 @@ class Scheduler:
         self._add("bounces:clean", self.clean_bounces, 3600)
         # The retention periods: at the leader's start, then daily.
         self._add("privacy-purge", self.privacy_purge, PURGE_SECONDS)
+        # Today's reach for the chart of reach over time: at the leader's start, then hourly.
+        self._add("reach-snapshot", self.reach_snapshot, reach.SNAPSHOT_SECONDS)
         if poller is not None:
             for source in settings.sources.all:
                 # A partial, not a lambda: APScheduler must see a coroutine function to await it.
@@ -176,6 +178,16 @@ class Scheduler:
             return False
 
         await self._guarded("purging by the retention periods", work)
+
+    async def reach_snapshot(self) -> None:
+        async def work() -> bool:
+            settings = self.settings
+            await reach.take_snapshot(
+                self.db, settings.topic_keys, self.clock(), settings.scheduler.tz
+            )
+            return False
+
+        await self._guarded("recording the reach of the day", work)
 
     async def _poll(self, poller: SourcePoller, source: FeedSource | CalendarSource) -> None:
         async def work() -> bool:

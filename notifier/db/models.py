@@ -6,11 +6,12 @@ Times are stored as timezone-aware UTC values and shown in Europe/Berlin by the 
 from __future__ import annotations
 
 import enum
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -533,3 +534,20 @@ class Bounce(Base):
     raw: Mapped[bytes | None] = mapped_column(LargeBinary)
     # Counts towards suppressing the address; an un-suppression by the office sets it false.
     counts: Mapped[bool] = mapped_column(default=True)
+
+
+class ReachSnapshot(Base):
+    """The reach of one day (the office's zone): how many are subscribed and how many
+    Ortsgemeinden have their mayor among them. Written by the scheduler's leader at its start
+    and every hour, so a day keeps its last figures; only counts, nothing about a person."""
+
+    __tablename__ = "reach_snapshots"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    taken_at: Mapped[datetime]
+    subscribers: Mapped[int] = mapped_column(Integer)  # active subscribers
+    units_reached: Mapped[int] = mapped_column(Integer)  # units with an active subscriber
+    mayors_reached: Mapped[int] = mapped_column(Integer)  # Ortsgemeinden with an active mayor
+    ortsgemeinden: Mapped[int] = mapped_column(Integer)  # Ortsgemeinden in the tree
+    # Per Verbandsgemeinde key: [Ortsgemeinden reached, Ortsgemeinden in it].
+    by_vg: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -373,7 +373,7 @@ async def outbox(request: Request, actor: Actor) -> OutboxOut:
     )
 
 
-# The subscriber endpoints register on the same router.
-from . import api_subscribers  # noqa: E402
+# The subscriber and reach endpoints register on the same router.
+from . import api_reach, api_subscribers  # noqa: E402
 
-__all__ = ["api_subscribers", "router"]
+__all__ = ["api_reach", "api_subscribers", "router"]

@@ -25,7 +25,9 @@ from ..errors import NotFoundError
 from ..labels import ITEM_LABELS, STATE_LABELS, smtp_state
 from ..rendering import german_datetime
 from ..sources.poller import discard_held, held_counts, item_counts, release_held, source_kind
+from .charts import render
 from .forms import field
+from .office_charts import outbox_chart
 from .officekit import (
     CurrentUser,
     mail_frame,
@@ -40,6 +42,8 @@ __all__ = ["router"]
 # A failed login waits this long before the answer: guessing gets slow even before throttling.
 FAILED_LOGIN_DELAY = 0.5
 DAYS_SHOWN = 7
+# The chart of messages per day covers more days than the table.
+DAYS_CHARTED = 30
 
 
 def _next_page(value: str) -> str:
@@ -160,7 +164,7 @@ async def dashboard(
         scheduled = await reports.scheduled_announcements(session)
         recent = await reports.recent_source_items(session)
         briefings = await reports.recent_briefings(session)
-        days = await reports.daily_figures(session, reports.day_bounds(now, tz, DAYS_SHOWN))
+        charted = await reports.daily_figures(session, reports.day_bounds(now, tz, DAYS_CHARTED))
         totals = await queries.outbox_counts(session)
         failures = await queries.recent_failures(session, 5)
         senders = await queries.sender_statuses(session, now)
@@ -195,7 +199,8 @@ async def dashboard(
             "scheduled": scheduled,
             "recent": recent,
             "briefings": briefings,
-            "days": days,
+            "days": charted[:DAYS_SHOWN],
+            "outbox_chart": render(outbox_chart(charted, tz)),
             "totals": [(STATE_LABELS[s], totals.get(s, 0)) for s in OutboxState],
             "failures": failures,
             # What the senders know of the SMTP server, unreachable ones first.
@@ -306,6 +311,18 @@ async def mail_html(request: Request, number: int, user: CurrentUser) -> Respons
 
 
 # The other pages register their routes on the same router.
-from . import erasure, office_announcements, office_bounces, office_subscribers  # noqa: E402
+from . import (  # noqa: E402
+    erasure,
+    office_announcements,
+    office_bounces,
+    office_reach,
+    office_subscribers,
+)
 
-__all__ += ["erasure", "office_announcements", "office_bounces", "office_subscribers"]
+__all__ += [
+    "erasure",
+    "office_announcements",
+    "office_bounces",
+    "office_reach",
+    "office_subscribers",
+]

@@ -22,7 +22,9 @@ from ..errors import AnnouncementRefused, DeliveryError, NotFoundError, StateErr
 from ..labels import BOUNCE_LABELS, ITEM_LABELS, ROLE_LABELS, STATE_LABELS
 from ..logs import log_form, without_address
 from ..organisations import LEVEL_LABELS, organisation_index
+from .charts import render
 from .forms import field, fields
+from .office_charts import bounce_chart, delivery_chart
 from .officekit import (
     CurrentUser,
     OfficeUser,
@@ -165,6 +167,7 @@ async def announcement_list(request: Request, user: CurrentUser) -> Response:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
         rows = await ann.list_announcements(session)
+        chart = await bounce_chart(session, [item for item, _ in rows])
     listed = [
         {
             "item": item,
@@ -177,7 +180,7 @@ async def announcement_list(request: Request, user: CurrentUser) -> Response:
         request,
         user,
         "office/announcements.html",
-        {"title": "Mitteilungen", "rows": listed},
+        {"title": "Mitteilungen", "rows": listed, "chart": render(chart) if chart else ""},
         section="announcements",
     )
 
@@ -384,6 +387,7 @@ async def announcement(
         )
         by_key, _ = await organisation_index(session)
         scope = [by_key[k].name if k in by_key else k for k in item.scope]
+        timeline = await delivery_chart(session, item, ctx.settings.scheduler.tz, ctx.clock())
         audience = None
         if item.status is ItemStatus.scheduled:
             audience = _audience_rows(await ann.audience(session, item))
@@ -424,6 +428,7 @@ async def announcement(
             "topic_titles": renderer(ctx).topic_titles,
             "role_labels": {r.value: label for r, label in ROLE_LABELS.items()},
             "notice": notice,
+            "delivery_chart": render(timeline) if timeline else "",
         },
         section="announcements",
     )
