@@ -103,11 +103,15 @@ def _throttle_keys(client: str, name: str) -> tuple[str, str]:
 
 
 def _wait(failures: int, allowed: int, settings: WebSettings) -> timedelta | None:
-    """2, 4, 8 … seconds for each failure beyond ``allowed``, at most the configured maximum."""
+    """The first wait (2 s by default), doubling for each further failure beyond ``allowed``,
+    at most the configured maximum."""
     beyond = failures - allowed
     if beyond < 0:
         return None
-    seconds = min(2.0 ** min(beyond + 1, 30), settings.login_max_delay_minutes * 60)
+    seconds = min(
+        settings.login_first_wait_seconds * 2.0 ** min(beyond, 30),
+        settings.login_max_delay_minutes * 60,
+    )
     return timedelta(seconds=seconds)
 
 

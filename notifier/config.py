@@ -429,9 +429,11 @@ class WebSettings(_Section):
     )
     # Office logins are throttled per client address and name (never the account as a whole):
     # after login_max_failures failures the next attempt from that address for that name waits
-    # 2, 4, 8 … seconds, at most login_max_delay_minutes; ten times as many failures from one
-    # address over all names throttle the address alike.
+    # login_first_wait_seconds, doubling with each further failure (2, 4, 8 … by default), at
+    # most login_max_delay_minutes; ten times as many failures from one address over all names
+    # throttle the address alike.
     login_max_failures: Annotated[int, Field(ge=1)] = 5
+    login_first_wait_seconds: Annotated[float, Field(gt=0)] = 2.0
     login_max_delay_minutes: Annotated[float, Field(gt=0)] = 15.0
     # The largest request body per route class, refused with 413 while it is read (before
     # login checks and parsing): forms, the office's CSV upload, the JSON API.

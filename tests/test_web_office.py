@@ -180,22 +180,24 @@ def _login_as(site: Web, client: httpx.Client, name: str, password: str) -> http
 def test_guessing_is_throttled_per_address_and_never_locks_the_office_out(
     web: Callable[..., Web], project: Project
 ) -> None:
-    site = _start(web, project, {"web": {"login_max_failures": 3}})
+    # A first wait of 5 s (2 s by default): long enough that the next attempt comes within it
+    # on a busy machine, short enough to wait out below.
+    site = _start(web, project, {"web": {"login_max_failures": 3, "login_first_wait_seconds": 5}})
     statuses = [_login(site, f"falsch-{i}-falsch").status_code for i in range(3)]
     assert statuses == [401, 401, 401]
-    # The guesser's address now waits (2 s after the third failure): the right password is not
+    # The guesser's address now waits (5 s after the third failure): the right password is not
     # even checked from there, and no session is made.
     throttled = _login(site)
     assert throttled.status_code == 429, throttled.text
     assert "Zu viele fehlgeschlagene Anmeldungen" in throttled.text
-    assert 1 <= int(throttled.headers["retry-after"]) <= 2
+    assert 1 <= int(throttled.headers["retry-after"]) <= 5
     assert site.client.get("/buero").status_code == 303
     # The office, at another address, logs in at once: nobody can keep it out by guessing.
     with _client_from(site, "127.0.0.2") as office:
         assert _login_as(site, office, USER, PASSWORD).status_code == 303
         assert office.get("/buero").status_code == 200
     # After the wait the right password works from the guesser's address too, and resets it.
-    time.sleep(2.1)
+    time.sleep(5.1)
     assert _login(site).status_code == 303
     with _db(project) as db:
         stored = db.execute("SELECT key FROM login_throttle").fetchall()
@@ -206,7 +208,8 @@ def test_guessing_is_throttled_per_address_and_never_locks_the_office_out(
 def test_unknown_names_are_answered_and_throttled_like_real_ones(
     web: Callable[..., Web], project: Project
 ) -> None:
-    site = _start(web, project, {"web": {"login_max_failures": 2}})
+    # A first wait of a minute: the third attempt comes within it however slow the machine is.
+    site = _start(web, project, {"web": {"login_max_failures": 2, "login_first_wait_seconds": 60}})
     answers: dict[str, list[tuple[int, str]]] = {}
     for name, address in ((USER, "127.0.0.3"), ("niemand", "127.0.0.4")):
         with _client_from(site, address) as client:
