@@ -23,6 +23,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+from ..actors import actor_label
 from ..addresses import display_email
 from ..catcher import MailStore
 from ..config import Settings
@@ -59,6 +60,7 @@ def _templates(settings: Settings) -> Jinja2Templates:
     env.filters["datum_zeit"] = lambda value: german_datetime(value, tz) if value else "–"
     env.filters["datum"] = lambda value: german_date(value, tz) if value else "–"
     env.filters["adresse"] = display_email
+    env.filters["akteur"] = actor_label
     return Jinja2Templates(env=env)
 
 
