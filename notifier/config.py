@@ -28,6 +28,7 @@ from pydantic import (
     model_validator,
 )
 
+from .branding import DEFAULT_COLOUR, LOGO_MAX_BYTES, LOGO_TYPES, colour_problem
 from .errors import ConfigError, os_reason
 
 ENV_PREFIX = "NOTIFIER_"
@@ -498,6 +499,18 @@ class PathSettings(_Section):
         return value
 
 
+class BrandingSettings(_Section):
+    """The Kreis's corporate design on the web pages (:mod:`notifier.branding`); checked at
+    start by :func:`check_branding`."""
+
+    # The header's logo: an image file (SVG, PNG, WebP, JPEG; at most 512 KB), relative paths
+    # against the config file's folder, served by the service itself. Empty: no logo.
+    logo: str = ""
+    # The primary colour (header, buttons, links), "#rrggbb": must keep 4.5:1 against white
+    # and carry white text with 4.5:1 (WCAG 2.1 AA).
+    primary_colour: str = DEFAULT_COLOUR
+
+
 class LegalSettings(_Section):
     """The Markdown files of the privacy notice (``/datenschutz``) and the accessibility
     statement (``/barrierefreiheit``); relative paths are resolved against the config file's
@@ -553,6 +566,7 @@ class Settings(_Section):
     dkim: DkimSettings = DkimSettings()
     paths: PathSettings = PathSettings()
     legal: LegalSettings = LegalSettings()
+    branding: BrandingSettings = BrandingSettings()
     retention: RetentionSettings = RetentionSettings()
     web: WebSettings = WebSettings()
     metrics: MetricsSettings = MetricsSettings()
@@ -606,6 +620,12 @@ class Settings(_Section):
         if self.paths.templates:
             dirs.insert(0, self.path(self.paths.templates) / part)
         return dirs
+
+    @property
+    def logo_path(self) -> Path | None:
+        """The file of ``[branding] logo``; None without a logo."""
+        named = self.branding.logo.strip()
+        return self.path(named) if named else None
 
     def legal_file(self, key: str) -> Path:
         """The file of ``[legal] key``; the packaged example text when the key is empty."""
@@ -733,6 +753,7 @@ def load_settings(
             problem += f" (and {more} more problem{'s' if more > 1 else ''})"
         raise ConfigError(shown, key, problem) from None
     check_paths(settings)
+    check_branding(settings)
     return settings
 
 
@@ -793,6 +814,37 @@ def check_paths(settings: Settings) -> None:
         problem = _creatable(settings.catcher_dir)
         if problem:
             raise ConfigError(shown, "catcher.directory", problem)
+
+
+def check_branding(settings: Settings) -> None:
+    """Check ``[branding]``: a colour with AA contrast, a logo file that can be served.
+
+    Raises :class:`ConfigError` naming the key, in German, for the first problem."""
+    shown = str(settings.config_file) if settings.config_file else "config"
+    problem = colour_problem(settings.branding.primary_colour)
+    if problem:
+        raise ConfigError(shown, "branding.primary_colour", problem)
+    if settings.branding.logo:
+        problem = _logo_problem(settings.logo_path)
+        if problem:
+            raise ConfigError(shown, "branding.logo", problem)
+
+
+def _logo_problem(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if path.suffix.lower() not in LOGO_TYPES:
+        kinds = ", ".join(sorted({s.lstrip(".").upper() for s in LOGO_TYPES} - {"JPEG"}))
+        return f"Logo {path}: nur Bilder als {kinds} (Dateiendung {path.suffix or 'fehlt'})"
+    if not path.is_file():
+        return f"Logo {path} {'ist keine Datei' if path.exists() else 'nicht gefunden'}"
+    if not os.access(path, os.R_OK):
+        return f"Logo {path} ist nicht lesbar"
+    size = path.stat().st_size
+    if size > LOGO_MAX_BYTES:
+        limit = LOGO_MAX_BYTES // 1024
+        return f"Logo {path} ist {size // 1024} KB groß; erlaubt sind höchstens {limit} KB"
+    return None
 
 
 def _user() -> str:

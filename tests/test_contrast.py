@@ -1,10 +1,12 @@
 """Colours of the stylesheet against WCAG 2.1: the focus ring needs 3:1 against what it is drawn
-on (1.4.11 Non-text Contrast), computed from the values in site.css."""
+on (1.4.11 Non-text Contrast), computed from the values in site.css by the code that also checks
+[branding] primary_colour (notifier.branding)."""
 
 from __future__ import annotations
 
 import re
 
+from notifier.branding import contrast
 from notifier.config import PACKAGED_TEMPLATES
 
 CSS = PACKAGED_TEMPLATES / "web" / "static" / "site.css"
@@ -14,18 +16,6 @@ def _variables() -> dict[str, str]:
     root = re.search(r":root\s*\{(.*?)\}", CSS.read_text("utf-8"), re.S)
     assert root is not None
     return dict(re.findall(r"--([\w-]+):\s*(#[0-9a-fA-F]{6})", root.group(1)))
-
-
-def _luminance(colour: str) -> float:
-    """WCAG 2.1's relative luminance of an sRGB colour ``#rrggbb``."""
-    channels = [int(colour[i : i + 2], 16) / 255 for i in (1, 3, 5)]
-    r, g, b = (c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in channels)
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b
-
-
-def contrast(a: str, b: str) -> float:
-    light, dark = sorted((_luminance(a), _luminance(b)), reverse=True)
-    return (light + 0.05) / (dark + 0.05)
 
 
 def test_the_formula_matches_known_ratios() -> None:

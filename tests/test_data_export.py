@@ -277,7 +277,7 @@ def test_every_way_in_records_where_a_subscriber_came_from(
     page = site.client.get(f"/buero/abonnenten/{peter}")
     assert "Wahrnehmung einer Aufgabe im öffentlichen Interesse" in page.text
     assert "Import einer Liste durch das Projektbüro" in page.text
-    assert "(example.csv)" in page.text and "Keine Einwilligung gespeichert." in page.text
+    assert "Import aus example.csv" in page.text and "Keine Einwilligung gespeichert." in page.text
 
     # Deactivated by the office and signing up again: from now on the person's own consent.
     status = site.client.post(

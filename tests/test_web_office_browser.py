@@ -166,6 +166,8 @@ def test_mail_catcher_pages_on_a_phone(
         page.goto(site.url(path))
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is wider than the phone's screen by {overflow}px"
+    # On a phone the navigation sits in the header's "Menü".
+    page.locator("header.site summary", has_text="Menü").click()
     page.get_by_role("link", name="Mail-Catcher").click()
     assert_accessible(page, "Mail-Catcher")
     page.get_by_role("link", name="[Test] Probe für das Handy").click()

@@ -23,7 +23,9 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from starlette.exceptions import HTTPException
 from starlette.middleware.sessions import SessionMiddleware
 
+from ..actors import actor_label
 from ..addresses import display_email
+from ..branding import load_assets
 from ..catcher import MailStore
 from ..config import Settings
 from ..db import Database
@@ -59,6 +61,7 @@ def _templates(settings: Settings) -> Jinja2Templates:
     env.filters["datum_zeit"] = lambda value: german_datetime(value, tz) if value else "–"
     env.filters["datum"] = lambda value: german_date(value, tz) if value else "–"
     env.filters["adresse"] = display_email
+    env.filters["akteur"] = actor_label
     return Jinja2Templates(env=env)
 
 
@@ -154,7 +157,7 @@ def create_app(
     mails: MailStore | None = None,
 ) -> FastAPI:
     """The ASGI application of one service."""
-    from . import api, office, personal_data, public
+    from . import api, branding, office, personal_data, public
 
     del personal_data  # imported for its routes, which it adds to the routers below
 
@@ -176,6 +179,7 @@ def create_app(
         legal=load_legal_pages(settings),
         wake=wake,
         mails=mails,
+        branding=load_assets(settings.branding.primary_colour, settings.logo_path),
     )
     # Innermost of the middleware: the session is there for the German 413 page; the routes,
     # their login checks and their parsers come after it.
@@ -203,6 +207,8 @@ def create_app(
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _server_error)
+    # Before the static folder: the generated stylesheet and the logo live under /static/ too.
+    app.include_router(branding.router)
     app.mount("/static", _LayeredStaticFiles(settings.template_dirs("web/static")), name="static")
     app.include_router(public.router)
     app.include_router(office.router, prefix="/buero")

@@ -17,6 +17,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 
+from ..branding import DEFAULT_COLOUR, BrandingAssets, load_assets
 from ..catcher import MailStore
 from ..config import Settings
 from ..db import Database
@@ -41,6 +42,8 @@ class WebContext:
     wake: Callable[[], None] = lambda: None
     # The built-in mail catcher's store (only with [smtp] catcher = true).
     mails: MailStore | None = None
+    # The generated stylesheet with [branding]'s colour, and its logo.
+    branding: BrandingAssets = field(default_factory=lambda: load_assets(DEFAULT_COLOUR, None))
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,6 +100,7 @@ def page(
         "csrf_token": csrf_token(request),
         "mail": ctx.settings.mail,
         "office_user": request.session.get("user_name"),
+        "branding": ctx.branding,
         **(context or {}),
     }
     return ctx.templates.TemplateResponse(request, template, values, status_code=status)
