@@ -1020,3 +1020,15 @@ async def give_back_tokens(
             .where(RateBucket.name == bucket.name)
             .values(tokens=smaller(bucket.size, RateBucket.tokens + count))
         )
+
+
+async def keyless_counts(session: AsyncSession, prefix: str) -> dict[str, int]:
+    """Per source, how many of its items carry a fallback key starting with ``prefix`` (feed
+    entries with neither id nor link; see notifier.sources.feed.FALLBACK_PREFIX)."""
+    rows = await session.execute(
+        select(Item.source, func.count())
+        .where(Item.source.is_not(None), Item.external_key.startswith(prefix, autoescape=True))
+        .group_by(Item.source)
+    )
+    return {name: count for name, count in rows.all() if name is not None}
+
