@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from .models import (
     OUTBOX_OPEN,
@@ -1032,3 +1033,17 @@ async def keyless_counts(session: AsyncSession, prefix: str) -> dict[str, int]:
     )
     return {name: count for name, count in rows.all() if name is not None}
 
+
+async def first_digests(session: AsyncSession, digest_ids: Sequence[int]) -> set[int]:
+    """Of these briefings, those that are their subscriber's first (no earlier briefing of the
+    same subscriber is on record)."""
+    if not digest_ids:
+        return set()
+    earlier = aliased(Digest)
+    rows = await session.scalars(
+        select(Digest.id).where(
+            Digest.id.in_(digest_ids),
+            ~exists().where(earlier.subscriber_id == Digest.subscriber_id, earlier.id < Digest.id),
+        )
+    )
+    return set(rows)
