@@ -13,21 +13,28 @@ from collections.abc import Sequence
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-__all__ = ["markdown_text"]
+__all__ = ["PARSER", "markdown_text", "tokens_text"]
 
-_PARSER = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+# The CommonMark parser of the e-mails (raw HTML off); rendering.py makes the HTML part with it.
+PARSER = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
 
 
 def markdown_text(source: str) -> str:
     """The text of the CommonMark ``source``: paragraphs separated by a blank line, each link's
     address on its own line after the block it occurs in. Raw HTML stays as written (it is not
     interpreted in mails either)."""
+    return tokens_text(PARSER.parse(source))
+
+
+def tokens_text(tokens: Sequence[Token]) -> str:
+    """:func:`markdown_text` of tokens :data:`PARSER` made (a long text is parsed once for both
+    of a message's parts)."""
     blocks: list[tuple[str, bool]] = []  # (text, in a tight list)
     tight = False
     prefixes: list[str] = []  # what each line of the current block starts with (lists, quotes)
     ordinals: list[int | None] = []  # per open list: the next number, or None for bullets
     pending_item = ""
-    for token in _PARSER.parse(source):
+    for token in tokens:
         kind = token.type
         if kind == "bullet_list_open":
             ordinals.append(None)

@@ -24,18 +24,17 @@ from zoneinfo import ZoneInfo
 import css_inline
 from babel.dates import format_datetime
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from . import mime
 from .config import Settings
 from .db.models import Item, ItemKind, Rhythm
-from .markdown_text import markdown_text
+from .markdown_text import PARSER, markdown_text, tokens_text
 
 if TYPE_CHECKING:
     from .dkim import Signer
 
-_MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+_MARKDOWN = PARSER
 _POLICY = policy.SMTP.clone(max_line_length=998)
 GENERAL_TOPIC = "Allgemein"
 
@@ -251,8 +250,11 @@ class Renderer:
         """Everything of a message about ``item`` that is the same for every recipient."""
         context: dict[str, Any] = {"item": item, "notice": notice}
         if item.kind is ItemKind.announcement:
-            context["body_html"] = markdown_html(item.body)
-            context["body_text"] = markdown_text(item.body)
+            # One parse for both parts: an announcement may be megabytes long.
+            tokens = _MARKDOWN.parse(item.body)
+            html = _MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {})
+            context["body_html"] = Markup(html)  # noqa: S704 - raw HTML disabled
+            context["body_text"] = tokens_text(tokens)
             return Prepared("announcement", item.subject, context)
         if item.kind is ItemKind.update:
             return Prepared("update", item.subject, context)
