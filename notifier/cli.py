@@ -723,9 +723,11 @@ async def sources_list(ctx: click.Context) -> None:
         if state and state.last_error:
             click.echo(f"  letzter Fehler: {state.last_error}")
         if keyless.get(source.name):
+            count = keyless[source.name]
             click.echo(
-                f"  ohne ID und Link: {keyless[source.name]} Einträge, erkannt an Titel, Datum "
-                "und Text (ändert die Quelle einen davon, gilt er als neuer Eintrag)"
+                f"  ohne ID und Link: {count} {'Eintrag' if count == 1 else 'Einträge'}, "
+                "erkannt an Titel, Datum und Text (ändert die Quelle einen davon, gilt er als "
+                "neuer Eintrag)"
             )
         if held.get(source.name):
             click.echo(

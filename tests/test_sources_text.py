@@ -107,7 +107,7 @@ def test_entries_without_guid_and_link_are_kept_and_reported(
     assert again == "aushang: 0 neu, 0 geändert, 0 abgesagt"  # the fallback key is stable
     listing = project.cli("sources", "list").output
     assert "aushang (feed, alle 15 min): 2 Einträge" in listing
-    assert "  ohne ID und Link: 1 Einträge, erkannt an Titel, Datum und Text" in listing
+    assert "  ohne ID und Link: 1 Eintrag, erkannt an Titel, Datum und Text" in listing
 
 
 JSON_FEED = b'{"version": "https://jsonfeed.org/version/1.1", "title": "<b>x</b>", "items": []}'
