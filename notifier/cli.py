@@ -749,12 +749,14 @@ async def sources_list(ctx: click.Context) -> None:
     if not settings.sources.all:
         click.echo("Keine Quellen konfiguriert ([[sources.feed]] / [[sources.calendar]]).")
         return
+    from .sources.feed import FALLBACK_PREFIX
     from .sources.poller import held_counts, item_counts, source_kind
 
     async with await _open(settings) as db, db.transaction() as session:
         states = {s.name: s for s in await session.scalars(select(SourceState))}
         counts = await item_counts(session)
         held = await held_counts(session)
+        keyless = await queries.keyless_counts(session, FALLBACK_PREFIX)
     for source in settings.sources.all:
         state = states.get(source.name)
         last = german_datetime(state.last_poll_at, tz) if state and state.last_poll_at else "nie"
@@ -765,6 +767,13 @@ async def sources_list(ctx: click.Context) -> None:
         click.echo(f"  {source.url}")
         if state and state.last_error:
             click.echo(f"  letzter Fehler: {state.last_error}")
+        if keyless.get(source.name):
+            count = keyless[source.name]
+            click.echo(
+                f"  ohne ID und Link: {count} {'Eintrag' if count == 1 else 'Einträge'}, "
+                "erkannt an Titel, Datum und Text (ändert die Quelle einen davon, gilt er als "
+                "neuer Eintrag)"
+            )
         if held.get(source.name):
             click.echo(
                 f"  auffällig: {held[source.name]} neue Einträge zurückgehalten (mehr als "

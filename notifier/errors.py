@@ -84,11 +84,15 @@ class StateError(NotifierError):
 
 
 class SourceError(NotifierError):
-    """A source (feed, calendar) could not be fetched or parsed; ``source`` names it."""
+    """A source (feed, calendar) could not be fetched or parsed; ``source`` names it.
 
-    def __init__(self, source: str, problem: str) -> None:
+    ``problem`` is one German line for the office that repeats nothing of the source's content;
+    ``detail`` is the technical cause (a library's words) for the log only."""
+
+    def __init__(self, source: str, problem: str, *, detail: str | None = None) -> None:
         self.source = source
         self.problem = problem
+        self.detail = detail
         super().__init__(f"{source}: {problem}")
 
 

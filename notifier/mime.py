@@ -16,6 +16,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
+from email.header import Header
 from email.headerregistry import Address
 from email.utils import format_datetime, formataddr
 
@@ -28,8 +29,20 @@ def _header(name: str, value: str | Address) -> bytes:
     Raises ``ValueError`` for a line break in the value (header injection)."""
     if isinstance(value, str) and ("\r" in value or "\n" in value):
         raise ValueError(f"header {name} contains CR or LF")
+    if name == "Subject" and isinstance(value, str) and not value.isascii():
+        return _encoded_subject(value)
     folded = _POLICY.fold_binary(name, _POLICY.header_factory(name, value))
     return folded
+
+
+def _encoded_subject(subject: str) -> bytes:
+    """A non-ASCII subject as RFC 2047 encoded words only, folded between them.
+
+    The policy's folder may end a line with the space before an encoded word and start the next
+    with another ("am 1. \\r\\n =?utf-8?q?M=C3=A4rz?="), which readers show as a double space.
+    Between two encoded words folding whitespace is ignored, so this form reads back exactly."""
+    encoded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    return b"Subject: " + encoded.encode("ascii") + b"\r\n"
 
 
 def _qp(text: str, lines: dict[str, bytes] | None = None, *, learn: bool = False) -> bytes:
@@ -78,12 +91,14 @@ def shared_headers(
     reply_to: str,
     list_id: str,
     attachment: tuple[bytes, str] | None,
+    attachment_name: str = "termin.ics",
     bulk: bool = True,
     feedback_id: str = "",
     unsubscribe_mailto: str = "",
 ) -> SharedHeaders:
     """Encode the common headers once: List-Id, Feedback-ID (if given) and Precedence only
-    for ``bulk`` mail. Raises ``ValueError`` on a line break in any of them."""
+    for ``bulk`` mail; the calendar ``attachment`` is named ``attachment_name`` (a plain ASCII
+    file name). Raises ``ValueError`` on a line break in any of them."""
     head = b"".join(
         [
             _header("Subject", subject),
@@ -107,8 +122,8 @@ def shared_headers(
         part = (
             f'Content-Type: text/calendar; method="{method}"; charset="utf-8"\r\n'
             "Content-Transfer-Encoding: base64\r\n"
-            'Content-Disposition: attachment; filename="termin.ics"\r\n\r\n'
-        ).encode() + encoded
+            f'Content-Disposition: attachment; filename="{attachment_name}"\r\n\r\n'
+        ).encode("ascii") + encoded
     return SharedHeaders(head, part, tail)
 
 

@@ -24,17 +24,17 @@ from zoneinfo import ZoneInfo
 import css_inline
 from babel.dates import format_datetime
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
-from markdown_it import MarkdownIt
 from markupsafe import Markup
 
 from . import mime
 from .config import Settings
 from .db.models import Item, ItemKind, Rhythm
+from .markdown_text import PARSER, markdown_text, tokens_text
 
 if TYPE_CHECKING:
     from .dkim import Signer
 
-_MARKDOWN = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
+_MARKDOWN = PARSER
 _POLICY = policy.SMTP.clone(max_line_length=998)
 GENERAL_TOPIC = "Allgemein"
 
@@ -92,16 +92,45 @@ class Recipient:
     def topics_text(self) -> str:
         if not self.topics:
             return "zu allen Themen"
-        return (
-            "zum Thema " + self.topics[0]
-            if len(self.topics) == 1
-            else ("zu den Themen " + ", ".join(self.topics))
-        )
+        if len(self.topics) == 1:
+            return "zum Thema " + self.topics[0]
+        return "zu den Themen " + ", ".join(self.topics[:-1]) + " und " + self.topics[-1]
+
+    @property
+    def organisation_text(self) -> str:
+        """The organisation as it follows "für": with its article where its name needs one."""
+        return organisation_with_article(self.organisation)
+
+
+# Names that start so take an article after "für" (accusative); a plain place name
+# ("für Bitburg") takes none.
+_ARTICLES = (
+    ("die", ("Verbandsgemeinde", "Ortsgemeinde", "Gemeinde", "Stadt", "Kreisverwaltung",
+             "Verwaltung", "Ortsbürgermeisterei")),
+    ("den", ("Eifelkreis", "Landkreis", "Kreis ", "Kreistag", "Ortsgemeinderat", "Stadtrat")),
+    ("das", ("Projektbüro", "Büro", "Amt ", "Landratsamt")),
+)  # fmt: skip
+
+
+def organisation_with_article(name: str) -> str:
+    """``Verbandsgemeinde Speicher`` → ``die Verbandsgemeinde Speicher``, ``Eifelkreis
+    Bitburg-Prüm`` → ``den Eifelkreis Bitburg-Prüm``; a place name stays as it is."""
+    for article, starts in _ARTICLES:
+        if name.startswith(starts):
+            return f"{article} {name}"
+    return name
 
 
 # What the templates take from the recipient: the only parts of a message about an item that
 # differ between recipients.
-PERSONAL_FIELDS = ("greeting", "organisation", "topics_text", "preferences_url", "unsubscribe_url")
+PERSONAL_FIELDS = (
+    "greeting",
+    "organisation",
+    "topics_text",
+    "preferences_url",
+    "unsubscribe_url",
+    "organisation_text",
+)
 _TOKEN = re.compile(r"NOTIFIERFIELD(\d)X")
 
 
@@ -116,6 +145,7 @@ class _Placeholder:
     topics_text: str = "NOTIFIERFIELD2X"
     preferences_url: str = "NOTIFIERFIELD3X"
     unsubscribe_url: str = "NOTIFIERFIELD4X"
+    organisation_text: str = "NOTIFIERFIELD5X"
 
 
 _UNLINKED = _Placeholder(preferences_url="", unsubscribe_url="")
@@ -148,6 +178,7 @@ class Prepared:
     subject: str
     context: dict[str, Any] = field(default_factory=dict)
     attachment: tuple[bytes, str] | None = None  # (iCalendar bytes, METHOD)
+    attachment_name: str = "termin.ics"
     # Sent to many recipients: render once with placeholders, then fill in per recipient.
     shared: bool = True
     # Newsletter mail (List-Id, List-Unsubscribe, Precedence: bulk, Feedback-ID); False for the
@@ -206,6 +237,7 @@ class Renderer:
         )
         self.env.filters["datum_zeit"] = functools.partial(german_datetime, tz=self.tz)
         self.env.filters["datum"] = functools.partial(german_date, tz=self.tz)
+        self.env.filters["markdown_text"] = markdown_text
         self.env.globals["zeitraum"] = functools.partial(german_span, tz=self.tz)
         self._inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
 
@@ -218,8 +250,11 @@ class Renderer:
         """Everything of a message about ``item`` that is the same for every recipient."""
         context: dict[str, Any] = {"item": item, "notice": notice}
         if item.kind is ItemKind.announcement:
-            context["body_html"] = markdown_html(item.body)
-            context["body_text"] = item.body.strip()
+            # One parse for both parts: an announcement may be megabytes long.
+            tokens = _MARKDOWN.parse(item.body)
+            html = _MARKDOWN.renderer.render(tokens, _MARKDOWN.options, {})
+            context["body_html"] = Markup(html)  # noqa: S704 - raw HTML disabled
+            context["body_text"] = tokens_text(tokens)
             return Prepared("announcement", item.subject, context)
         if item.kind is ItemKind.update:
             return Prepared("update", item.subject, context)
@@ -273,12 +308,19 @@ class Renderer:
         )
 
     def prepare_briefing(
-        self, rhythm: Rhythm, items: Sequence[Item], followed: Sequence[str] | None
+        self,
+        rhythm: Rhythm,
+        items: Sequence[Item],
+        followed: Sequence[str] | None,
+        *,
+        first: bool = False,
     ) -> Prepared:
-        """A briefing: news grouped by topic (newest first), then upcoming events by date.
+        """A briefing: news grouped by topic (newest first), then upcoming events by date, with
+        one ``termine.ics`` that holds all its events.
 
         ``followed`` are the recipient's topic keys (None: all topics); an item is listed under
-        the first of its topics the recipient follows.
+        the first of its topics the recipient follows. ``first``: the recipient's first
+        briefing (it cannot speak of "the last one").
         """
         events = sorted(
             (i for i in items if i.kind is ItemKind.event),
@@ -305,8 +347,39 @@ class Renderer:
             parts.append(_plural(len(events), "Termin", "Termine"))
         subject = f"Ihr {label}: {', '.join(parts)}"
         bodies = {i.id: markdown_html(i.body) for i in news if i.kind is ItemKind.announcement}
-        context = {"label": label, "groups": grouped, "events": events, "bodies": bodies}
-        return Prepared("briefing", subject, context, shared=False)
+        context = {
+            "label": label,
+            "groups": grouped,
+            "events": events,
+            "bodies": bodies,
+            "first": first,
+        }
+        attachment = (self.events_ics(events), "PUBLISH") if events else None
+        return Prepared(
+            "briefing",
+            subject,
+            context,
+            attachment,
+            attachment_name="termine.ics",
+            shared=False,
+        )
+
+    def events_ics(self, events: Sequence[Item]) -> bytes:
+        """One VCALENDAR (METHOD:PUBLISH) with a VEVENT for each of these event items, each as
+        :meth:`event_ics` makes it (same UID and SEQUENCE as the event's own message)."""
+        import icalendar  # only once an event is sent, like event_ics
+
+        calendar: icalendar.Calendar | None = None
+        for item in events:
+            single = icalendar.Calendar.from_ical(self.event_ics(item, "PUBLISH"))
+            if calendar is None:
+                calendar = single
+                continue
+            for vevent in single.walk("VEVENT"):
+                calendar.add_component(vevent)
+        assert calendar is not None
+        data: bytes = calendar.to_ical()
+        return data
 
     def prepare_service(self, notice: str) -> Prepared:
         """A service message to one person: ``confirm`` (the double opt-in link of a sign-up)
@@ -375,6 +448,7 @@ class Renderer:
                 reply_to=self.mail.reply_to,
                 list_id=self.mail.list_id,
                 attachment=prepared.attachment,
+                attachment_name=prepared.attachment_name,
                 bulk=prepared.bulk,
                 feedback_id=self.mail.feedback_id,
                 unsubscribe_mailto=self.mail.unsubscribe_mailto,
@@ -430,7 +504,7 @@ class Renderer:
                 data,
                 maintype="text",
                 subtype="calendar",
-                filename="termin.ics",
+                filename=prepared.attachment_name,
                 params={"method": method, "charset": "utf-8"},
             )
         return msg

@@ -398,6 +398,14 @@ async def test_a_week_of_briefings(desk: Desk) -> None:
     assert await desk.queued() == []
     # The immediate subscriber got every item on its own and never a briefing.
     assert IMMEDIATE not in await desk.digests()
+    # Only a first briefing says so; the later ones speak of the last one (issue 15, item 8).
+    for address, label in ((DAILY, "Tagesüberblick"), (WEEKLY, "Wochenüberblick")):
+        first, *later = [text_of(m) for m in briefings[address]]
+        assert f"Ihr erster {label}" in first and "seit Ihrem letzten" not in first
+        assert all("seit Ihrem letzten Überblick" in t and "erster" not in t for t in later)
+    # A briefing with events carries them as termine.ics; one without carries nothing.
+    files = [[p.get_filename() for p in m.walk() if p.get_filename()] for m in briefings[DAILY]]
+    assert files == [[], [], ["termine.ics"], [], []]
 
 
 # -- daylight-saving time -----------------------------------------------------------------------

@@ -558,3 +558,57 @@ def test_ics_uid_keeps_safe_keys_and_makes_others_safe_and_distinct() -> None:
     assert len(set(odd)) == 3
     assert len(odd[2]) <= 200
     assert ics_uid("Termin 1/2: Prüm") == odd[0]
+
+
+# --- text (issue 15, item 7) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("summary", "title"),
+    [
+        ("Caf&#233; Digital in Pr&#252;m", "Café Digital in Prüm"),
+        ("Tagung Baden-W&#252;rttemberg &amp; Eifel&hellip;", "Tagung Baden-Württemberg & Eifel…"),
+        ("Caf&#233; <b>Digital</b>", "Café Digital"),
+        ("Plan: a < b &c", "Plan: a < b &c"),
+    ],
+)
+def test_entities_are_decoded_with_and_without_tags(summary: str, title: str) -> None:
+    event = one(ics(f"UID:e@x\nSUMMARY:{summary}\nDTSTART:20250303T100000Z"))
+    assert event.title == title
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "Vorher<script>alert(2)</script> nachher",
+        "<p>Vorher</p><script>alert(2)</script><style>p{color:red}</style><p>nachher</p>",
+    ],
+)
+def test_script_and_style_content_is_dropped(description: str) -> None:
+    event = one(ics(f"UID:s@x\nSUMMARY:S\nDTSTART:20250303T100000Z\nDESCRIPTION:{description}"))
+    assert "alert" not in event.description and "color" not in event.description
+    assert "Vorher" in event.description and "nachher" in event.description
+
+
+# --- errors in words (issue 15, item 9) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"<html><body>502 Bad Gateway</body></html>", "eine HTML-Seite statt iCalendar-Daten"),
+        (b"", "das Dokument ist leer"),
+        (b"garbage\r\nmore garbage", "keine iCalendar-Daten (BEGIN:VCALENDAR fehlt)"),
+        (ics("UID:bad-rule@x\nSUMMARY:x\nDTSTART:20250101T100000Z\nRRULE:FREQ=SOMETIMES"), None),
+    ],
+)
+def test_calendar_errors_are_german_and_echo_nothing(data: bytes, problem: str | None) -> None:
+    with pytest.raises(SourceError) as caught:
+        parse(data)
+    message = caught.value.problem
+    assert message.startswith("fehlerhafter Kalender: ")
+    if problem is not None:
+        assert message == f"fehlerhafter Kalender: {problem}"
+    for echoed in ("502", "garbage", "SOMETIMES", "Content line", "parsed"):
+        assert echoed not in message
+    assert caught.value.detail  # the library's words, for the log

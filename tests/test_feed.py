@@ -16,6 +16,7 @@ import pytest
 
 from notifier.errors import SourceError
 from notifier.sources import FeedEntry, Fetched, fetch, parse_feed
+from notifier.sources.feed import FALLBACK_PREFIX
 
 from .httpserver import FeedServer, Route
 
@@ -49,13 +50,14 @@ async def get(client: httpx.AsyncClient, url: str, **changes: Any) -> Fetched:
 def test_rss_entries_are_plain_and_keyed_by_guid_else_link() -> None:
     entries = parse_feed("news", RSS)
 
-    # The third item has neither guid nor link and is skipped.
-    assert [e.key for e in entries] == [
+    # The third item has neither guid nor link: its key is made of title, date and text.
+    assert [e.key for e in entries if not e.key.startswith(FALLBACK_PREFIX)] == [
         "evk-2025-017",
         "https://www.eifelkreis-verbindet.de/news/sprechstunde",
         "evk-2025-020",
     ]
-    first, second, third = entries
+    first, second, keyless, third = entries
+    assert keyless.title == "Ohne Schlüssel" and keyless.link is None
     assert first.title == "Digitale Dorfplätze: Start in Prüm"
     assert first.summary == (
         "Die ersten Dorfplätze & Treffpunkte gehen online.\n\nMehr dazu im Juni."
@@ -150,6 +152,79 @@ def test_a_body_that_names_a_file_is_not_opened() -> None:
         parse_feed("news", str(FEEDS / "rss.xml").encode())
 
 
+def test_relative_links_resolve_against_the_feed_url() -> None:
+    feed = (
+        b'<rss version="2.0"><channel><title>t</title><link>/</link>'
+        b"<item><title>Relativ</title><link>/news/relativ</link><guid>r-1</guid></item>"
+        b"<item><title>Nachbar</title><link>nachbar.html</link><guid>r-2</guid></item>"
+        b"</channel></rss>"
+    )
+
+    relative, neighbour = parse_feed("news", feed, "https://eifel.example/feeds/news.xml")
+
+    assert relative.link == "https://eifel.example/news/relativ"
+    assert neighbour.link == "https://eifel.example/feeds/nachbar.html"
+    assert [e.link for e in parse_feed("news", feed)] == [None, None]  # no base, no link
+
+
+def test_atom_content_stands_in_for_an_empty_summary() -> None:
+    feed = (
+        b'<feed xmlns="http://www.w3.org/2005/Atom"><title>t</title><id>f</id>'
+        b"<updated>2026-11-30T08:00:00Z</updated><entry><title>A</title><id>a</id>"
+        b"<updated>2026-11-30T08:00:00Z</updated><summary></summary>"
+        b'<content type="html">&lt;p&gt;Der &lt;b&gt;Ausbau&lt;/b&gt; beginnt.&lt;/p&gt;'
+        b"&lt;script&gt;alert(1)&lt;/script&gt;</content></entry></feed>"
+    )
+
+    (entry,) = parse_feed("news", feed)
+
+    assert entry.summary == "Der Ausbau beginnt."
+
+
+def test_entries_without_guid_and_link_get_a_stable_key_from_title_date_and_text() -> None:
+    def feed(text: str) -> bytes:
+        return (
+            '<rss version="2.0"><channel><title>t</title>'
+            "<item><title>Aushang</title><pubDate>Mon, 30 Nov 2026 08:00:00 +0100</pubDate>"
+            f"<description>{text}</description></item>"
+            "<item><title>Aushang</title><description>ohne Datum</description></item>"
+            "<item><description></description></item>"
+            "</channel></rss>"
+        ).encode()
+
+    dated, undated = parse_feed("news", feed("Wasser abgestellt"))
+    (again, _) = parse_feed("news", feed("Wasser abgestellt"))
+    (changed, _) = parse_feed("news", feed("Wasser wieder da"))
+
+    assert dated.key.startswith(FALLBACK_PREFIX) and undated.key.startswith(FALLBACK_PREFIX)
+    assert dated.key == again.key != undated.key
+    assert changed.key != dated.key
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (
+            b'{"version": "https://jsonfeed.org/version/1.1", "title": "x", "items": []}',
+            "fehlerhafter Feed: JSON Feed wird nicht unterstützt (erwartet ist RSS oder Atom)",
+        ),
+        (
+            b"<html><body><p>Wartung</p></body></html>",
+            "fehlerhafter Feed: eine HTML-Seite statt RSS oder Atom",
+        ),
+        (
+            b"<?xml version='1.0'?><daten><wert>abc</daten>",
+            "fehlerhafter Feed: kein lesbares RSS oder Atom",
+        ),
+    ],
+    ids=["json-feed", "html", "broken-xml"],
+)
+def test_feed_errors_are_german_and_echo_nothing(data: bytes, problem: str) -> None:
+    with pytest.raises(SourceError) as caught:
+        parse_feed("news", data)
+    assert caught.value.problem == problem
+
+
 # --- fetching over HTTP -----------------------------------------------------------------------
 
 
@@ -162,7 +237,7 @@ async def test_conditional_requests_get_304_until_the_feed_changes(
 
     first = await get(client, url)
     assert first == Fetched(not_modified=False, body=RSS, etag='"v1"', last_modified=stamp)
-    assert len(parse_feed("projektbuero", first.body)) == 3
+    assert len(parse_feed("projektbuero", first.body)) == 4
     assert "if-none-match" not in server.seen[0].headers
     assert server.seen[0].headers["user-agent"].startswith("notifier/")
 

@@ -116,7 +116,7 @@ def test_calendar_bombs_end_in_a_german_error_and_later_sources_are_polled(
     lines = polled.output.splitlines()
     for name in ("minuetlich", "sekuendlich"):
         assert (
-            f"{name}: Fehler: {name}: Kalender abgelehnt: eine Terminserie hat mehr als 1000 "
+            f"{name}: Fehler: Kalender abgelehnt: eine Terminserie hat mehr als 1000 "
             "Termine im Abrufzeitraum (max_per_series)" in lines
         )
     assert "termine: 3 neu, 0 geändert, 0 abgesagt" in lines
@@ -156,7 +156,7 @@ def test_a_parse_over_the_time_limit_is_killed(project: Project, server: FeedSer
     elapsed = time.monotonic() - started
     assert elapsed < 12, f"{elapsed:.1f} s"
     assert re.search(
-        r"^sekuendlich: Fehler: sekuendlich: Auswerten abgebrochen: (dauerte länger als 3 "
+        r"^sekuendlich: Fehler: Auswerten abgebrochen: (dauerte länger als 3 "
         r"Sekunden \(Grenze parse_seconds\)|brauchte mehr als 1024 MB Speicher)",
         polled.output,
         re.MULTILINE,
@@ -490,7 +490,7 @@ def test_a_source_error_is_one_bounded_line(project: Project, server: FeedServer
     assert polled.exit_code == 1
     with _db(project) as db:
         (error,) = db.execute("SELECT last_error FROM sources WHERE name = 'lang'").fetchone()
-    assert error.startswith("lang: HTTP 404 Not Found von http://127.0.0.1:")
+    assert error.startswith("HTTP 404 Not Found von http://127.0.0.1:")
     assert len(error) == 300 and error.endswith("…") and "\n" not in error
 
 

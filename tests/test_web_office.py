@@ -130,7 +130,7 @@ def test_login_dashboard_catcher_and_logout(web: Callable[..., Web], project: Pr
     assert "[Test] Digitale Kümmerer: neue Sprechstunden" in listing.text
     number = store.list()[0].number
     shown = site.client.get(f"/buero/mails/{number}")
-    assert shown.status_code == 200 and "Ab **Montag** beraten" in shown.text
+    assert shown.status_code == 200 and "Ab Montag beraten" in shown.text  # Markdown as text
     assert f'src="/buero/mails/{number}/html" sandbox' in shown.text
     frame = site.client.get(f"/buero/mails/{number}/html")
     assert frame.headers["content-security-policy"].startswith(
@@ -252,7 +252,8 @@ def test_announcement_compose_preview_schedule_edit_deliver_cancel(
     assert html.headers["content-security-policy"].startswith("default-src 'none'")
     assert "Digitale Kümmerer: neue Sprechstunden" in html.text
     assert "<strong>Montag</strong>" in html.text
-    assert "Ab **Montag** beraten die Kümmerer auch in Prüm." in preview.text  # the text part
+    # The text part: the Markdown as readable text (issue 15, item 8).
+    assert "Ab Montag beraten die Kümmerer auch in Prüm." in preview.text
     # The frame belongs to the session that made it.
     assert httpx.get(site.url(frame.group(1))).status_code == 303
     with _db(project) as db:

@@ -44,6 +44,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from .models import (
     OUTBOX_OPEN,
@@ -1020,3 +1021,29 @@ async def give_back_tokens(
             .where(RateBucket.name == bucket.name)
             .values(tokens=smaller(bucket.size, RateBucket.tokens + count))
         )
+
+
+async def keyless_counts(session: AsyncSession, prefix: str) -> dict[str, int]:
+    """Per source, how many of its items carry a fallback key starting with ``prefix`` (feed
+    entries with neither id nor link; see notifier.sources.feed.FALLBACK_PREFIX)."""
+    rows = await session.execute(
+        select(Item.source, func.count())
+        .where(Item.source.is_not(None), Item.external_key.startswith(prefix, autoescape=True))
+        .group_by(Item.source)
+    )
+    return {name: count for name, count in rows.all() if name is not None}
+
+
+async def first_digests(session: AsyncSession, digest_ids: Sequence[int]) -> set[int]:
+    """Of these briefings, those that are their subscriber's first (no earlier briefing of the
+    same subscriber is on record)."""
+    if not digest_ids:
+        return set()
+    earlier = aliased(Digest)
+    rows = await session.scalars(
+        select(Digest.id).where(
+            Digest.id.in_(digest_ids),
+            ~exists().where(earlier.subscriber_id == Digest.subscriber_id, earlier.id < Digest.id),
+        )
+    )
+    return set(rows)

@@ -357,9 +357,9 @@ class Sender:
                     i.id: i
                     for i in await session.scalars(select(Item).where(Item.id.in_(item_ids)))
                 }
-                briefings = await queries.digest_items(
-                    session, [c.digest_id for c in batch if c.digest_id is not None], now
-                )
+                digest_ids = [c.digest_id for c in batch if c.digest_id is not None]
+                briefings = await queries.digest_items(session, digest_ids, now)
+                first_briefings = await queries.first_digests(session, digest_ids)
         except BaseException:
             self._unsent.extend((row.id, owner) for row in rows)  # back to the outbox
             self._flush_wanted.set()
@@ -374,7 +374,11 @@ class Sender:
                 await asyncio.sleep(0)
             try:
                 prepared, recipient = self._message_parts(
-                    claimed, topics.get(claimed.subscriber_id, []), items, briefings
+                    claimed,
+                    topics.get(claimed.subscriber_id, []),
+                    items,
+                    briefings,
+                    first_briefings,
                 )
             except Exception as exc:  # e.g. a service message that this version does not know
                 self._cannot_build(claimed, exc)
@@ -395,6 +399,7 @@ class Sender:
         keys: list[str],
         items: dict[int, Item],
         briefings: dict[int, list[Item]],
+        first_briefings: set[int],
     ) -> tuple[Prepared | None, Recipient]:
         """What the claimed row's message is made of; no prepared content: it is cancelled."""
         prepared: Prepared | None = None
@@ -431,6 +436,7 @@ class Sender:
                     claimed.rhythm,
                     briefings[claimed.digest_id],
                     None if claimed.all_topics else keys,
+                    first=claimed.digest_id in first_briefings,
                 )
         elif claimed.item_id is not None:
             item = items[claimed.item_id]

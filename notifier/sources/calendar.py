@@ -10,6 +10,7 @@ Both are pure: no network, no database, no clock except ``DTSTAMP``.
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import re
 from dataclasses import dataclass, field
@@ -37,7 +38,8 @@ _PARSE_ERRORS = (ValueError, TypeError, KeyError, IndexError, AttributeError, Ov
 _UID_UNSAFE = re.compile(r"[^A-Za-z0-9@._+=-]")
 _UID_MAX = 200
 _HTML_TAG = re.compile(
-    r"</?(?:a|b|i|u|p|br|div|span|em|strong|ul|ol|li|h[1-6]|html|body|table|tr|td)\b[^>]*>",
+    r"</?(?:a|b|i|u|p|br|div|span|em|strong|ul|ol|li|h[1-6]|html|body|table|tr|td"
+    r"|script|style|template)\b[^>]*>",
     re.IGNORECASE,
 )
 
@@ -120,7 +122,9 @@ def parse_calendar(
         cancel_all = str(calendar.get("METHOD", "")).upper() == "CANCEL"
         events = [_event(name, c, tz, series, cancel_all) for c in components]
     except _PARSE_ERRORS as exc:
-        raise SourceError(name, f"fehlerhafter Kalender: {exc}") from exc
+        raise SourceError(
+            name, "fehlerhafter Kalender: ein Termin ist nicht lesbar", detail=str(exc)
+        ) from exc
     inside = [
         e
         for e in events
@@ -273,10 +277,32 @@ def _load(name: str, data: bytes) -> icalendar.Calendar:
     try:
         component = icalendar.Calendar.from_ical(text)
     except _PARSE_ERRORS as exc:
-        raise SourceError(name, f"fehlerhafter Kalender: {exc}") from exc
+        raise SourceError(
+            name, f"fehlerhafter Kalender: {_not_a_calendar(text)}", detail=str(exc)
+        ) from exc
     if not isinstance(component, icalendar.Calendar):
-        raise SourceError(name, f"fehlerhafter Kalender: {component.name} statt VCALENDAR")
+        raise SourceError(
+            name,
+            "fehlerhafter Kalender: kein VCALENDAR",
+            detail=f"{str(component.name)[:40]!r} instead of VCALENDAR",
+        )
     return component
+
+
+def _not_a_calendar(text: str) -> str:
+    """Why ``text`` is no iCalendar data, in words that repeat nothing of it."""
+    head = text.lstrip()[:512].lower()
+    if not head:
+        return "das Dokument ist leer"
+    if "<html" in head or "<!doctype html" in head:
+        return "eine HTML-Seite statt iCalendar-Daten"
+    if head.startswith(("<?xml", "<rss", "<feed")):
+        return "ein XML-Dokument (Feed?) statt iCalendar-Daten"
+    if head.startswith(("{", "[")):
+        return "JSON statt iCalendar-Daten"
+    if not head.startswith("begin:vcalendar"):
+        return "keine iCalendar-Daten (BEGIN:VCALENDAR fehlt)"
+    return "die iCalendar-Daten sind nicht lesbar"
 
 
 def _prepare(name: str, calendar: icalendar.Calendar, tz: ZoneInfo) -> _Series:
@@ -302,8 +328,12 @@ def _prepare(name: str, calendar: icalendar.Calendar, tz: ZoneInfo) -> _Series:
             if _this_and_future(component) and moved is not None:
                 series.moves[(uid, _start_id(original, tz))] = moved
         except _PARSE_ERRORS as exc:
-            uid = str(component.get("UID", "?"))
-            raise SourceError(name, f"fehlerhafter Kalender: Termin {uid!r}: {exc}") from exc
+            uid = _short(str(component.get("UID", "?")))
+            raise SourceError(
+                name,
+                f"fehlerhafter Kalender: Termin {uid} ohne lesbaren Beginn (DTSTART)",
+                detail=str(exc),
+            ) from exc
     return series
 
 
@@ -330,7 +360,11 @@ def _event(
 
     sequence = component.get("SEQUENCE", 0)
     if not isinstance(sequence, int):
-        raise SourceError(name, f"fehlerhafter Kalender: Termin {uid!r}: SEQUENCE {sequence!r}")
+        raise SourceError(
+            name,
+            f"fehlerhafter Kalender: Termin {_short(uid)}: SEQUENCE ist keine Zahl",
+            detail=f"SEQUENCE {str(sequence)[:40]!r}",
+        )
     title = " ".join(_plain_text(str(component.get("SUMMARY", ""))).split())
     location = ", ".join(
         " ".join(line.split())
@@ -355,6 +389,12 @@ def _event(
         categories=_categories(component.get("CATEGORIES")),
         content_hash=_content_hash(title, start, end, location, description, link),
     )
+
+
+def _short(uid: str) -> str:
+    """A UID as an error names it: in quotes, one line, at most 60 characters."""
+    uid = " ".join(uid.split())
+    return f"„{uid if len(uid) <= 60 else uid[:59] + '…'}“"
 
 
 def _time_value(component: Any, prop_name: str) -> date:
@@ -433,7 +473,8 @@ def _categories(value: object) -> tuple[str, ...]:
 
 
 def _plain_text(text: str) -> str:
-    """Text with LF line ends, HTML (as Google Calendar writes it) reduced to text, trimmed."""
+    """Text with LF line ends, HTML (as Google Calendar writes it) reduced to text (script and
+    style content dropped), entities decoded (also in text without tags: "Caf&#233;"), trimmed."""
     # Some generators escape CR as "\\r", which RFC 5545 lacks; icalendar leaves it as it is.
     text = text.replace("\\r\n", "\n").replace("\r\n", "\n").replace("\r", "\n")
     if _HTML_TAG.search(text):
@@ -441,6 +482,8 @@ def _plain_text(text: str) -> str:
         extractor.feed(text)
         extractor.close()
         text = "".join(extractor.parts)
+    else:
+        text = html.unescape(text)
     lines = [line.replace("\xa0", " ").rstrip() for line in text.split("\n")]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
@@ -452,14 +495,19 @@ class _TextExtractor(HTMLParser):
         {"p", "div", "ul", "ol", "li", "table", "tr", "h1", "h2", "h3", "h4", "h5", "h6"}
     )
 
+    _HIDDEN = frozenset({"script", "style", "template"})
+
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
         self.parts: list[str] = []
         self._href: str | None = None
         self._anchor_at = 0
+        self._hidden = 0
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "br" or tag in self._BLOCKS:
+        if tag in self._HIDDEN:
+            self._hidden += 1
+        elif tag == "br" or tag in self._BLOCKS:
             self.parts.append("\n")
         if tag == "li":
             self.parts.append("- ")
@@ -468,7 +516,9 @@ class _TextExtractor(HTMLParser):
             self._anchor_at = len(self.parts)
 
     def handle_endtag(self, tag: str) -> None:
-        if tag in self._BLOCKS and tag != "li":  # the next item or the list's end breaks the line
+        if tag in self._HIDDEN:
+            self._hidden = max(0, self._hidden - 1)
+        elif tag in self._BLOCKS and tag != "li":  # the next item or the list's end breaks the line
             self.parts.append("\n")
         elif tag == "a" and self._href:
             anchor = "".join(self.parts[self._anchor_at :]).strip()
@@ -479,4 +529,5 @@ class _TextExtractor(HTMLParser):
             self._href = None
 
     def handle_data(self, data: str) -> None:
-        self.parts.append(data)
+        if not self._hidden:
+            self.parts.append(data)

@@ -22,6 +22,8 @@ from ..errors import SourceError
 logger = logging.getLogger(__name__)
 
 SUMMARY_LIMIT = 1000
+# The key of an entry with neither id nor link starts so (see FeedEntry.key).
+FALLBACK_PREFIX = "ohne-id:"
 
 # Control characters never belong in text shown to people, and CR/LF in a title would break the
 # mail headers it ends up in; whitespace-like ones become spaces, the rest go.
@@ -41,10 +43,12 @@ _SPACES = re.compile(r"\s+")
 class FeedEntry:
     """One entry of a feed, cleaned for display.
 
-    ``key`` is the entry's guid/id, else its link; ``title`` is one line of plain text;
-    ``summary`` is plain text of at most :data:`SUMMARY_LIMIT` characters (paragraphs separated
-    by a blank line); ``link`` is an http(s) URL or ``None``; ``published`` is aware UTC;
-    ``content_hash`` is the SHA-256 of title, summary and link, to notice a changed entry.
+    ``key`` is the entry's guid/id, else its link, else :data:`FALLBACK_PREFIX` and a hash of
+    title, date and content (an entry that changes those is then a new one); ``title`` is one
+    line of plain text; ``summary`` is plain text of at most :data:`SUMMARY_LIMIT` characters
+    (paragraphs separated by a blank line), taken from the content when the summary is empty;
+    ``link`` is an http(s) URL (relative ones resolved) or ``None``; ``published`` is aware
+    UTC; ``content_hash`` is the SHA-256 of title, summary and link, to notice a changed entry.
     """
 
     key: str
@@ -56,24 +60,27 @@ class FeedEntry:
     content_hash: str
 
 
-def parse_feed(name: str, data: bytes) -> list[FeedEntry]:
+def parse_feed(name: str, data: bytes, url: str | None = None) -> list[FeedEntry]:
     """Parse ``data`` (an RSS or Atom document) of source ``name`` into its entries, in document
-    order. Entries with neither id nor link are skipped, as are repeats of a key already seen.
+    order. Relative links resolve against ``url`` (where the feed was fetched from). Entries with
+    neither id nor link get a fallback key (see :class:`FeedEntry`); entries with nothing to show
+    are skipped, as are repeats of a key already seen.
 
-    A well-formed feed without entries gives ``[]``. Raises :class:`SourceError` when ``data`` is
-    not a recognisable feed.
+    A well-formed feed without entries gives ``[]``. Raises :class:`SourceError` (a German
+    message that repeats nothing of the document; the parser's words in ``detail``) when
+    ``data`` is not a recognisable feed.
     """
     # A BytesIO, never the bytes themselves: feedparser treats a bytes or str argument as a
-    # possible file name or URL and would open or fetch it.
-    parsed = feedparser.parse(io.BytesIO(data))
+    # possible file name or URL and would open or fetch it. Content-Location is the base
+    # relative links resolve against.
+    headers = {"content-location": url} if url else None
+    parsed = feedparser.parse(io.BytesIO(data), response_headers=headers)
     entries: list[Any] = list(parsed.get("entries") or [])
     version = str(parsed.get("version") or "")
     problem = parsed.get("bozo_exception") if parsed.get("bozo") else None
     if not entries and not version:
-        reason = str(problem) if problem is not None else "kein RSS- oder Atom-Feed gefunden"
-        if not data.strip():
-            reason = "das Dokument ist leer"
-        raise SourceError(name, f"fehlerhafter Feed: {reason}")
+        detail = str(problem) if problem is not None else None
+        raise SourceError(name, f"fehlerhafter Feed: {_not_a_feed(data)}", detail=detail)
     if problem is not None:
         logger.warning("%s: feed is not well-formed, parsed leniently: %s", name, problem)
 
@@ -82,7 +89,9 @@ def parse_feed(name: str, data: bytes) -> list[FeedEntry]:
     for number, raw in enumerate(entries, start=1):
         entry = _entry(raw)
         if entry is None:
-            logger.warning("%s: entry %d has neither id nor link, skipped", name, number)
+            logger.warning(
+                "%s: entry %d has neither id, link, title nor text, skipped", name, number
+            )
         elif entry.key in seen:
             logger.warning("%s: entry %d repeats key %r, skipped", name, number, entry.key)
         else:
@@ -91,13 +100,36 @@ def parse_feed(name: str, data: bytes) -> list[FeedEntry]:
     return result
 
 
+def _not_a_feed(data: bytes) -> str:
+    """Why ``data`` is no feed, in words that repeat nothing of it."""
+    head = data.lstrip()[:512].lower()
+    if not head:
+        return "das Dokument ist leer"
+    if head.startswith((b"{", b"[")):
+        if b"jsonfeed.org" in data[:4096].lower():
+            return "JSON Feed wird nicht unterstützt (erwartet ist RSS oder Atom)"
+        return "JSON statt RSS oder Atom"
+    if b"<html" in head or b"<!doctype html" in head:
+        return "eine HTML-Seite statt RSS oder Atom"
+    return "kein lesbares RSS oder Atom"
+
+
 def _entry(raw: Mapping[str, Any]) -> FeedEntry | None:
     raw_link = _string(raw.get("link")).strip()
+    title = _one_line(_text(raw.get("title"), raw.get("title_detail")))
+    text = _text(raw.get("summary"), raw.get("summary_detail"))
+    if not text:
+        text = _content(raw.get("content"))
+    summary = _shorten(text, SUMMARY_LIMIT)
+    # Only fall back to updated_parsed when published_parsed is missing: asking feedparser
+    # for it then is free of its deprecation warning.
+    published = _utc(raw.get("published_parsed") or raw.get("updated_parsed"))
     key = _string(raw.get("id")).strip() or raw_link
     if not key:
-        return None
-    title = _one_line(_text(raw.get("title"), raw.get("title_detail")))
-    summary = _shorten(_text(raw.get("summary"), raw.get("summary_detail")), SUMMARY_LIMIT)
+        if not title and not summary:
+            return None
+        seed = "\x1f".join([title, published.isoformat() if published else "", summary])
+        key = FALLBACK_PREFIX + hashlib.sha256(seed.encode("utf-8")).hexdigest()[:32]
     link = _http_link(raw_link)
     digest = hashlib.sha256("\x1f".join([title, summary, link or ""]).encode("utf-8"))
     return FeedEntry(
@@ -105,9 +137,7 @@ def _entry(raw: Mapping[str, Any]) -> FeedEntry | None:
         title=title,
         summary=summary,
         link=link,
-        # Only fall back to updated_parsed when published_parsed is missing: asking feedparser
-        # for it then is free of its deprecation warning.
-        published=_utc(raw.get("published_parsed") or raw.get("updated_parsed")),
+        published=published,
         categories=_categories(raw.get("tags") or []),
         content_hash=digest.hexdigest(),
     )
@@ -125,6 +155,16 @@ def _text(value: object, detail: object) -> str:
     if "html" in kind:
         text = html_to_text(text)
     return _clean_lines(text)
+
+
+def _content(value: object) -> str:
+    """The plain text of the first non-empty Atom ``<content>`` (RSS ``content:encoded``)."""
+    for part in value if isinstance(value, list) else []:
+        if isinstance(part, Mapping):
+            text = _text(part.get("value"), part)
+            if text:
+                return text
+    return ""
 
 
 def _one_line(text: str) -> str:

@@ -5,6 +5,7 @@ service."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from dataclasses import dataclass
@@ -148,8 +149,38 @@ async def _fetch_http(
             name, f"keine vollständige Antwort von {url} innerhalb von {timeout:g} Sekunden"
         ) from exc
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        reason = str(exc) or type(exc).__name__
-        raise SourceError(name, f"Anfrage an {url} fehlgeschlagen: {reason}") from exc
+        detail = f"{type(exc).__name__}: {exc}"
+        raise SourceError(
+            name, f"Anfrage an {url} fehlgeschlagen: {_http_reason(exc)}", detail=detail
+        ) from exc
+
+
+def _http_reason(exc: Exception) -> str:
+    """A German reason for an httpx failure (its own message, English, goes to the log)."""
+    if isinstance(exc, httpx.TooManyRedirects):
+        return "zu viele Weiterleitungen (Weiterleitungsschleife?)"
+    if isinstance(exc, httpx.ConnectError):
+        return "keine Verbindung zum Server (Adresse unbekannt, abgelehnt oder unerreichbar)"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "der Server hat die Verbindung abgebrochen oder unverständlich geantwortet"
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return "die Adresse ist keine http(s)-Adresse"
+    if isinstance(exc, httpx.DecodingError):
+        return "die Antwort ließ sich nicht entpacken"
+    if isinstance(exc, (httpx.InvalidURL, httpx.LocalProtocolError)):
+        return "die Adresse ist ungültig"
+    if isinstance(exc, httpx.NetworkError):
+        return "Netzwerkfehler während der Übertragung"
+    return "Fehler bei der Übertragung"
+
+
+_FILE_REASONS = {
+    errno.ENOENT: "Datei nicht gefunden",
+    errno.EACCES: "keine Berechtigung zum Lesen",
+    errno.EPERM: "keine Berechtigung zum Lesen",
+    errno.EISDIR: "ist ein Verzeichnis, keine Datei",
+    errno.ENOTDIR: "ein Teil des Pfades ist kein Verzeichnis",
+}
 
 
 def _content_length(response: httpx.Response) -> int | None:
@@ -185,7 +216,8 @@ def _read_file(
                 )
             body = file.read(max_bytes + 1)
     except OSError as exc:
-        raise SourceError(name, f"Datei {path} nicht lesbar: {exc.strerror or exc}") from exc
+        reason = _FILE_REASONS.get(exc.errno or 0, "Lesefehler")
+        raise SourceError(name, f"Datei {path} nicht lesbar: {reason}", detail=str(exc)) from exc
     if len(body) > max_bytes:  # the file grew after fstat
         raise SourceError(name, f"Datei {path} überschreitet die Grenze von {max_bytes} Bytes")
     return Fetched(False, body, file_etag, file_modified)

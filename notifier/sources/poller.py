@@ -36,6 +36,9 @@ PAST_WINDOW = timedelta(days=1)
 # What one poll's database work may take, on top of the fetch timeout and parse_seconds.
 APPLY_SECONDS = 60.0
 FLUSH_EVERY = 200
+# A feed entry dated outside these bounds around the poll is dated when it was first seen.
+PLAUSIBLE_PAST = timedelta(days=25 * 365)
+PLAUSIBLE_FUTURE = timedelta(days=2)
 # A source's recorded error is at most this long (it is shown in one line).
 ERROR_CHARS = 300
 
@@ -104,22 +107,27 @@ class SourcePoller:
             try:
                 async with asyncio.timeout(deadline):
                     await self._poll(source, result, now)
-            except (SourceError, NotFoundError) as exc:
+            # The recorded error is shown after the source's name: it does not repeat it.
+            except SourceError as exc:
+                result.error = exc.problem
+                logger.warning(
+                    "source %s failed: %s%s",
+                    source.name,
+                    exc.problem,
+                    f" ({exc.detail})" if exc.detail else "",
+                    extra={"source": source.name},
+                )
+            except NotFoundError as exc:
                 result.error = str(exc)
                 logger.warning(
                     "source %s failed: %s", source.name, exc, extra={"source": source.name}
                 )
             except TimeoutError:
-                result.error = (
-                    f"{source.name}: Abruf abgebrochen, er dauerte länger als {deadline:g} Sekunden"
-                )
+                result.error = f"Abruf abgebrochen, er dauerte länger als {deadline:g} Sekunden"
                 logger.warning("source %s: poll took longer than %g s", source.name, deadline)
-            except Exception as exc:  # one source must not stop the others
+            except Exception:  # one source must not stop the others
                 logger.exception("source %s: poll failed unexpectedly", source.name)
-                result.error = (
-                    f"{source.name}: interner Fehler beim Abruf ({type(exc).__name__}); "
-                    "Einzelheiten im Protokoll des Dienstes"
-                )
+                result.error = "interner Fehler beim Abruf; Einzelheiten im Protokoll des Dienstes"
             if result.error is not None:
                 # One line of bounded length, whatever a parser put into its message.
                 result.error = _one_line(result.error, ERROR_CHARS)
@@ -160,7 +168,9 @@ class SourcePoller:
             max_per_calendar=limits.max_per_calendar,
         )
         if isinstance(source, FeedSource):
-            return await parse_isolated(source.name, "feed", body, worker_limits)
+            return await parse_isolated(
+                source.name, "feed", body, worker_limits, url=self._url(source)
+            )
         return await parse_isolated(
             source.name,
             "calendar",
@@ -318,7 +328,7 @@ class SourcePoller:
                         subject=entry.title or "(ohne Titel)",
                         body=entry.summary,
                         link=entry.link,
-                        published_at=entry.published,
+                        published_at=plausible_date(entry.published, now),
                     )
                 )
                 result.new += 1
@@ -439,6 +449,18 @@ async def item_counts(session: AsyncSession) -> dict[str, int]:
         select(Item.source, func.count()).where(Item.source.is_not(None)).group_by(Item.source)
     )
     return {name: count for name, count in rows.all() if name is not None}
+
+
+def plausible_date(published: datetime | None, now: datetime) -> datetime | None:
+    """A feed entry's date, or ``now`` (when it was first seen) for a date that cannot be
+    meant: more than :data:`PLAUSIBLE_PAST` before now, or more than :data:`PLAUSIBLE_FUTURE`
+    after it (a default like 1970 or "1. Januar 2100" in a feed generator)."""
+    if published is None:
+        return None
+    if published < now - PLAUSIBLE_PAST or published > now + PLAUSIBLE_FUTURE:
+        logger.info("feed date %s is implausible; using the time first seen", published)
+        return now
+    return published
 
 
 def _one_line(text: str, limit: int) -> str:

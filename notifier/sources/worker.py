@@ -8,8 +8,8 @@ process: a thread cannot be stopped, a process can. One that overruns its time l
 machine's memory either.
 
 Protocol: the parent writes one JSON line (the request) followed by the raw body to the child's
-stdin; the child writes one JSON document to stdout: ``{"entries": [...]}`` or ``{"error": "…"}``
-(a German message for the source's record).
+stdin; the child writes one JSON document to stdout: ``{"entries": [...]}`` or ``{"error": "…",
+"detail": "…"}`` (a German message for the source's record, the technical cause for the log).
 """
 
 from __future__ import annotations
@@ -51,8 +51,10 @@ async def parse_isolated(
     window_start: datetime | None = None,
     window_end: datetime | None = None,
     tz: ZoneInfo | None = None,
+    url: str | None = None,
 ) -> list[FeedEntry] | list[CalendarEvent]:
-    """Parse ``body`` of source ``name`` (``kind`` "feed" or "calendar") in a worker process.
+    """Parse ``body`` of source ``name`` (``kind`` "feed" or "calendar") in a worker process;
+    a feed's relative links resolve against ``url``.
 
     Raises :class:`SourceError` for what the parsers refuse, for a parse over the time limit
     (the worker is killed) and for a worker that died (e.g. at its memory limit)."""
@@ -62,6 +64,7 @@ async def parse_isolated(
         "window_start": window_start.isoformat() if window_start else None,
         "window_end": window_end.isoformat() if window_end else None,
         "tz": tz.key if tz else None,
+        "url": url,
         "max_per_series": limits.max_per_series,
         "max_per_calendar": limits.max_per_calendar,
         "memory_mb": limits.memory_mb,
@@ -99,9 +102,13 @@ async def parse_isolated(
             if memory
             else f"Auswertung endete ohne Ergebnis (Code {process.returncode})"
         )
-        raise SourceError(name, f"Auswerten abgebrochen: {reason}")
+        last = err.decode("utf-8", "replace").strip().splitlines()[-1:]
+        raise SourceError(
+            name, f"Auswerten abgebrochen: {reason}", detail=last[0] if last else None
+        )
     if "error" in answer:
-        raise SourceError(name, str(answer["error"]))
+        cause = answer.get("detail")
+        raise SourceError(name, str(answer["error"]), detail=str(cause) if cause else None)
     if kind == "feed":
         return [FeedEntry(**_decode(e)) for e in answer["entries"]]
     return [CalendarEvent(**_decode(e)) for e in answer["entries"]]
@@ -136,7 +143,7 @@ def _limit_memory(megabytes: int) -> None:
 def _work(request: dict[str, Any], body: bytes) -> list[FeedEntry] | list[CalendarEvent]:
     name = str(request["name"])
     if request["kind"] == "feed":
-        return parse_feed(name, body)
+        return parse_feed(name, body, request.get("url"))
     return parse_calendar(
         name,
         body,
@@ -158,7 +165,7 @@ def main() -> None:
         entries = _work(request, body)
         answer: dict[str, Any] = {"entries": [_encode(e) for e in entries]}
     except SourceError as exc:
-        answer = {"error": exc.problem}
+        answer = {"error": exc.problem, "detail": exc.detail}
     except MemoryError:
         answer = {
             "error": f"Auswerten abgebrochen: brauchte mehr als {request['memory_mb']} MB "
