@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 import time
+import unicodedata
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +24,7 @@ from jinja2 import Environment
 from markupsafe import Markup
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db import queries
+from .db import Database, queries
 from .db.models import OrgKind
 
 # Seconds a process keeps the tree before it reads it again.
@@ -55,7 +56,8 @@ _SEPARATORS = re.compile(r"[;,\n]")
 
 def fold(text: str) -> str:
     """A name as it is compared: lower case, umlauts spelt out, spaces collapsed."""
-    return _SPACE.sub(" ", text.casefold().translate(_FOLD)).strip()
+    composed = unicodedata.normalize("NFC", text)
+    return _SPACE.sub(" ", composed.casefold().translate(_FOLD)).strip()
 
 
 @dataclass(frozen=True)
@@ -288,6 +290,13 @@ class TreeCache:
             self._tree = OrgTree(await queries.organisation_rows(session))
             self._read_at = now
         return self._tree
+
+    async def read(self, db: Database) -> OrgTree:
+        """The tree; a database session is opened only when the kept one is too old."""
+        if self._tree is not None and self.clock() - self._read_at < self.ttl:
+            return self._tree
+        async with db.reading() as session:
+            return await self.get(session)
 
     def invalidate(self) -> None:
         self._tree = None

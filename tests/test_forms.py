@@ -70,6 +70,7 @@ async def test_typed_names_resolve_and_ambiguous_ones_ask(seeded: Project) -> No
     assert [u.key for u in prum.candidates] == [VG_PRUEM, PRUEM]
     assert prum.question == "Prüm: die Verbandsgemeinde oder die Ortsgemeinde?"
     assert tree.resolve("Pruem").ambiguous  # umlauts spelt out
+    assert tree.resolve("Pru\u0308m").ambiguous  # a decomposed ü (as macOS types it)
     assert tree.resolve("VG Prüm").unit == tree.by_key[VG_PRUEM]
     assert tree.resolve("Verbandsgemeinde Prüm").unit == tree.by_key[VG_PRUEM]
     assert tree.resolve("Stadt Prüm").unit == tree.by_key[PRUEM]
@@ -123,7 +124,17 @@ async def test_the_tree_is_read_once_per_ttl_and_its_picker_rendered_once(
     assert second is not first
     assert second.by_key[HOLSTHUM].name == "Holsthum an der Prüm"
     cache.invalidate()
-    assert await _tree(seeded, cache) is not second
+    third = await _tree(seeded, cache)
+    assert third is not second
+    # Within the TTL no session is even opened: a database nobody can reach is not touched.
+    unreachable = Database("postgresql+asyncpg://nobody@127.0.0.1:1/keine")
+    try:
+        assert await cache.read(unreachable) is third
+        now[0] = 120.0
+        with pytest.raises(OSError):
+            await cache.read(unreachable)
+    finally:
+        await unreachable.engine.dispose()
 
     env = Environment(
         loader=FileSystemLoader(seeded.settings.template_dirs("web")),

@@ -161,8 +161,7 @@ async def accessibility_statement(request: Request) -> Response:
 @router.get("/anmelden")
 async def signup_form(request: Request) -> Response:
     ctx = context_of(request)
-    async with ctx.db.reading() as session:
-        context = _form_context(request, await _tree(request, session))
+    context = _form_context(request, await tree_cache(ctx.extra).read(ctx.db))
     values = {"rhythm": "immediate", "all_topics": True, "topics": [], "role": ""}
     return page(
         request,
