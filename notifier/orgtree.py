@@ -223,6 +223,7 @@ class Choice:
 
     units: list[Unit] = field(default_factory=list)
     problems: list[Resolution] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)  # ticked keys the tree does not have
 
 
 def choose_one(tree: OrgTree, text: str, chosen: Collection[str]) -> Choice:
@@ -242,9 +243,11 @@ def choose_one(tree: OrgTree, text: str, chosen: Collection[str]) -> Choice:
 def choose_many(tree: OrgTree, text: str, chosen: Collection[str]) -> Choice:
     """A several-units picker: the checked units and every name typed (separated by commas,
     semicolons or lines); names that fit several units or none are problems, unless one of
-    their candidates is checked."""
+    their candidates is checked. Ticked keys the tree lacks (a unit removed meanwhile, a forged
+    form) are kept in ``unknown`` for the caller to refuse by name."""
     keys = [k for k in dict.fromkeys(chosen) if k in tree.by_key]
-    result = Choice([tree.by_key[k] for k in keys])
+    unknown = [k for k in dict.fromkeys(chosen) if k not in tree.by_key]
+    result = Choice([tree.by_key[k] for k in keys], unknown=unknown)
     names = [n for n in (p.strip() for p in _SEPARATORS.split(text)) if n][:MAX_NAMES]
     for name in names:
         found = tree.resolve(name)

@@ -104,6 +104,7 @@ async def test_a_typed_name_wins_and_a_candidate_settles_an_ambiguous_one(
     many = choose_many(tree, "Holsthum; VG Arzfeld,\nPrüm, holsthum", [BITBURG, "nope"])
     assert [u.key for u in many.units] == [BITBURG, HOLSTHUM, "072325001"]
     assert [p.text.strip() for p in many.problems] == ["Prüm"]
+    assert many.unknown == ["nope"]
     settled = choose_many(tree, "Prüm", [VG_PRUEM])
     assert [u.key for u in settled.units] == [VG_PRUEM] and not settled.problems
 

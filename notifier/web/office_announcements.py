@@ -260,7 +260,8 @@ async def _submit(request: Request, user: OfficeUser, item_id: int | None) -> Re
             await _announcement(session, item_id)
         tree, by_key = await units(request, session)
         picked = choose_many(tree, field(form, "scope_suche"), fields(form, "scope"))
-        data = dataclasses.replace(data, scope=[u.key for u in picked.units])
+        # Keys the tree lacks stay in: the check below refuses them by name.
+        data = dataclasses.replace(data, scope=[u.key for u in picked.units] + picked.unknown)
         values["scope"] = list(data.scope)
         if picked.problems:
             errors["scope"] = problem_text(picked.problems)
