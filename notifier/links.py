@@ -1,4 +1,5 @@
-"""Signed personal links: confirmation of a sign-up, preferences, one-click unsubscribe.
+"""Signed personal links: confirmation of a sign-up, preferences, one-click unsubscribe, and
+"wieder anmelden" after an unsubscribe (valid :data:`RESUBSCRIBE_DAYS`).
 
 A link carries the subscriber's id and ``token_version`` and is signed with the service's secret
 key (itsdangerous, HMAC): it cannot be guessed or altered, it is bound to one subscriber, and
@@ -20,6 +21,10 @@ from .errors import NotifierError
 
 CONFIRM = "confirm"
 PERSONAL = "personal"  # the preferences and the unsubscribe link of a message share one token
+RESUBSCRIBE = "resubscribe"  # "wieder anmelden" after an unsubscribe
+# How long a "wieder anmelden" link works: 30 days, or less if [retention] unsubscribed_days
+# removes an unsubscribed person's choices sooner (the link restores them).
+RESUBSCRIBE_DAYS = 30
 
 
 class LinkError(NotifierError):
@@ -52,6 +57,10 @@ def secret_key(settings: Settings) -> bytes:
     return key.encode()
 
 
+def resubscribe_days(settings: Settings) -> int:
+    return min(RESUBSCRIBE_DAYS, settings.retention.unsubscribed_days)
+
+
 @dataclass(frozen=True)
 class LinkTarget:
     subscriber_id: int
@@ -65,11 +74,12 @@ class Links:
         self.base = settings.mail.public_base_url.rstrip("/")
         self.confirm_seconds = int(settings.web.confirm_hours * 3600)
         self.link_seconds = int(settings.web.link_days * 86400)
+        self.resubscribe_seconds = resubscribe_days(settings) * 86400
         # Also keys hashes that must not be reversible by a reader of the database.
         self.key = key if key is not None else secret_key(settings)
         self._signers = {
             purpose: URLSafeTimedSerializer(self.key, salt=f"notifier-{purpose}")
-            for purpose in (CONFIRM, PERSONAL)
+            for purpose in (CONFIRM, PERSONAL, RESUBSCRIBE)
         }
 
     def token(self, purpose: str, subscriber_id: int, version: int) -> str:
@@ -83,13 +93,19 @@ class Links:
         token = self.token(PERSONAL, subscriber_id, version)
         return f"{self.base}/einstellungen/{token}", f"{self.base}/abmelden/{token}"
 
+    def resubscribe_url(self, subscriber_id: int, version: int) -> str:
+        """The one-click "wieder anmelden" link offered after an unsubscribe."""
+        return f"{self.base}/wieder-anmelden/{self.token(RESUBSCRIBE, subscriber_id, version)}"
+
     def read(self, purpose: str, token: str, *, expires: bool = True) -> LinkTarget:
         """The subscriber a link is for; raises :class:`LinkError` if it is forged, damaged or
         expired (``expires=False``: only forged or damaged). The caller checks the version
         against the subscriber's current one."""
         max_age = None
         if expires:
-            max_age = self.confirm_seconds if purpose == CONFIRM else self.link_seconds
+            max_age = {CONFIRM: self.confirm_seconds, RESUBSCRIBE: self.resubscribe_seconds}.get(
+                purpose, self.link_seconds
+            )
         try:
             value = self._signers[purpose].loads(token, max_age=max_age)
         except SignatureExpired as exc:

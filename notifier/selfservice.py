@@ -20,6 +20,7 @@ from sqlalchemy.orm import selectinload
 from . import audit
 from .addresses import check_email
 from .config import Settings
+from .console import FieldErrors
 from .db.erasure import forget_erased
 from .db.models import (
     BriefingQueue,
@@ -35,8 +36,9 @@ from .db.models import (
     SubscriberStatus,
     Subscription,
 )
+from .db.retention import PROOF_ONLY_NAME
 from .errors import FieldError
-from .links import LinkError, LinkTarget
+from .links import LinkError, LinkTarget, resubscribe_days
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # At most one service e-mail (confirmation, personal link) per address in this time: a form
@@ -76,27 +78,47 @@ def check_choices(
     role: str,
     rhythm: str,
     topics: Sequence[str],
-    all_topics: bool,
+    all_topics: bool | None,
     topic_keys: Sequence[str],
     roles: Sequence[Role] = SELF_ROLES,
 ) -> Choices:
-    """Raises :class:`FieldError` naming the first field that is wrong."""
-    checked_name = check_name(name)
+    """Raises :class:`FieldErrors` naming every field that is wrong, not only the first.
+
+    ``all_topics``: the radio "alle / nur diese" (``None``: not sent, single topics count).
+    "Alle" with single topics ticked as well is refused, never silently decided."""
+    errors: dict[str, str] = {}
+    checked_name = ""
+    try:
+        checked_name = check_name(name)
+    except FieldError as exc:
+        errors[exc.field] = exc.problem
     if organisation is None:
-        raise FieldError("organisation", "Bitte wählen Sie Ihre Organisation aus der Liste.")
+        errors["organisation"] = (
+            "Bitte geben Sie Ihre Organisation an, z. B. den Namen Ihrer Ortsgemeinde, "
+            "oder wählen Sie sie aus der Liste."
+        )
     chosen_role = Role.__members__.get(role)
     if chosen_role is None or chosen_role not in roles:
-        raise FieldError("role", "Bitte wählen Sie Ihre Funktion.")
+        errors["role"] = "Bitte wählen Sie Ihre Funktion."
+    unknown = [t for t in topics if t not in topic_keys]
+    chosen = tuple(sorted(set(topics)))
+    if unknown:
+        errors["topics"] = "Unbekannte Themen: " + ", ".join(unknown)
+    elif all_topics and chosen:
+        errors["topics"] = (
+            "Sie haben „Alle Themen“ gewählt und zugleich einzelne Themen angekreuzt. Bitte "
+            "wählen Sie „Nur diese Themen“ oder entfernen Sie die Häkchen."
+        )
+    elif not all_topics and not chosen:
+        errors["topics"] = "Bitte wählen Sie „Alle Themen“ oder mindestens ein Thema."
     chosen_rhythm = Rhythm.__members__.get(rhythm)
     if chosen_rhythm is None:
-        raise FieldError("rhythm", "Bitte wählen Sie, wie oft Sie E-Mails erhalten möchten.")
-    unknown = [t for t in topics if t not in topic_keys]
-    if unknown:
-        raise FieldError("topics", "Unbekannte Themen: " + ", ".join(unknown))
-    chosen = () if all_topics else tuple(sorted(set(topics)))
-    if not all_topics and not chosen:
-        raise FieldError("topics", "Bitte wählen Sie mindestens ein Thema oder „alle Themen“.")
-    return Choices(checked_name, organisation, chosen_role, chosen_rhythm, chosen)
+        errors["rhythm"] = "Bitte wählen Sie, wie oft Sie E-Mails erhalten möchten."
+    if errors or organisation is None or chosen_role is None or chosen_rhythm is None:
+        raise FieldErrors(errors)
+    return Choices(
+        checked_name, organisation, chosen_role, chosen_rhythm, () if all_topics else chosen
+    )
 
 
 def _apply(sub: Subscriber, choices: Choices) -> None:
@@ -337,3 +359,67 @@ async def unsubscribe(
         {"how": how, "ip": ip, "cancelled": cancelled},
     )
     return True
+
+
+def can_resubscribe(sub: Subscriber, settings: Settings, now: datetime) -> bool:
+    """Whether an unsubscribed person's old choices can still be restored: unsubscribed within
+    :func:`~notifier.links.resubscribe_days` (their choices are kept so long, see
+    ``[retention] unsubscribed_days``) and not yet reduced to the consent proof."""
+    return (
+        sub.status is SubscriberStatus.unsubscribed
+        and sub.name != PROOF_ONLY_NAME
+        and sub.updated_at >= now - timedelta(days=resubscribe_days(settings))
+    )
+
+
+async def resubscribable(
+    session: AsyncSession, target: LinkTarget, *, settings: Settings, now: datetime
+) -> Subscriber:
+    """The subscriber a "wieder anmelden" link names, if :func:`can_resubscribe` or already
+    back (the link answers again). Raises :class:`LinkError` otherwise."""
+    sub = await subscriber_for(session, target)
+    if sub.status in (SubscriberStatus.active, SubscriberStatus.held, SubscriberStatus.paused):
+        return sub
+    if not can_resubscribe(sub, settings, now):
+        raise LinkError(
+            "Ihre früheren Einstellungen sind nicht mehr gespeichert. "
+            "Bitte melden Sie sich neu an.",
+            expired=True,
+        )
+    return sub
+
+
+async def resubscribe(
+    session: AsyncSession, target: LinkTarget, *, ip: str, settings: Settings, now: datetime
+) -> Subscriber:
+    """Restore an unsubscribed person with their old choices (idempotent). The signed link
+    reached them in their mailbox, so the address is proven; the consent is recorded anew
+    (the current text, confirmed now). Outside ``[web] allowed_domains`` they wait for the
+    office's approval again."""
+    sub = await resubscribable(session, target, settings=settings, now=now)
+    if sub.status is not SubscriberStatus.unsubscribed:
+        return sub
+    sub.status = (
+        SubscriberStatus.active if domain_allowed(sub.email, settings) else SubscriberStatus.held
+    )
+    sub.updated_at = now
+    session.add(
+        Consent(
+            subscriber_id=sub.id,
+            text_version=settings.web.consent_version,
+            text=settings.web.consent_text,
+            requested_at=now,
+            confirmed_at=now,
+            ip=ip,
+        )
+    )
+    await forget_erased(session, sub.email)
+    await audit.record(
+        session,
+        "web",
+        "resubscribe",
+        "subscriber",
+        sub.id,
+        {"ip": ip, "status": sub.status.value, "consent_version": settings.web.consent_version},
+    )
+    return sub

@@ -50,8 +50,8 @@ def test_sign_up_to_unsubscribe_in_a_browser(
     page.get_by_label("Name", exact=True).fill("Erika Musterfrau")
     page.get_by_label("Organisation").fill("Bettingen (Verbandsgemeinde Bitburger Land)")
     page.get_by_label("Funktion").select_option("mayor")
-    page.get_by_label("Alle Themen, auch künftige").uncheck()
-    page.get_by_label("Mobilität").check()
+    page.get_by_label("Mobilität").check()  # the script selects "Nur diese Themen"
+    assert page.get_by_label("Nur diese Themen:").is_checked()
     page.get_by_label("wöchentlich", exact=False).check()
     page.locator("#consent").check()
     page.get_by_role("button", name="Anmelden").click()

@@ -415,7 +415,7 @@ def test_office_forms_refuse_forgery_and_header_injection(
         ({"name": "Peter\r\nBcc: alle@example.org"}, "Name: Darf keine Zeilenumbrüche"),
         ({"email": "p@bitburg.example\r\nBcc: x@example.org"}, "E-Mail-Adresse: Die E-Mail"),
         ({"email": "kein-at-zeichen"}, "E-Mail-Adresse: Keine gültige E-Mail-Adresse"),
-        ({"organisation": "Atlantis"}, "Organisation: Bitte eine Einheit aus der Liste"),
+        ({"organisation": "Atlantis"}, "Organisation: Keine Einheit heißt „Atlantis“"),
         ({"all_topics": "", "topics": ["unbekannt"]}, "Themen: Unbekannte Themen: unbekannt"),
     ):
         path = f"/buero/abonnenten/{sub_id}"

@@ -54,9 +54,10 @@ def test_office_compose_preview_schedule_and_follow_in_a_browser(
         "Ab **Montag** beraten die Kümmerer auch in Prüm.\n\n- dienstags\n- donnerstags"
     )
     page.get_by_label("Mobilität").check()
-    page.get_by_label("Empfängerkreis (Organisationen)").select_option(
-        ["07232", "072325006"]  # the Kreis, and the VG Prüm inside it: counted once
-    )
+    # The Kreis ticked in the tree, and the VG Prüm inside it typed: counted once.
+    page.locator("#scope-baum > summary").click()
+    page.get_by_label("Eifelkreis Bitburg-Prüm (der ganze Kreis)").check()
+    page.get_by_label("Empfängerkreis (Organisationen)").fill("VG Prüm")
     page.get_by_label("Wichtig").check()
     page.get_by_role("button", name="Vorschau und Empfänger anzeigen").click()
     expect(page.get_by_role("heading", name="Vorschau")).to_be_visible()

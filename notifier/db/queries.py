@@ -1047,3 +1047,17 @@ async def first_digests(session: AsyncSession, digest_ids: Sequence[int]) -> set
         )
     )
     return set(rows)
+
+
+async def organisation_rows(session: AsyncSession) -> list[tuple[int, str, str, OrgKind, str]]:
+    """Every unit as ``(id, key, name, kind, path)`` in tree order (by materialised path)."""
+    rows = await session.execute(
+        select(
+            Organisation.id,
+            Organisation.key,
+            Organisation.name,
+            Organisation.kind,
+            Organisation.path,
+        ).order_by(Organisation.path)
+    )
+    return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]

@@ -35,6 +35,7 @@ from ..metrics.web import HttpMetrics
 from ..metrics.web import router as metrics_router
 from ..rendering import german_date, german_datetime
 from .limits import BodyLimit
+from .messages import german_detail
 from .request import WebContext, page
 
 logger = logging.getLogger(__name__)
@@ -86,9 +87,11 @@ def _is_api(request: Request) -> bool:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    # Starlette's form parser answers in English; people read German.
+    german = german_detail(exc.detail) if isinstance(exc.detail, str) else exc.detail
     if _is_api(request):
-        return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
-    detail = exc.detail if exc.detail != _default_detail(exc.status_code) else None
+        return JSONResponse({"detail": german}, exc.status_code, headers=exc.headers)
+    detail = german if exc.detail != _default_detail(exc.status_code) else None
     return page(
         request,
         "error.html",
@@ -200,7 +203,8 @@ def create_app(
         response = await call_next(request)
         for name, value in _SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
-        if request.url.path.startswith(("/einstellungen/", "/abmelden/", "/bestaetigen/")):
+        personal = ("/einstellungen/", "/abmelden/", "/bestaetigen/", "/wieder-anmelden/")
+        if request.url.path.startswith(personal):
             response.headers["Cache-Control"] = "no-store"
         return response
 

@@ -38,7 +38,7 @@ def subscriber_values(sub: Subscriber, organisation: str) -> dict[str, Any]:
 def submitted_subscriber(form: FormData) -> dict[str, Any]:
     """What a subscriber form sent, to show it again with its errors."""
     return {
-        "email": field(form, "email"),
+        "email": display_email(field(form, "email")),
         "name": field(form, "name"),
         "organisation": field(form, "organisation"),
         "role": field(form, "role"),

@@ -4,6 +4,7 @@ cancel, and the delivery state of every recipient."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,7 @@ from ..errors import AnnouncementRefused, DeliveryError, NotFoundError, StateErr
 from ..labels import BOUNCE_LABELS, ITEM_LABELS, ROLE_LABELS, STATE_LABELS
 from ..logs import log_form, without_address
 from ..organisations import LEVEL_LABELS, organisation_index
+from ..orgtree import Choice, choose_many, problem_text
 from .charts import render
 from .forms import field, fields
 from .office_charts import bounce_chart, delivery_chart
@@ -31,6 +33,7 @@ from .officekit import (
     keep_preview,
     mail_frame,
     office_page,
+    org_picker,
     renderer,
     router,
     smtp_endpoint,
@@ -135,10 +138,12 @@ async def _form_page(
     notice: str = "",
     problem: str = "",
     status: int = 200,
+    picked: Choice | None = None,
+    scope_text: str = "",
 ) -> Response:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
-        choices, _ = await units(session)
+        tree, _ = await units(request, session)
     return office_page(
         request,
         user,
@@ -149,7 +154,16 @@ async def _form_page(
             "values": values,
             "errors": errors or {},
             "labels": FIELD_LABELS,
-            "units": choices,
+            "picker": org_picker(
+                request,
+                tree,
+                field="scope_suche",
+                choice="scope",
+                chosen=tuple(values["scope"]),
+                text=scope_text,
+                picked=picked,
+                multiple=True,
+            ),
             "topics": ctx.settings.topics,
             "roles": ROLE_LABELS,
             "preview": preview,
@@ -247,7 +261,13 @@ async def _submit(request: Request, user: OfficeUser, item_id: int | None) -> Re
     async with ctx.db.transaction() as session:
         if item_id is not None:
             await _announcement(session, item_id)
-        _, by_key = await units(session)
+        tree, by_key = await units(request, session)
+        picked = choose_many(tree, field(form, "scope_suche"), fields(form, "scope"))
+        # Keys the tree lacks stay in: the check below refuses them by name.
+        data = dataclasses.replace(data, scope=[u.key for u in picked.units] + picked.unknown)
+        values["scope"] = list(data.scope)
+        if picked.problems:
+            errors["scope"] = problem_text(picked.problems)
         try:
             draft = console.check_announcement(
                 data, settings=ctx.settings, units=by_key, now=now, source="buero"
@@ -292,6 +312,8 @@ async def _submit(request: Request, user: OfficeUser, item_id: int | None) -> Re
             errors=errors,
             problem=problem,
             status=422 if errors else 409,
+            picked=picked,
+            scope_text=field(form, "scope_suche"),
         )
     if preview is None:
         ctx.wake()

@@ -22,14 +22,15 @@ from ..db import personal, reports
 from ..db.models import Role, Subscriber, SubscriberStatus
 from ..errors import InputError, StateError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, ROLE_LABELS, SUBSCRIBER_LABELS
+from ..orgtree import Choice, choose_one, problem_text
 from ..subscribers import export_subscribers, import_subscribers
-from .forms import field, submitted_subscriber, subscriber_values
+from .forms import field, fields, submitted_subscriber, subscriber_values
 from .officekit import (
     CurrentUser,
     OfficeUser,
     office_page,
+    org_picker,
     router,
-    unit_by_label,
     units,
 )
 from .params import PageNo, RowId
@@ -53,6 +54,7 @@ async def subscriber_list(
     user: CurrentUser,
     q: str = "",
     organisation: str = "",
+    organisation_key: str = "",
     role: str = "",
     topic: str = "",
     status: str = "",
@@ -61,11 +63,10 @@ async def subscriber_list(
     ctx = context_of(request)
     page_no = max(seite, 1)
     async with ctx.db.reading() as session:
-        choices, by_key = await units(session)
-        unit = unit_by_label(choices, organisation) if organisation.strip() else None
-        problem = ""
-        if organisation.strip() and unit is None:
-            problem = "Diese Organisation gibt es nicht; bitte aus der Liste wählen."
+        tree, by_key = await units(request, session)
+        picked = choose_one(tree, organisation[:200], [organisation_key])
+        unit = picked.units[0] if picked.units else None
+        problem = problem_text(picked.problems) if picked.problems else ""
         chosen = reports.SubscriberFilter(
             text=q.strip()[:200].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_"),
             organisation_path=by_key[unit.key].path if unit is not None else None,
@@ -79,7 +80,14 @@ async def subscriber_list(
         held, _ = await reports.search_subscribers(
             session, reports.SubscriberFilter(status=SubscriberStatus.held), limit=0, offset=0
         )
-    query = {"q": q, "organisation": organisation, "role": role, "topic": topic, "status": status}
+    query = {
+        "q": q,
+        "organisation": organisation,
+        "organisation_key": organisation_key,
+        "role": role,
+        "topic": topic,
+        "status": status,
+    }
     pages = max(1, math.ceil(total / PAGE_SIZE))
     return office_page(
         request,
@@ -95,7 +103,14 @@ async def subscriber_list(
             "page_no": page_no,
             "pages": pages,
             "query": urlencode({k: v for k, v in query.items() if v}),
-            "units": choices,
+            "picker": org_picker(
+                request,
+                tree,
+                field="organisation",
+                choice="organisation_key",
+                text=organisation,
+                picked=picked,
+            ),
             "topics": ctx.settings.topics,
             "topic_titles": {t.key: t.title for t in ctx.settings.topics},
             "roles": {r.value: label for r, label in ROLE_LABELS.items()},
@@ -228,13 +243,16 @@ async def _edit_page(
     notice: str = "",
     problem: str = "",
     status: int = 200,
+    picked: Choice | None = None,
+    text: str = "",
 ) -> Response:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
         sub = await _subscriber(session, subscriber_id)
-        choices, _ = await units(session)
+        tree, _ = await units(request, session)
         consents = await personal.consents(session, sub.id)
-    label = next((u.label for u in choices if u.id == sub.organisation_id), "")
+    label = tree.label_of(sub.organisation_id)
+    current = tree.by_id.get(sub.organisation_id)
     return office_page(
         request,
         user,
@@ -246,7 +264,15 @@ async def _edit_page(
             "values": values or subscriber_values(sub, label),
             "errors": errors or {},
             "labels": FIELD_LABELS,
-            "units": choices,
+            "picker": org_picker(
+                request,
+                tree,
+                field="organisation",
+                choice="organisation_key",
+                chosen=(current.key,) if current is not None else (),
+                text=text,
+                picked=picked,
+            ),
             "topics": ctx.settings.topics,
             "roles": {r.value: label for r, label in ROLE_CHOICES.items()},
             "rhythms": {r.value: label for r, label in RHYTHM_LABELS.items()},
@@ -277,10 +303,18 @@ async def subscriber_save(request: Request, subscriber_id: RowId, user: CurrentU
     errors: dict[str, str] = {}
     async with ctx.db.transaction() as session:
         sub = await _subscriber(session, subscriber_id)
-        choices, by_key = await units(session)
-        unit = unit_by_label(choices, values["organisation"])
+        tree, by_key = await units(request, session)
+        picked = choose_one(tree, values["organisation"], fields(form, "organisation_key"))
+        unit = picked.units[0] if picked.units else None
+        if picked.problems:
+            errors["organisation"] = problem_text(picked.problems)
         topics = [] if values["all_topics"] else values["topics"]
-        if not values["all_topics"] and not topics:
+        if values["all_topics"] and values["topics"]:
+            errors["topics"] = (
+                "„Alle Themen“ und einzelne Themen zugleich: bitte „Nur diese Themen“ wählen "
+                "oder die Häkchen entfernen."
+            )
+        elif not values["all_topics"] and not topics:
             errors["topics"] = "Bitte mindestens ein Thema oder „alle Themen“ wählen."
         try:
             checked = subscriber_admin.check_subscriber(
@@ -303,7 +337,14 @@ async def subscriber_save(request: Request, subscriber_id: RowId, user: CurrentU
             errors = {**exc.errors, **errors}
     if errors:
         return await _edit_page(
-            request, user, subscriber_id, values=values, errors=errors, status=422
+            request,
+            user,
+            subscriber_id,
+            values=values,
+            errors=errors,
+            status=422,
+            picked=picked,
+            text=values["organisation"],
         )
     return RedirectResponse(f"/buero/abonnenten/{subscriber_id}?gespeichert=1", 303)
 

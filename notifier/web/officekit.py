@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import Organisation, User
+from ..orgtree import Choice, OrgTree, Picker, tree_cache
 from ..rendering import Renderer
-from .public import Unit, organisation_choices
 from .request import WebContext, context_of, page
 
 # The e-mail HTML shown in a frame: its inline styles and embedded images may load, nothing
@@ -109,16 +109,42 @@ def smtp_endpoint(ctx: WebContext) -> tuple[str, int, str]:
     return smtp.host, smtp.port, smtp.tls
 
 
-async def units(session: AsyncSession) -> tuple[list[Unit], dict[str, Organisation]]:
-    """The organisation choices (labelled) and the units by key."""
-    choices = await organisation_choices(session)
+async def units(request: Request, session: AsyncSession) -> tuple[OrgTree, dict[str, Organisation]]:
+    """The organisation tree (kept per process) and the units by key."""
+    tree = await tree_cache(context_of(request).extra).get(session)
     by_key = {o.key: o for o in (await session.scalars(select(Organisation))).all()}
-    return choices, by_key
+    return tree, by_key
 
 
-def unit_by_label(choices: list[Unit], wanted: str) -> Unit | None:
-    text = wanted.strip()
-    return next((u for u in choices if text in (u.label, u.key)), None)
+def org_picker(
+    request: Request,
+    tree: OrgTree,
+    *,
+    field: str,
+    choice: str,
+    chosen: tuple[str, ...] = (),
+    text: str = "",
+    picked: Choice | None = None,
+    multiple: bool = False,
+) -> Picker:
+    """A picker for an office form; after a submission, with what ``picked`` found (the
+    candidates of an ambiguous name in place of the name)."""
+    resolution = None
+    if picked is not None:
+        chosen = tuple(u.key for u in picked.units)
+        if picked.problems:
+            resolution = picked.problems[0]
+            if resolution.candidates:
+                text = ""
+    return tree.picker(
+        context_of(request).templates.env,
+        field=field,
+        choice=choice,
+        chosen=chosen,
+        text=text,
+        resolution=resolution,
+        multiple=multiple,
+    )
 
 
 def keep_preview(request: Request, user: OfficeUser, html: str) -> str:

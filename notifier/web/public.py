@@ -5,21 +5,21 @@ privacy notice (``/datenschutz``) and the accessibility statement (``/barrierefr
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from .. import metrics, selfservice
 from ..addresses import check_email
+from ..console import FieldErrors
 from ..data_export import personal_data
-from ..db.models import Organisation, OrgKind, Subscriber, SubscriberStatus
+from ..db.models import Organisation, Subscriber, SubscriberStatus
 from ..errors import FieldError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, SUBSCRIBER_LABELS
-from ..links import CONFIRM, PERSONAL, LinkError, LinkTarget
+from ..links import CONFIRM, PERSONAL, RESUBSCRIBE, LinkError, LinkTarget, resubscribe_days
+from ..orgtree import Choice, OrgTree, choose_one, problem_text, tree_cache
 from ..signup_limits import allow_signup_mail
 from .forms import field, fields, submitted_subscriber, subscriber_values
 from .request import checked_form, context_of, page
@@ -31,67 +31,110 @@ logger = logging.getLogger(__name__)
 HONEYPOT = "homepage"
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One choice of the organisation list: a label that is unique within the tree."""
-
-    id: int
-    key: str
-    label: str
-
-
-async def organisation_choices(session: AsyncSession) -> list[Unit]:
-    """Every unit, Kreis first, then each Verbandsgemeinde followed by its Ortsgemeinden; an
-    Ortsgemeinde's label names its Verbandsgemeinde (names of villages repeat)."""
-    orgs = (await session.scalars(select(Organisation).order_by(Organisation.path))).all()
-    by_id = {o.id: o for o in orgs}
-    units: list[Unit] = []
-    for org in orgs:
-        label = org.name
-        parent = by_id.get(org.parent_id) if org.parent_id is not None else None
-        if org.kind is OrgKind.ortsgemeinde and parent is not None:
-            label = f"{org.name} ({parent.name})"
-        units.append(Unit(org.id, org.key, label))
-    return units
+# The order of the fields on the page, and so of the error summary.
+FIELDS = ("email", "name", "organisation", "role", "topics", "rhythm", "consent")
 
 
 def _ip(request: Request) -> str:
     return request.client.host if request.client else "unbekannt"
 
 
-def _choices(
-    form: FormData, units: list[Unit], orgs: dict[int, Organisation], topic_keys: list[str]
-) -> selfservice.Choices:
-    wanted = field(form, "organisation").strip()
-    unit = next((u for u in units if wanted in (u.label, u.key)), None)
-    return selfservice.check_choices(
-        name=field(form, "name"),
-        organisation=orgs.get(unit.id) if unit is not None else None,
-        role=field(form, "role"),
-        rhythm=field(form, "rhythm"),
-        topics=fields(form, "topics"),
-        all_topics=field(form, "all_topics") == "1",
-        topic_keys=topic_keys,
-    )
+async def _tree(request: Request, session: AsyncSession) -> OrgTree:
+    """The organisation tree (kept per process, see :mod:`notifier.orgtree`)."""
+    return await tree_cache(context_of(request).extra).get(session)
 
 
-async def _form_context(request: Request, session: AsyncSession) -> dict[str, Any]:
-    settings = context_of(request).settings
+def _all_topics(form: FormData) -> bool | None:
+    """The radio "alle / nur diese" (``None``: not sent)."""
+    return {"1": True, "0": False}.get(field(form, "all_topics"))
+
+
+async def _check_form(
+    session: AsyncSession, form: FormData, tree: OrgTree, topic_keys: list[str]
+) -> tuple[selfservice.Choices | None, dict[str, str], Choice]:
+    """The choices of a sign-up or preferences form, or every field's problem at once."""
+    picked = choose_one(tree, field(form, "organisation"), fields(form, "organisation_key"))
+    organisation = await session.get(Organisation, picked.units[0].id) if picked.units else None
+    errors: dict[str, str] = {}
+    choices = None
+    try:
+        choices = selfservice.check_choices(
+            name=field(form, "name"),
+            organisation=organisation,
+            role=field(form, "role"),
+            rhythm=field(form, "rhythm"),
+            topics=fields(form, "topics"),
+            all_topics=_all_topics(form),
+            topic_keys=topic_keys,
+        )
+    except FieldErrors as exc:
+        errors.update(exc.errors)
+    if picked.problems:
+        errors["organisation"] = problem_text(picked.problems)
+    return choices, errors, picked
+
+
+def _ordered(errors: dict[str, str]) -> dict[str, str]:
+    return {f: errors[f] for f in FIELDS if f in errors} | errors
+
+
+def _form_context(
+    request: Request,
+    tree: OrgTree,
+    *,
+    chosen: tuple[str, ...] = (),
+    form: FormData | None = None,
+    picked: Choice | None = None,
+) -> dict[str, Any]:
+    """What the form needs; after a submission, the picker shows what was typed and chosen
+    (the candidates of an ambiguous name instead of the name)."""
+    ctx = context_of(request)
+    text = field(form, "organisation") if form is not None else ""
+    resolution = None
+    if picked is not None:
+        chosen = tuple(u.key for u in picked.units)
+        if picked.problems:
+            resolution = picked.problems[0]
+            if resolution.candidates:
+                text = ""
     return {
-        "units": await organisation_choices(session),
-        "topics": settings.topics,
+        "picker": tree.picker(
+            ctx.templates.env,
+            field="organisation",
+            choice="organisation_key",
+            chosen=chosen,
+            text=text,
+            resolution=resolution,
+        ),
+        "topics": ctx.settings.topics,
         "roles": {r.value: ROLE_CHOICES[r] for r in selfservice.SELF_ROLES},
         "rhythms": {r.value: label for r, label in RHYTHM_LABELS.items()},
     }
 
 
-def _values_of(sub: Subscriber, units: list[Unit]) -> dict[str, Any]:
-    label = next((u.label for u in units if u.id == sub.organisation_id), "")
-    return subscriber_values(sub, label)
+def _current(tree: OrgTree, sub: Subscriber) -> tuple[str, ...]:
+    unit = tree.by_id.get(sub.organisation_id)
+    return (unit.key,) if unit is not None else ()
+
+
+def _values_of(sub: Subscriber, tree: OrgTree) -> dict[str, Any]:
+    return subscriber_values(sub, tree.label_of(sub.organisation_id))
 
 
 def _values_from(form: FormData) -> dict[str, Any]:
     return {**submitted_subscriber(form), "consent": field(form, "consent") == "1"}
+
+
+def _resubscribe(request: Request, sub: Subscriber) -> dict[str, Any] | None:
+    """The "wieder anmelden" button for an unsubscribed person whose choices are still kept."""
+    ctx = context_of(request)
+    if not selfservice.can_resubscribe(sub, ctx.settings, ctx.clock()):
+        return None
+    return {
+        "url": "/wieder-anmelden/" + ctx.links.token(RESUBSCRIBE, sub.id, sub.token_version),
+        "days": resubscribe_days(ctx.settings),
+        "consent_text": ctx.settings.web.consent_text,
+    }
 
 
 # -- statements ------------------------------------------------------------------------------
@@ -118,8 +161,7 @@ async def accessibility_statement(request: Request) -> Response:
 @router.get("/anmelden")
 async def signup_form(request: Request) -> Response:
     ctx = context_of(request)
-    async with ctx.db.reading() as session:
-        context = await _form_context(request, session)
+    context = _form_context(request, await tree_cache(ctx.extra).read(ctx.db))
     values = {"rhythm": "immediate", "all_topics": True, "topics": [], "role": ""}
     return page(
         request,
@@ -142,17 +184,13 @@ async def signup(request: Request) -> Response:
     now = ctx.clock()
     queued = False
     async with ctx.db.transaction() as session:
-        context = await _form_context(request, session)
-        orgs = {o.id: o for o in (await session.scalars(select(Organisation))).all()}
-        choices = None
+        tree = await _tree(request, session)
         try:
             check_email("email", field(form, "email"))
         except FieldError as exc:
             errors[exc.field] = exc.problem
-        try:
-            choices = _choices(form, context["units"], orgs, ctx.settings.topic_keys)
-        except FieldError as exc:
-            errors[exc.field] = exc.problem
+        choices, problems, picked = await _check_form(session, form, tree, ctx.settings.topic_keys)
+        errors.update(problems)
         if field(form, "consent") != "1":
             errors["consent"] = "Bitte stimmen Sie der Einwilligung zu."
         allowed = (
@@ -181,9 +219,9 @@ async def signup(request: Request) -> Response:
             request,
             "public/signup.html",
             {
-                **context,
+                **_form_context(request, tree, form=form, picked=picked),
                 "values": _values_from(form),
-                "errors": errors,
+                "errors": _ordered(errors),
                 "consent_text": ctx.settings.web.consent_text,
             },
             status=422,
@@ -260,13 +298,14 @@ async def preferences_form(request: Request, token: str) -> Response:
         target = _target(request, PERSONAL, token)
         async with ctx.db.reading() as session:
             sub = await selfservice.subscriber_for(session, target)
-            context = await _form_context(request, session)
+            tree = await _tree(request, session)
+            context = _form_context(request, tree, chosen=_current(tree, sub))
             context["personal"] = await personal_data(
                 session, sub.id, ctx.settings, now=ctx.clock()
             )
     except LinkError as exc:
         return _link_problem(request, exc)
-    return _preferences_page(request, sub, token, context, _values_of(sub, context["units"]))
+    return _preferences_page(request, sub, token, context, _values_of(sub, tree))
 
 
 def _preferences_page(
@@ -289,8 +328,9 @@ def _preferences_page(
             "subscriber": sub,
             "status_label": SUBSCRIBER_LABELS[sub.status],
             "values": values,
-            "errors": errors or {},
+            "errors": _ordered(errors or {}),
             "saved": saved,
+            "resubscribe": _resubscribe(request, sub),
         },
         status=status,
     )
@@ -306,11 +346,12 @@ async def preferences(request: Request, token: str) -> Response:
         target = _target(request, PERSONAL, token)
         async with ctx.db.transaction() as session:
             sub = await selfservice.subscriber_for(session, target)
-            context = await _form_context(request, session)
+            tree = await _tree(request, session)
+            context = _form_context(request, tree, chosen=_current(tree, sub))
             context["personal"] = await personal_data(session, sub.id, ctx.settings, now=now)
             if sub.status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed):
                 return _preferences_page(
-                    request, sub, token, context, _values_of(sub, context["units"]), status=409
+                    request, sub, token, context, _values_of(sub, tree), status=409
                 )
             if action == "pause":
                 await selfservice.pause(session, sub, now=now)
@@ -321,24 +362,26 @@ async def preferences(request: Request, token: str) -> Response:
                 await selfservice.resume(session, sub, now=now)
                 saved = "Der Empfang ist fortgesetzt."
             else:
-                orgs = {o.id: o for o in (await session.scalars(select(Organisation))).all()}
-                try:
-                    choices = _choices(form, context["units"], orgs, ctx.settings.topic_keys)
-                except FieldError as exc:
+                choices, errors, picked = await _check_form(
+                    session, form, tree, ctx.settings.topic_keys
+                )
+                if errors or choices is None:
+                    context.update(_form_context(request, tree, form=form, picked=picked))
                     return _preferences_page(
                         request,
                         sub,
                         token,
                         context,
                         _values_from(form),
-                        errors={exc.field: exc.problem},
+                        errors=errors,
                         status=422,
                     )
                 await selfservice.update_preferences(session, sub, choices, now=now)
                 saved = "Ihre Einstellungen sind gespeichert."
             await session.flush()
             await session.refresh(sub, ["organisation", "subscriptions"])
-            values = _values_of(sub, context["units"])
+            values = _values_of(sub, tree)
+            context.update(_form_context(request, tree, chosen=_current(tree, sub)))
             context["personal"] = await personal_data(session, sub.id, ctx.settings, now=now)
     except LinkError as exc:
         return _link_problem(request, exc)
@@ -356,7 +399,14 @@ async def unsubscribe_form(request: Request, token: str) -> Response:
         return _link_problem(request, exc)
     done = sub.status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed)
     return page(
-        request, "public/unsubscribe.html", {"token": token, "done": done, "email": sub.email}
+        request,
+        "public/unsubscribe.html",
+        {
+            "token": token,
+            "done": done,
+            "email": sub.email,
+            "resubscribe": _resubscribe(request, sub),
+        },
     )
 
 
@@ -388,5 +438,74 @@ async def unsubscribe(request: Request, token: str) -> Response:
     if one_click:
         return Response("Abgemeldet.", media_type="text/plain; charset=utf-8")
     return page(
-        request, "public/unsubscribe.html", {"token": token, "done": True, "email": sub.email}
+        request,
+        "public/unsubscribe.html",
+        {
+            "token": token,
+            "done": True,
+            "email": sub.email,
+            "resubscribe": _resubscribe(request, sub),
+        },
+    )
+
+
+# -- "wieder anmelden" -----------------------------------------------------------------------
+
+
+@router.get("/wieder-anmelden/{token}")
+async def resubscribe_form(request: Request, token: str) -> Response:
+    ctx = context_of(request)
+    try:
+        target = _target(request, RESUBSCRIBE, token)
+        async with ctx.db.reading() as session:
+            sub = await selfservice.resubscribable(
+                session, target, settings=ctx.settings, now=ctx.clock()
+            )
+            tree = await _tree(request, session)
+    except LinkError as exc:
+        return _link_problem(request, exc)
+    return _resubscribe_page(request, sub, tree, token)
+
+
+@router.post("/wieder-anmelden/{token}")
+async def resubscribe(request: Request, token: str) -> Response:
+    """One click restores the old choices (the page's button, or the one on the page that
+    confirmed the unsubscribe)."""
+    ctx = context_of(request)
+    await checked_form(request)
+    try:
+        target = _target(request, RESUBSCRIBE, token)
+        async with ctx.db.transaction() as session:
+            sub = await selfservice.resubscribe(
+                session, target, ip=_ip(request), settings=ctx.settings, now=ctx.clock()
+            )
+            tree = await _tree(request, session)
+    except LinkError as exc:
+        return _link_problem(request, exc)
+    preferences, _ = ctx.links.personal_urls(sub.id, sub.token_version)
+    return _resubscribe_page(request, sub, tree, token, preferences_url=preferences)
+
+
+def _resubscribe_page(
+    request: Request, sub: Subscriber, tree: OrgTree, token: str, *, preferences_url: str = ""
+) -> Response:
+    settings = context_of(request).settings
+    titles = {t.key: t.title for t in settings.topics}
+    return page(
+        request,
+        "public/resubscribe.html",
+        {
+            "token": token,
+            "subscriber": sub,
+            "back": sub.status is not SubscriberStatus.unsubscribed,
+            "held": sub.status is SubscriberStatus.held,
+            "organisation": tree.label_of(sub.organisation_id),
+            "role": ROLE_CHOICES.get(sub.role, sub.role.value),
+            "rhythm": RHYTHM_LABELS.get(sub.rhythm, sub.rhythm.value),
+            "topics": []
+            if sub.all_topics
+            else [titles.get(s.topic_key, s.topic_key) for s in sub.subscriptions],
+            "consent_text": settings.web.consent_text,
+            "preferences_url": preferences_url,
+        },
     )
