@@ -26,7 +26,9 @@ def directory(server: Slapd, **changes: object) -> LdapDirectory:
 
 
 def test_a_member_of_the_group_is_found_with_dn_and_mail(slapd_server: Slapd) -> None:
-    found = asyncio.run(directory(slapd_server).authenticate("Anna", slapd_server.passwords["anna"]))
+    found = asyncio.run(
+        directory(slapd_server).authenticate("Anna", slapd_server.passwords["anna"])
+    )
     assert found.source == "ldap"
     assert found.external_id == slapd_server.user_dn("anna")
     assert found.name == "anna"
