@@ -481,7 +481,6 @@ class LdapSettings(_Section):
     user_base: str = ""
     user_filter: str = "(&(objectClass=inetOrgPerson)(uid={name}))"
     email_attribute: str = "mail"
-    display_name_attribute: str = "cn"
     # Membership of this group grants office access. group_filter is searched in the group's
     # entry itself; {user_dn} is the user's DN, escaped.
     group_dn: str = ""
