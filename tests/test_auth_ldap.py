@@ -129,6 +129,8 @@ def test_the_office_logs_in_with_the_directory_and_gets_a_users_row(
         ("anna", "ldap", slapd_server.user_dn("anna"), "")
     ]
     assert users[0].email == "anna@kreis.example"
+    listed = project.cli("users", "list").output
+    assert re.search(r"^anna +anna@kreis\.example +LDAP +aktiv", listed, re.M), listed
     logins = [(e.actor, e.action) for e in entries if e.entity == "user"]
     assert logins == [("office:anna", "add"), ("office:anna", "login"), ("office:anna", "login")]
     # Nothing of the passwords reached the log.

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from sqlalchemy import select
 
-from notifier.config import load_settings
+from notifier.auth import DirectoryError, LoginRefused, OidcClient, PendingLogin
+from notifier.auth.oidc import PENDING_SECONDS
+from notifier.config import OidcSettings, load_settings
 from notifier.db import Database
 from notifier.db.models import AuditEntry, User
 from notifier.errors import ConfigError
@@ -171,3 +174,45 @@ def test_the_secrets_may_come_from_the_environment(project: Project) -> None:
     assert settings.auth.oidc.client_secret.get_secret_value() == "aus-der-umgebung"
     assert settings.auth.ldap.bind_password.get_secret_value() == "auch-aus-der-umgebung"
     assert "aus-der-umgebung" not in repr(settings)
+
+
+# -- the client on its own: what the provider's answers are checked against --------------------
+
+
+def _client_login(provider: OidcProvider) -> tuple[OidcClient, PendingLogin, dict[str, str], str]:
+    """A login through the provider up to its answer (not yet exchanged)."""
+    redirect = f"http://127.0.0.1:{free_port()}/buero/anmelden/oidc"
+    section = provider.auth_config(redirect.removesuffix("/buero/anmelden/oidc"))
+    client = OidcClient(OidcSettings.model_validate(section))
+    url, pending = asyncio.run(client.start(redirect, "/buero"))
+    back = provider.log_in(url, "anna")
+    params = {k: v[0] for k, v in parse_qs(urlsplit(back).query).items()}
+    return client, pending, params, redirect
+
+
+def test_the_client_finishes_a_login_and_names_the_user(oidc_provider: OidcProvider) -> None:
+    client, pending, params, redirect = _client_login(oidc_provider)
+    found = asyncio.run(client.finish(pending, params, redirect))
+    assert (found.source, found.name, found.email) == ("oidc", "anna", "anna@kreis.example")
+    assert found.external_id == f"{oidc_provider.issuer}|anna"
+
+
+def test_an_id_token_for_another_nonce_is_refused(oidc_provider: OidcProvider) -> None:
+    client, pending, params, redirect = _client_login(oidc_provider)
+    with pytest.raises(LoginRefused, match="nonce"):
+        asyncio.run(client.finish(replace(pending, nonce="ein-anderer-nonce"), params, redirect))
+
+
+def test_a_code_without_its_pkce_verifier_is_refused_by_the_provider(
+    oidc_provider: OidcProvider,
+) -> None:
+    client, pending, params, redirect = _client_login(oidc_provider)
+    with pytest.raises(DirectoryError, match="invalid_grant"):
+        asyncio.run(client.finish(replace(pending, verifier="x" * 64), params, redirect))
+
+
+def test_a_login_that_came_back_too_late_is_refused(oidc_provider: OidcProvider) -> None:
+    client, pending, params, redirect = _client_login(oidc_provider)
+    stale = replace(pending, started=pending.started - PENDING_SECONDS - 1)
+    with pytest.raises(LoginRefused, match="too long ago"):
+        asyncio.run(client.finish(stale, params, redirect))

@@ -240,24 +240,23 @@ class OidcClient:
                 decoded = jwt.decode(
                     token["id_token"], await self._key_set(fresh=True), registry=registry
                 )
-            claims = CodeIDToken(
-                decoded.claims,
-                decoded.header,
-                {"iss": {"essential": True, "values": [self.settings.issuer]}},
-                {
-                    "nonce": nonce,
-                    "client_id": self.settings.client_id,
-                    "access_token": token.get("access_token"),
-                },
-            )
-            claims.validate(leeway=LEEWAY)
         except (JoseError, ValueError) as exc:
             raise DirectoryError(f"OpenID {self.settings.issuer}: ID token refused: {exc}") from exc
-        except Exception as exc:
-            # authlib's claim errors (wrong nonce, audience, expired) share no root with joserfc's.
-            if type(exc).__module__.startswith("authlib"):
-                raise LoginRefused(f"ID token refused: {exc}") from exc
-            raise
+        client_id = self.settings.client_id
+        claims = CodeIDToken(
+            decoded.claims,
+            decoded.header,
+            {
+                "iss": {"essential": True, "values": [self.settings.issuer]},
+                "aud": {"essential": True, "values": [client_id]},
+            },
+            {"nonce": nonce, "client_id": client_id, "access_token": token.get("access_token")},
+        )
+        try:
+            # Issuer, audience, expiry, nonce, azp and at_hash.
+            claims.validate(leeway=LEEWAY)
+        except (JoseError, ValueError) as exc:
+            raise LoginRefused(f"ID token refused: {exc}") from exc
         if not isinstance(claims.get("sub"), str):
             raise DirectoryError(f"OpenID {self.settings.issuer}: the ID token has no subject")
         return dict(claims)
