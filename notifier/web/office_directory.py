@@ -11,17 +11,22 @@ import asyncio
 import logging
 import secrets
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from fastapi import Request, Response
 from fastapi.responses import RedirectResponse
 
 from .. import audit
 from ..accounts import forget_failures, login_wait, record_failure
-from ..auth import DirectoryError, DirectoryUser, LdapDirectory, LoginRefused, OidcClient, sign_in
-from ..auth.oidc import PendingLogin
+from ..auth.common import DirectoryError, DirectoryUser, LoginRefused
+from ..auth.users import sign_in
 from ..db.directory import local_user_exists
 from .officekit import next_page, router
 from .request import WebContext, context_of, page
+
+if TYPE_CHECKING:
+    from ..auth.ldap import LdapDirectory
+    from ..auth.oidc import OidcClient
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +41,10 @@ def ldap_directory(ctx: WebContext) -> LdapDirectory | None:
     settings = ctx.settings.auth.ldap
     if not settings.enabled:
         return None
+    # Imported here: ldap3 and authlib cost every web process a moment at start, needed only
+    # where the directory login is configured.
+    from ..auth.ldap import LdapDirectory
+
     found = ctx.extra.get("ldap")
     if not isinstance(found, LdapDirectory):
         ca = ctx.settings.path(settings.ca_file) if settings.ca_file else None
@@ -46,6 +55,8 @@ def ldap_directory(ctx: WebContext) -> LdapDirectory | None:
 def oidc_client(ctx: WebContext) -> OidcClient | None:
     if not ctx.settings.auth.oidc.enabled:
         return None
+    from ..auth.oidc import OidcClient
+
     found = ctx.extra.get("oidc")
     if not isinstance(found, OidcClient):
         found = ctx.extra["oidc"] = OidcClient(ctx.settings.auth.oidc)
@@ -191,6 +202,8 @@ async def oidc_return(request: Request) -> Response:
     client = oidc_client(ctx)
     if client is None:
         return RedirectResponse("/buero/anmelden", 303)
+    from ..auth.oidc import PendingLogin
+
     pending = PendingLogin.from_dict(request.session.pop(PENDING_KEY, None))
     target = pending.next if pending is not None else "/buero"
     params = {k: v[:4000] for k, v in request.query_params.items()}
