@@ -110,6 +110,17 @@ async def _users_and_audit(project: Project) -> tuple[list[User], list[AuditEntr
     return users, entries
 
 
+async def _deactivate(project: Project, name: str) -> None:
+    db = Database(project.settings.database_url)
+    try:
+        async with db.transaction() as session:
+            user = await session.scalar(select(User).where(User.name == name))
+            assert user is not None
+            user.active = False
+    finally:
+        await db.engine.dispose()
+
+
 def test_the_office_logs_in_with_the_directory_and_gets_a_users_row(
     web: Callable[..., Web], project: Project, slapd_server: Slapd
 ) -> None:
@@ -133,6 +144,12 @@ def test_the_office_logs_in_with_the_directory_and_gets_a_users_row(
     assert re.search(r"^anna +anna@kreis\.example +LDAP +aktiv", listed, re.M), listed
     logins = [(e.actor, e.action) for e in entries if e.entity == "user"]
     assert logins == [("office:anna", "add"), ("office:anna", "login"), ("office:anna", "login")]
+    # Deactivated in notifier, the user stays out although the directory would let them in.
+    asyncio.run(_deactivate(project, "anna"))
+    site.client.cookies.clear()
+    status, _, text = _log_in(site, "anna", slapd_server.passwords["anna"])
+    assert status == 401
+    assert "Anmeldung über das Verzeichnis fehlgeschlagen" in text
     # Nothing of the passwords reached the log.
     for secret in (slapd_server.service_password, *slapd_server.passwords.values()):
         assert secret not in site.running.output
