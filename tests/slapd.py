@@ -1,6 +1,7 @@
 """A real LDAP directory for tests: OpenLDAP (Debian's slapd) started from a slapd.conf of its
-own in a temporary folder, mdb backend, on a loopback port, loaded with slapadd before it
-starts: a service account, three people and the office's group (groupOfNames).
+own in a temporary folder, mdb backend, on loopback ports (ldap:// with StartTLS and ldaps://,
+a self-signed certificate for 127.0.0.1), loaded with slapadd before it starts: a service
+account, three people and the office's group (groupOfNames).
 
 - ``anna`` is in the office's group, ``bernd`` is not, ``carla`` is in it and has a local
   account's name in some tests.
@@ -59,6 +60,7 @@ def _b64(text: str) -> str:
 class Slapd:
     root: Path
     port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)  # ldaps://
     service_password: str = "dienst-passwort-7Hq"
     # login name -> password
     passwords: dict[str, str] = field(
@@ -73,6 +75,15 @@ class Slapd:
     @property
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
+
+    @property
+    def tls_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.tls_port}"
+
+    @property
+    def cert(self) -> Path:
+        """The server's self-signed certificate for 127.0.0.1: tests trust it as a CA."""
+        return self.root / "cert.pem"
 
     def user_dn(self, name: str) -> str:
         return f"uid={name},{PEOPLE}"
@@ -100,6 +111,8 @@ class Slapd:
         return f"""{includes}
 modulepath {MODULES}
 moduleload back_mdb
+TLSCertificateFile {self.cert}
+TLSCertificateKeyFile {self.root}/key.pem
 pidfile {self.root}/slapd.pid
 argsfile {self.root}/slapd.args
 
@@ -160,6 +173,28 @@ member: {self.user_dn("carla")}
 
     def start(self) -> Slapd:
         (self.root / "data").mkdir()
+        subprocess.run(
+            [
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+                str(self.root / "key.pem"),
+                "-out",
+                str(self.cert),
+            ],
+            check=True,
+            capture_output=True,
+        )
         config = self.root / "slapd.conf"
         config.write_text(self._config(), "utf-8")
         ldif = self.root / "data.ldif"
@@ -170,7 +205,7 @@ member: {self.user_dn("carla")}
         if loaded.returncode != 0:
             raise RuntimeError(f"slapadd failed: {loaded.stderr}")
         self.proc = subprocess.Popen(
-            [SLAPD, "-f", str(config), "-h", f"{self.url}/", "-d", "0"],
+            [SLAPD, "-f", str(config), "-h", f"{self.url}/ {self.tls_url}/", "-d", "0"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

@@ -76,15 +76,28 @@ def test_a_wrong_service_password_or_an_unreachable_server_is_a_directory_error(
         asyncio.run(gone.authenticate("anna", slapd_server.passwords["anna"]))
 
 
-def test_start_tls_is_required_by_default_and_refused_by_a_server_without_tls(
-    slapd_server: Slapd,
-) -> None:
-    with pytest.raises(DirectoryError, match="StartTLS"):
-        asyncio.run(
-            directory(slapd_server, start_tls=True).authenticate(
-                "anna", slapd_server.passwords["anna"]
-            )
+def test_start_tls_and_ldaps_check_the_directorys_certificate(slapd_server: Slapd) -> None:
+    password = slapd_server.passwords["anna"]
+    ca = slapd_server.cert
+    for url, start_tls in ((slapd_server.url, True), (slapd_server.tls_url, False)):
+        trusted = LdapDirectory(
+            LdapSettings.model_validate(slapd_server.auth_config(url=url, start_tls=start_tls)),
+            ca_file=ca,
         )
+        assert asyncio.run(trusted.authenticate("anna", password)).name == "anna"
+        # Without the directory's CA (the system's CAs only) the certificate is refused.
+        untrusted = directory(slapd_server, url=url, start_tls=start_tls)
+        with pytest.raises(DirectoryError, match="certificate verify failed"):
+            asyncio.run(untrusted.authenticate("anna", password))
+    # The certificate names 127.0.0.1 only: "localhost" is another host.
+    other_name = LdapDirectory(
+        LdapSettings.model_validate(
+            slapd_server.auth_config(url=f"ldaps://localhost:{slapd_server.tls_port}")
+        ),
+        ca_file=ca,
+    )
+    with pytest.raises(DirectoryError, match="certificate verify failed"):
+        asyncio.run(other_name.authenticate("anna", password))
 
 
 # -- the login form ----------------------------------------------------------------------------

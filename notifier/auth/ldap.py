@@ -28,6 +28,22 @@ with warnings.catch_warnings():
 
 logger = logging.getLogger(__name__)
 
+
+class _Tls(ldap3.Tls):  # type: ignore[misc]
+    """ldap3's TLS with the standard library's checks: the certificate against the CA file (or
+    the system's CAs) and the host name during the handshake. ldap3 itself checks the name with
+    ``ssl.match_hostname``, deprecated since Python 3.7 and gone in 3.12."""
+
+    def wrap_socket(self, connection: Any, do_handshake: bool = False) -> None:
+        context = ssl.create_default_context(cafile=self.ca_certs_file)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        connection.socket = context.wrap_socket(
+            connection.socket,
+            server_hostname=connection.server.host,
+            do_handshake_on_connect=do_handshake,
+        )
+
+
 MAX_NAME = 100
 MAX_PASSWORD = 200
 
@@ -50,7 +66,7 @@ class LdapDirectory:
 
     def _server(self) -> Any:
         s = self.settings
-        tls = ldap3.Tls(
+        tls = _Tls(
             validate=ssl.CERT_REQUIRED,
             version=ssl.PROTOCOL_TLS_CLIENT,
             ca_certs_file=str(self.ca_file) if self.ca_file else None,
