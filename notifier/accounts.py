@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from . import audit
 from .config import WebSettings
+from .db.directory import LOCAL
 from .db.models import ApiToken, LoginThrottle, User
 from .db.queries import count_login_failure
 from .errors import FieldError, NotFoundError
@@ -133,21 +134,13 @@ async def check_login(
     neither the answer nor its timing tells which names exist. The account is never locked: the
     office logs in from its own address while someone else guesses.
     """
-    by_name, by_address = _throttle_keys(client, name)
-    await session.execute(
-        delete(LoginThrottle).where(LoginThrottle.last_failure_at < now - THROTTLE_MEMORY)
-    )
-    rows = {
-        row.key: row
-        for row in await session.scalars(
-            select(LoginThrottle).where(LoginThrottle.key.in_((by_name, by_address)))
-        )
-    }
-    waits = [row.wait_until for row in rows.values() if row.wait_until and row.wait_until > now]
-    if waits:
-        return LoginResult(None, max(waits))
+    wait_until = await login_wait(session, client, name, now=now)
+    if wait_until is not None:
+        return LoginResult(None, wait_until)
 
-    user = await session.scalar(select(User).where(User.name == name, User.active.is_(True)))
+    user = await session.scalar(
+        select(User).where(User.name == name, User.active.is_(True), User.source == LOCAL)
+    )
     if user is not None:
         try:
             _hasher.verify(user.password_hash, password)
@@ -157,13 +150,36 @@ async def check_login(
             if _hasher.check_needs_rehash(user.password_hash):
                 user.password_hash = hash_password(password)
             user.last_login_at = now
-            if by_name in rows:
-                await session.delete(rows[by_name])
+            await forget_failures(session, client, name)
             return LoginResult(user)
     else:
         with contextlib.suppress(VerificationError):
             _hasher.verify(_dummy_hash(), password)
+    await record_failure(session, client, name, settings=settings, now=now)
+    return LoginResult(None)
 
+
+async def login_wait(
+    session: AsyncSession, client: str, name: str, *, now: datetime
+) -> datetime | None:
+    """Until when a login from ``client`` for ``name`` is refused unchecked (None: it may be
+    checked now); forgets failures older than a day. Local and directory logins share it."""
+    by_name, by_address = _throttle_keys(client, name)
+    await session.execute(
+        delete(LoginThrottle).where(LoginThrottle.last_failure_at < now - THROTTLE_MEMORY)
+    )
+    rows = await session.scalars(
+        select(LoginThrottle).where(LoginThrottle.key.in_((by_name, by_address)))
+    )
+    waits = [row.wait_until for row in rows if row.wait_until and row.wait_until > now]
+    return max(waits) if waits else None
+
+
+async def record_failure(
+    session: AsyncSession, client: str, name: str, *, settings: WebSettings, now: datetime
+) -> None:
+    """Counts a failed login from ``client`` for ``name`` and sets the wait beyond the limit."""
+    by_name, by_address = _throttle_keys(client, name)
     allowed = settings.login_max_failures
     for key, limit in ((by_name, allowed), (by_address, allowed * ADDRESS_FACTOR)):
         failures = await count_login_failure(session, key, now=now)
@@ -172,7 +188,12 @@ async def check_login(
             await session.execute(
                 update(LoginThrottle).where(LoginThrottle.key == key).values(wait_until=now + wait)
             )
-    return LoginResult(None)
+
+
+async def forget_failures(session: AsyncSession, client: str, name: str) -> None:
+    """A successful login forgets the failures for its name (not those of the address)."""
+    by_name, _ = _throttle_keys(client, name)
+    await session.execute(delete(LoginThrottle).where(LoginThrottle.key == by_name))
 
 
 @functools.cache

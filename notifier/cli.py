@@ -378,7 +378,7 @@ async def users_add(
 @click.pass_context
 @run_async
 async def users_list(ctx: click.Context) -> None:
-    """Die Anmeldungen mit letzter Anmeldung."""
+    """Die Anmeldungen mit Herkunft (lokal, LDAP, OpenID) und letzter Anmeldung."""
     from .db.models import User
 
     async with await _open(_settings(ctx)) as db, db.transaction() as session:
@@ -388,7 +388,12 @@ async def users_list(ctx: click.Context) -> None:
         last = german_datetime(user.last_login_at, tz) if user.last_login_at else "nie"
         state = "aktiv" if user.active else "deaktiviert"
         address = display_email(user.email) if user.email else "–"
-        click.echo(f"{user.name:<24} {address:<36} {state:<12} zuletzt: {last}")
+        origin = USER_SOURCES.get(user.source, user.source)
+        click.echo(f"{user.name:<24} {address:<36} {origin:<8} {state:<12} zuletzt: {last}")
+
+
+# Where a user logs in (users.source), as `users list` shows it.
+USER_SOURCES = {"local": "lokal", "ldap": "LDAP", "oidc": "OpenID"}
 
 
 @main.group()

@@ -458,6 +458,105 @@ class WebSettings(_Section):
         return [d if d.isascii() else _idna(d) for d in domains]
 
 
+def _loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class LdapSettings(_Section):
+    """Office login with the Kreis's LDAP directory (Active Directory or OpenLDAP)."""
+
+    enabled: bool = False
+    # ldap://host[:port] (then start_tls) or ldaps://host[:port].
+    url: str = ""
+    start_tls: bool = True
+    # PEM file of the CA that signed the directory's certificate; empty: the system's CAs.
+    ca_file: str = ""
+    # The service account that searches for the user; may come from the environment
+    # (NOTIFIER_AUTH__LDAP__BIND_PASSWORD).
+    bind_dn: str = ""
+    bind_password: SecretStr = SecretStr("")
+    # Where users are searched and how; {name} is the login name, escaped for the filter.
+    user_base: str = ""
+    user_filter: str = "(&(objectClass=inetOrgPerson)(uid={name}))"
+    email_attribute: str = "mail"
+    # Membership of this group grants office access. group_filter is searched in the group's
+    # entry itself; {user_dn} is the user's DN, escaped.
+    group_dn: str = ""
+    group_filter: str = "(|(member={user_dn})(uniqueMember={user_dn}))"
+    # Seconds for connecting and for each answer.
+    timeout: Annotated[float, Field(gt=0, le=60)] = 10.0
+
+    @model_validator(mode="after")
+    def _complete(self) -> LdapSettings:
+        if not self.enabled:
+            return self
+        if not re.fullmatch(r"ldaps?://[A-Za-z0-9.\-\[\]:]+/?", self.url):
+            raise ValueError("url must be ldap://host[:port] or ldaps://host[:port]")
+        for key in ("bind_dn", "user_base", "group_dn"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"{key} is required when enabled = true")
+        if "{name}" not in self.user_filter:
+            raise ValueError("user_filter must contain {name}")
+        if "{user_dn}" not in self.group_filter:
+            raise ValueError("group_filter must contain {user_dn}")
+        return self
+
+
+class OidcSettings(_Section):
+    """Office login with the Kreis's OpenID provider (Keycloak, ADFS): authorization code
+    flow with PKCE."""
+
+    enabled: bool = False
+    # The provider's issuer; its /.well-known/openid-configuration is read. https only
+    # (http only for a provider on this machine's loopback, as in tests).
+    issuer: str = ""
+    client_id: str = ""
+    # May come from the environment (NOTIFIER_AUTH__OIDC__CLIENT_SECRET).
+    client_secret: SecretStr = SecretStr("")
+    scopes: list[str] = ["openid", "profile", "email"]
+    # The claim (in the ID token or from the userinfo endpoint) that lists the user's groups,
+    # and the group in it that grants office access.
+    group_claim: str = "groups"
+    group: str = ""
+    # The claim that names the user in the console and the audit log.
+    name_claim: str = "preferred_username"
+    # The button on the login page.
+    button_label: str = "Mit dem Konto der Kreisverwaltung anmelden"
+    # Seconds for each request to the provider.
+    timeout: Annotated[float, Field(gt=0, le=60)] = 10.0
+
+    @model_validator(mode="after")
+    def _complete(self) -> OidcSettings:
+        if not self.enabled:
+            return self
+        found = re.fullmatch(
+            r"(https?)://([A-Za-z0-9.\-]+|\[[0-9a-fA-F:]+\])(:\d+)?(/\S*)?", self.issuer
+        )
+        if not found:
+            raise ValueError("issuer must be an https:// address")
+        if found.group(1) == "http" and not _loopback_host(found.group(2)):
+            raise ValueError("issuer must be an https:// address (http only on loopback)")
+        for key in ("client_id", "group"):
+            if not getattr(self, key).strip():
+                raise ValueError(f"{key} is required when enabled = true")
+        if "openid" not in self.scopes:
+            raise ValueError("scopes must contain openid")
+        return self
+
+
+class AuthSettings(_Section):
+    """How the office logs in: local accounts (``notifier users add``) always work; the
+    directory (LDAP, OpenID Connect) may be added."""
+
+    ldap: LdapSettings = LdapSettings()
+    oidc: OidcSettings = OidcSettings()
+
+
 class MetricsSettings(_Section):
     """``GET /metrics`` (Prometheus' text format) on the web application."""
 
@@ -569,6 +668,7 @@ class Settings(_Section):
     branding: BrandingSettings = BrandingSettings()
     retention: RetentionSettings = RetentionSettings()
     web: WebSettings = WebSettings()
+    auth: AuthSettings = AuthSettings()
     metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     briefings: BriefingSettings = BriefingSettings()

@@ -259,7 +259,8 @@ def web(project: Project) -> Iterator[Callable[..., Web]]:
     started: list[Web] = []
 
     def start(config: dict[str, Any] | None = None, seed: bool = True) -> Web:
-        port = free_port()
+        # A test that must know the address first (to register it elsewhere) may choose it.
+        port = (config or {}).get("web", {}).get("port") or free_port()
         base = f"http://127.0.0.1:{port}"
         project.write_config(
             _merge({"web": {"port": port}, "mail": {"public_base_url": base}}, config or {})

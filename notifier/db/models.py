@@ -451,17 +451,23 @@ class Consent(Base):
 
 
 class User(Base):
-    """A login of the project office (``notifier users add``)."""
+    """A login of the project office: a local account (``notifier users add``) or a user of
+    the Kreis's directory, made or updated at each login through it (:mod:`notifier.auth`)."""
 
     __tablename__ = "users"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     email: Mapped[str] = mapped_column(String(320), default="")
+    # Empty for a user of the directory, who has no local password.
     password_hash: Mapped[str] = mapped_column(String(200))
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[datetime]
     last_login_at: Mapped[datetime | None]
+    # "local" (notifier users add), "ldap" or "oidc": where the user logs in.
+    source: Mapped[str] = mapped_column(String(10), default="local", server_default="local")
+    # The user's identity in the directory: the LDAP DN, or the OpenID issuer and subject.
+    external_id: Mapped[str | None] = mapped_column(String(500), unique=True)
     # Sessions that began before this time are over (set by logging out): a copied session
     # cookie stops working too, although the cookie itself is only signed, not stored.
     sessions_from: Mapped[datetime | None]

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import re
-import secrets
 from email.message import EmailMessage
 from typing import Any
 
@@ -28,33 +26,25 @@ from ..sources.poller import discard_held, held_counts, item_counts, release_hel
 from .charts import render
 from .forms import field
 from .office_charts import outbox_chart
+from .office_directory import ldap_login, login_page, start_session
 from .officekit import (
     CurrentUser,
     mail_frame,
+    next_page,
     office_page,
     preview_html,
     router,
 )
-from .request import checked_form, context_of, page
+from .request import checked_form, context_of
 
 __all__ = ["router"]
 
 # A failed login waits this long before the answer: guessing gets slow even before throttling.
 FAILED_LOGIN_DELAY = 0.5
+
 DAYS_SHOWN = 7
 # The chart of messages per day covers more days than the table.
 DAYS_CHARTED = 30
-
-
-def _next_page(value: str) -> str:
-    """Only a page of the console is a target after login (no open redirect)."""
-    if (
-        value.startswith("/buero")
-        and not value.startswith("/buero/anmelden")
-        and re.fullmatch(r"/buero[A-Za-z0-9/_\-.?=&%]*", value)
-    ):
-        return value
-    return "/buero"
 
 
 # -- login -----------------------------------------------------------------------------------
@@ -63,16 +53,11 @@ def _next_page(value: str) -> str:
 @router.get("/anmelden")
 async def login_form(request: Request, weiter: str = "", abgemeldet: str = "") -> Response:
     if isinstance(request.session.get("user_id"), int):
-        return RedirectResponse(_next_page(weiter), 303)
-    return page(
+        return RedirectResponse(next_page(weiter), 303)
+    return login_page(
         request,
-        "office/login.html",
-        {
-            "name": "",
-            "error": "",
-            "next": _next_page(weiter),
-            "message": "Sie sind abgemeldet." if abgemeldet else "",
-        },
+        next_target=next_page(weiter),
+        message="Sie sind abgemeldet." if abgemeldet else "",
     )
 
 
@@ -81,14 +66,18 @@ async def login(request: Request) -> Response:
     ctx = context_of(request)
     form = await checked_form(request)
     name = field(form, "name").strip()[:100]
-    target = _next_page(field(form, "next"))
+    target = next_page(field(form, "next"))
     now = ctx.clock()
     client = request.client.host if request.client else "unbekannt"
+    password = field(form, "password")[:MAX_PASSWORD]
+    through_directory = await ldap_login(request, name, password, target, client=client)
+    if through_directory is not None:
+        return through_directory
     async with ctx.db.transaction() as session:
         result = await check_login(
             session,
             name,
-            field(form, "password")[:MAX_PASSWORD],
+            password,
             client=client,
             settings=ctx.settings.web,
             now=now,
@@ -100,16 +89,7 @@ async def login(request: Request) -> Response:
                 session, f"office:{user_name}", "login", "user", user_id, {"ip": client}
             )
     if user is not None:
-        # A new session for the logged-in user: nothing of the anonymous one carries over.
-        request.session.clear()
-        request.session.update(
-            {
-                "user_id": user_id,
-                "user_name": user_name,
-                "csrf": secrets.token_urlsafe(32),
-                "login_at": now.timestamp(),
-            }
-        )
+        start_session(request, user_id, user_name, now)
         return RedirectResponse(target, 303)
     await asyncio.sleep(FAILED_LOGIN_DELAY)
     if result.wait_until is not None:
@@ -122,12 +102,7 @@ async def login(request: Request) -> Response:
     else:
         error = "Name oder Passwort ist nicht richtig."
         status = 401
-    response = page(
-        request,
-        "office/login.html",
-        {"name": name, "error": error, "next": target, "message": ""},
-        status=status,
-    )
+    response = login_page(request, name=name, error=error, next_target=target, status=status)
     if result.wait_until is not None:
         wait = max(1, math.ceil((result.wait_until - now).total_seconds()))
         response.headers["Retry-After"] = str(wait)

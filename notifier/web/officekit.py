@@ -3,6 +3,7 @@ logged-in user, form helpers, one renderer, and the store of previews shown in f
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine, Mapping
@@ -56,6 +57,17 @@ class OfficeRoute(APIRoute):
 
 
 router = APIRouter(include_in_schema=False, route_class=OfficeRoute)
+
+
+def next_page(value: str) -> str:
+    """Only a page of the console is a target after login (no open redirect)."""
+    if (
+        value.startswith("/buero")
+        and not value.startswith("/buero/anmelden")
+        and re.fullmatch(r"/buero[A-Za-z0-9/_\-.?=&%]*", value)
+    ):
+        return value
+    return "/buero"
 
 
 @dataclass(frozen=True)
