@@ -241,9 +241,15 @@ async def test_calendar_events_reminders_changes_and_cancellations(world: World)
         "LOCATION:Rathaus Prüm",
     )
     routes["/cal.ics"] = Route(body=ics(beirat, sprechstunde))
-    assert (await world.poll("termine")).new == 3  # the Beirat and two occurrences
+    assert (await world.poll("termine")).new == 2  # the Beirat and the series (one item)
     mails = await world.deliver()
-    assert len(mails) == 6 and set(to(mails)) == {"alle@kreis.example"} | {"mobil@vg-pruem.example"}
+    # One mail per event: the Beirat and the series, each to Anna and Max.
+    assert len(mails) == 4 and set(to(mails)) == {"alle@kreis.example"} | {"mobil@vg-pruem.example"}
+    assert sorted({m["Subject"] for m in mails}) == [
+        "Neue Terminreihe: Sprechstunde Digitale Kümmerer, dienstags 10–12 Uhr, "
+        "15. bis 22. Dezember 2026",
+        "Termin: Smart-City-Beirat am 20. Dezember 2026",
+    ]
     beirat_mail = next(
         m
         for m in mails
@@ -261,18 +267,26 @@ async def test_calendar_events_reminders_changes_and_cancellations(world: World)
     assert event.decoded("DTSTART") == datetime(2026, 12, 20, 16, tzinfo=UTC)
     assert str(cal["METHOD"]) == "PUBLISH"
 
-    # Seven days before the Beirat: one reminder to each who was told, once.
+    # Seven days before the Beirat: one reminder to each it is meant for (Tina on a daily
+    # briefing, not told yet, too), once.
     world.at("2026-12-13T17:01")
     reminders = await world.deliver()
     subjects = sorted({m["Subject"] for m in reminders})
     assert "Erinnerung: Smart-City-Beirat (in 7 Tagen, 20. Dezember 2026)" in subjects
+    beirat_reminders = [m for m in reminders if "Beirat" in m["Subject"]]
+    assert to(beirat_reminders) == [
+        "alle@kreis.example",
+        "mobil@vg-pruem.example",
+        "taeglich@bitburg.example",
+    ]
     assert (
         "Erinnerung: Sprechstunde Digitale Kümmerer (in 7 Tagen, 22. Dezember 2026)" not in subjects
     )
     world.at("2026-12-13T17:30")
     assert [m["Subject"] for m in await world.deliver()] == []
 
-    # The first Sprechstunde moves to the afternoon: a change notice to those told.
+    # The first Sprechstunde moves to the afternoon: a change notice for that occurrence to
+    # those told about the series, saying what changed.
     moved = sprechstunde + vevent(
         "sprech@test",
         "20261215T140000",
@@ -286,9 +300,17 @@ async def test_calendar_events_reminders_changes_and_cancellations(world: World)
     changed = await world.deliver()
     assert to(changed) == ["alle@kreis.example", "mobil@vg-pruem.example"]
     assert {m["Subject"] for m in changed} == {
-        "Geändert: Sprechstunde Digitale Kümmerer am 15. Dezember 2026"
+        "Verschoben: Sprechstunde Digitale Kümmerer am 15. Dezember 2026 auf 14:00 Uhr"
     }
-    assert "14:00 bis 16:00 Uhr" in changed[0].get_body(("plain",)).get_content()
+    changed_text = changed[0].get_body(("plain",)).get_content()
+    assert "14:00 bis 16:00 Uhr" in changed_text
+    assert "Beginn: neu 14:00 Uhr (bisher 10:00 Uhr)" in changed_text
+    assert "Ende: neu 16:00 Uhr (bisher 12:00 Uhr)" in changed_text
+    occurrence = icalendar.Calendar.from_ical(
+        next(changed[0].iter_attachments()).get_content()
+    ).walk("VEVENT")[0]
+    assert str(occurrence["UID"]) == "sprech@test"
+    assert occurrence.decoded("RECURRENCE-ID") == datetime(2026, 12, 15, 9, tzinfo=UTC)
 
     # The Beirat is cancelled: a cancellation with METHOD:CANCEL.
     cancelled_beirat = beirat.replace("END:VEVENT", "STATUS:CANCELLED\r\nEND:VEVENT")
@@ -312,10 +334,11 @@ async def test_calendar_events_reminders_changes_and_cancellations(world: World)
         "Abgesagt: Sprechstunde Digitale Kümmerer am 22. Dezember 2026"
     }
 
-    # Tina (daily) was told nothing yet: no notices for her, and the cancelled events are gone
-    # from her next briefing's queue.
+    # Tina (daily) was told nothing yet: no change or cancellation notices for her (only the
+    # reminder), and the cancelled events are gone from her next briefing's queue.
     everything = [m.message for m in world.project.smtp.messages()]
-    assert "taeglich@bitburg.example" not in to(everything)
+    tina = [m["Subject"] for m in everything if to([m]) == ["taeglich@bitburg.example"]]
+    assert tina == ["Erinnerung: Smart-City-Beirat (in 7 Tagen, 20. Dezember 2026)"]
 
 
 async def test_late_discovered_event_gets_no_stale_reminder(world: World) -> None:

@@ -8,7 +8,8 @@ process: a thread cannot be stopped, a process can. One that overruns its time l
 machine's memory either.
 
 Protocol: the parent writes one JSON line (the request) followed by the raw body to the child's
-stdin; the child writes one JSON document to stdout: ``{"entries": [...]}`` or ``{"error": "…"}``
+stdin; the child writes one JSON document to stdout: ``{"entries": [...]}`` (a calendar adds
+``"series"`` and ``"outside"``) or ``{"error": "…"}``
 (a German message for the source's record).
 """
 
@@ -24,12 +25,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..errors import SourceError
-from .calendar import CalendarEvent, parse_calendar
+from .calendar import CalendarEvent, CalendarSeries, ParsedCalendar, parse_calendar_full
 from .feed import FeedEntry, parse_feed
 
 __all__ = ["ParseLimits", "parse_isolated"]
 
-_DATETIMES = frozenset({"published", "start", "end"})
+_DATETIMES = frozenset({"published", "start", "end", "last"})
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ async def parse_isolated(
     window_start: datetime | None = None,
     window_end: datetime | None = None,
     tz: ZoneInfo | None = None,
-) -> list[FeedEntry] | list[CalendarEvent]:
+) -> list[FeedEntry] | ParsedCalendar:
     """Parse ``body`` of source ``name`` (``kind`` "feed" or "calendar") in a worker process.
 
     Raises :class:`SourceError` for what the parsers refuse, for a parse over the time limit
@@ -104,10 +105,14 @@ async def parse_isolated(
         raise SourceError(name, str(answer["error"]))
     if kind == "feed":
         return [FeedEntry(**_decode(e)) for e in answer["entries"]]
-    return [CalendarEvent(**_decode(e)) for e in answer["entries"]]
+    return ParsedCalendar(
+        events=[CalendarEvent(**_decode(e)) for e in answer["entries"]],
+        series=[CalendarSeries(**_decode(e)) for e in answer.get("series", [])],
+        outside=[CalendarEvent(**_decode(e)) for e in answer.get("outside", [])],
+    )
 
 
-def _encode(entry: FeedEntry | CalendarEvent) -> dict[str, Any]:
+def _encode(entry: FeedEntry | CalendarEvent | CalendarSeries) -> dict[str, Any]:
     data = asdict(entry)
     for key in _DATETIMES & data.keys():
         if data[key] is not None:
@@ -119,8 +124,9 @@ def _decode(data: dict[str, Any]) -> dict[str, Any]:
     for key in _DATETIMES & data.keys():
         if data[key] is not None:
             data[key] = datetime.fromisoformat(data[key])
-    if "categories" in data:
-        data["categories"] = tuple(data["categories"])
+    for key in ("categories", "exdates"):
+        if key in data:
+            data[key] = tuple(data[key])
     return data
 
 
@@ -133,11 +139,11 @@ def _limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
 
-def _work(request: dict[str, Any], body: bytes) -> list[FeedEntry] | list[CalendarEvent]:
+def _work(request: dict[str, Any], body: bytes) -> dict[str, Any]:
     name = str(request["name"])
     if request["kind"] == "feed":
-        return parse_feed(name, body)
-    return parse_calendar(
+        return {"entries": [_encode(e) for e in parse_feed(name, body)]}
+    parsed = parse_calendar_full(
         name,
         body,
         window_start=datetime.fromisoformat(request["window_start"]),
@@ -146,6 +152,11 @@ def _work(request: dict[str, Any], body: bytes) -> list[FeedEntry] | list[Calend
         max_per_series=int(request["max_per_series"]),
         max_per_calendar=int(request["max_per_calendar"]),
     )
+    return {
+        "entries": [_encode(e) for e in parsed.events],
+        "series": [_encode(s) for s in parsed.series],
+        "outside": [_encode(e) for e in parsed.outside],
+    }
 
 
 def main() -> None:
@@ -155,8 +166,7 @@ def main() -> None:
     request = json.loads(header)
     _limit_memory(int(request["memory_mb"]))
     try:
-        entries = _work(request, body)
-        answer: dict[str, Any] = {"entries": [_encode(e) for e in entries]}
+        answer: dict[str, Any] = _work(request, body)
     except SourceError as exc:
         answer = {"error": exc.problem}
     except MemoryError:
