@@ -110,8 +110,9 @@ def rule_words(rule: str, first: datetime) -> str | None:
                     return None
             if position not in _ORDINALS:
                 return None
-            month = "im Monat" if interval == 1 else f"{_every(interval, '', 'Monate')}"
-            return f"jeden {_ORDINALS[position]} {_NAMES[day]} {month}"
+            if interval == 1:
+                return f"jeden {_ORDINALS[position]} {_NAMES[day]} im Monat"
+            return f"{_every(interval, '', 'Monate')} am {_ORDINALS[position]} {_NAMES[day]}"
         if not days and "BYMONTHDAY" not in parts and "BYSETPOS" not in parts:
             return f"{months} am {first.day}."
         return None
@@ -159,7 +160,9 @@ def series_words(
         span = f"ab {_day(first)}"
     else:
         final = last.astimezone(tz)
-        if (first.year, first.month) == (final.year, final.month):
+        if first.date() == final.date():
+            span = _day(first)
+        elif (first.year, first.month) == (final.year, final.month):
             span = f"{first.day}. bis {_day(final)}"
         else:
             span = f"{_day(first, year=first.year != final.year)} bis {_day(final)}"
