@@ -102,7 +102,7 @@ async def send_due_reminders(db: Database, settings: Settings, now: datetime) ->
     async with db.transaction() as session:
         due_items: list[tuple[Item, list[int]]] = []
         for item in await queries.upcoming_events(session, now, until):
-            due_items.append((item, _due(item, item, days_by_source, now, None)))
+            due_items.append((item, _due(item, item.routed_at, days_by_source, now, None)))
         previous: dict[int, datetime] = {}  # series item id → start of the occurrence before
         since = now - timedelta(days=horizon + 1)
         for occurrence, series in await queries.series_occurrences(session, since, until):
@@ -112,18 +112,12 @@ async def send_due_reminders(db: Database, settings: Settings, now: datetime) ->
             mode = series_mode.get(occurrence.source or "", "next")
             if occurrence.starts_at <= now or mode == "none":
                 continue
-            due_items.append(
-                (
-                    occurrence,
-                    _due(
-                        occurrence,
-                        series,
-                        days_by_source,
-                        now,
-                        before if mode == "next" else None,
-                    ),
-                )
-            )
+            # Announced with its series; an occurrence first seen later (the series' start
+            # moved, which makes new occurrences) counts from then.
+            told_at = series.routed_at and max(series.routed_at, occurrence.created_at)
+            previous_start = before if mode == "next" else None
+            due = _due(occurrence, told_at, days_by_source, now, previous_start)
+            due_items.append((occurrence, due))
         for item, due in due_items:
             for d in due:
                 key = f"reminder:{item.id}:{d}"
@@ -136,20 +130,20 @@ async def send_due_reminders(db: Database, settings: Settings, now: datetime) ->
 
 def _due(
     item: Item,
-    announced: Item,
+    announced_at: datetime | None,
     days_by_source: dict[str, list[int]],
     now: datetime,
     previous: datetime | None,
 ) -> list[int]:
     """The reminders of ``item`` due now, nearest first. None for an event first announced
-    (``announced``: itself or its series) after the reminder's time; with ``previous`` (the
+    (``announced_at``: itself or with its series) after the reminder's time; with ``previous`` (the
     start of the series' occurrence before), none while that one is still ahead at the
     reminder's time: then this is not the series' next occurrence."""
     assert item.starts_at is not None
     due = []
     for d in days_by_source.get(item.source or "", []):
         at = item.starts_at - timedelta(days=d)
-        if at > now or announced.routed_at is None or announced.routed_at >= at:
+        if at > now or announced_at is None or announced_at >= at:
             continue
         if now - at > REMINDER_LATE and d != min(days_by_source.get(item.source or "", [d])):
             continue  # "in 7 Tagen" two days before would be wrong; the next reminder follows

@@ -546,6 +546,23 @@ async def test_series_reminds_its_next_occurrence_and_tells_occurrence_and_serie
     sequences = {int(v["SEQUENCE"]) for v in calendar.walk("VEVENT")}
     assert sequences == {2}  # cancellation 1, back 2
 
+    # The series itself moves an hour later: one notice for the series, saying how.
+    later = daily_series("EXDATE;TZID=Europe/Berlin:20261212T100000")
+    later = later.replace("T100000\r\n", "T110000\r\n").replace("T120000", "T130000")
+    routes["/cal.ics"] = Route(body=ics(later))
+    await world.poll("termine")
+    moved = await world.deliver()
+    assert to(moved) == ["alle@kreis.example", "mobil@vg-pruem.example"]
+    assert subjects(moved) == ["Geändert: Terminreihe Bürgersprechtag"]
+    assert (
+        "- Terminreihe: neu täglich 11–13 Uhr, 10. bis 14. Dezember 2026, außer am 12. Dezember "
+        "2026 (bisher täglich 10–12 Uhr, 10. bis 14. Dezember 2026, außer am 12. Dezember 2026)"
+    ) in plain(moved[0])
+    calendar = attached_calendar(moved[0])
+    (master,) = calendar.walk("VEVENT")
+    assert master.decoded("DTSTART") == datetime(2026, 12, 10, 11, tzinfo=BERLIN)
+    assert int(master["SEQUENCE"]) == 3
+
 
 BEIRAT = vevent(
     "beirat@test",
