@@ -412,7 +412,8 @@ class SourcePoller:
                 continue
             series_items[uid] = item
             before = dict(item.recurrence or {})
-            item.recurrence = recurrence
+            if before != recurrence:  # the overrides and exceptions, kept for the .ics
+                item.recurrence = recurrence
             item.starts_at, item.ends_at = following.start, following.end
             if series.cancelled and not item.event_cancelled:
                 quiet.add(uid)
