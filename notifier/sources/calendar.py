@@ -9,6 +9,7 @@ Both are pure: no network, no database, no clock except ``DTSTAMP``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -208,10 +209,16 @@ def parse_calendar_full(
             key=lambda e: (e.start, e.key),
         )
         found = {e.uid for e in inside if e.series is not None}
+        by_uid: dict[str, list[Any]] = {}
+        for component in calendar.walk("VEVENT"):
+            if str(component["UID"]) in found:
+                by_uid.setdefault(str(component["UID"]), []).append(component)
+        timezones = calendar.walk("VTIMEZONE")
         masters = [
-            _series(c, tz, cancel_all, calendar)
-            for c in calendar.walk("VEVENT")
-            if "RECURRENCE-ID" not in c and str(c["UID"]) in found
+            _series(c, tz, cancel_all, components, timezones)
+            for components in by_uid.values()
+            for c in components
+            if "RECURRENCE-ID" not in c
         ]
         outside = _outside(name, calendar, tz, series, cancel_all, window_end, max_per_calendar)
     except _PARSE_ERRORS as exc:
@@ -234,6 +241,8 @@ def _outside(
         recurring = "RRULE" in component or "RDATE" in component
         if recurring and "RECURRENCE-ID" not in component:
             continue
+        if _to_utc(_time_value(component, "DTSTART"), tz) < window_end:
+            continue  # within the window (or before it): the expansion has it
         single = icalendar.Event.from_ical(component.to_ical())
         if "DTEND" not in single:
             start = _time_value(single, "DTSTART")
@@ -253,7 +262,7 @@ def _outside(
 
 
 def _series(
-    component: Any, tz: ZoneInfo, cancel_all: bool, calendar: icalendar.Calendar
+    component: Any, tz: ZoneInfo, cancel_all: bool, components: list[Any], timezones: list[Any]
 ) -> CalendarSeries:
     """The series of a master VEVENT, with its overrides and time zones as a calendar."""
     uid = str(component["UID"])
@@ -309,7 +318,7 @@ def _series(
         cancelled=cancel_all or status == "CANCELLED",
         sequence=sequence if isinstance(sequence, int) else 0,
         categories=_categories(component.get("CATEGORIES")),
-        ics=_series_calendar(uid, calendar),
+        ics=_series_calendar(components, timezones),
         content_hash=hashlib.sha256(encoded).hexdigest(),
     )
 
@@ -334,16 +343,14 @@ def _last(rule: str, first: date, tz: ZoneInfo) -> datetime | None:
     return _to_utc(last if isinstance(first, datetime) else last.date(), tz)
 
 
-def _series_calendar(uid: str, calendar: icalendar.Calendar) -> str:
-    """The VEVENTs of series ``uid`` (master and overrides) and the VTIMEZONEs they name."""
+def _series_calendar(components: list[Any], timezones: list[Any]) -> str:
+    """The VEVENTs of a series (master and overrides) and the VTIMEZONEs they name."""
     out = icalendar.Calendar()
     out.add("prodid", DEFAULT_PRODID)
     out.add("version", "2.0")
     tzids: set[str] = set()
     events = []
-    for component in calendar.walk("VEVENT"):
-        if str(component.get("UID")) != uid:
-            continue
+    for component in components:
         copy = icalendar.Event.from_ical(component.to_ical())
         for prop in ("DTSTART", "DTEND", "RECURRENCE-ID", "EXDATE", "RDATE"):
             values = copy.get(prop)
@@ -352,15 +359,26 @@ def _series_calendar(uid: str, calendar: icalendar.Calendar) -> str:
                 if tzid:
                     tzids.add(str(tzid))
         events.append(copy)
-    for timezone in calendar.walk("VTIMEZONE"):
+    for timezone in timezones:
         if str(timezone.get("TZID")) in tzids:
             out.add_component(timezone)
             tzids.discard(str(timezone.get("TZID")))
+    for tzid in sorted(tzids):  # named but not in the calendar (common): generated, once
+        generated = _generated_timezone(tzid)
+        if generated is not None:
+            out.add_component(generated)
     for event in events:
         out.add_component(event)
-    if tzids:
-        out.add_missing_timezones()
     return str(out.to_ical().decode())
+
+
+@functools.cache
+def _generated_timezone(tzid: str) -> icalendar.Timezone | None:
+    """A VTIMEZONE for an IANA name (None for a name that is none); the same for every series."""
+    try:
+        return icalendar.Timezone.from_tzid(tzid)
+    except (ValueError, KeyError, OSError):
+        return None
 
 
 def series_ics(
