@@ -18,6 +18,7 @@ import recurring_ical_events
 from notifier.briefings import run_due_briefings, send_due_reminders
 from notifier.config import Settings
 from notifier.db import Database
+from notifier.db.models import Item, ItemKind, ItemStatus
 from notifier.delivery import Sender, SmtpTransport
 from notifier.rendering import Renderer
 from notifier.routing import release_due
@@ -707,3 +708,33 @@ async def test_reminders_reach_everyone_meant_at_reminder_time(world: World) -> 
         "neu@pruem.example",
         "taeglich@bitburg.example",
     ]
+
+
+async def test_occurrences_told_one_by_one_before_are_not_announced_again_as_a_series(
+    world: World,
+) -> None:
+    """After the upgrade, a series whose occurrences were announced one by one (before series
+    were items) is recorded, not announced a second time."""
+    world.at("2026-12-01T09:00")
+    world.server.routes["/cal.ics"] = Route(body=ics())
+    await world.poll("termine")
+    async with world.db.transaction() as session:
+        session.add(
+            Item(
+                kind=ItemKind.event,
+                subject="Bürgersprechtag",
+                body="",
+                send_at=world.now,
+                status=ItemStatus.routed,
+                routed_at=world.now,
+                created_at=world.now,
+                created_by="source:termine",
+                source="termine",
+                external_key="buerger@test@20261210T090000Z",
+                starts_at=datetime(2026, 12, 10, 9, tzinfo=UTC),
+                ends_at=datetime(2026, 12, 10, 11, tzinfo=UTC),
+            )
+        )
+    world.server.routes["/cal.ics"] = Route(body=ics(daily_series()))
+    assert (await world.poll("termine")).error is None
+    assert await world.deliver() == []

@@ -360,12 +360,15 @@ class SourcePoller:
         for event in events:
             if event.series is not None:
                 occurrences.setdefault(event.series, []).append(event)
+        # A series is new when neither it nor any of its occurrences is known: occurrences
+        # announced one by one (before series were items) are not announced again as a series.
         new_series = {
             uid
             for uid, s in series_by_uid.items()
             if uid not in existing
             and not s.cancelled
             and any(_upcoming(e, now) for e in occurrences.get(uid, []))
+            and not any(e.key in existing for e in occurrences.get(uid, []))
         }
         fresh = {
             e.key
@@ -474,7 +477,9 @@ class SourcePoller:
                     result.new += 1
                 await _breathe(session, len(handled))
                 continue
-            told = parent if event.series is not None else item
+            # An occurrence announced by itself (before series were items) is its own.
+            own = event.series is None or item.status is ItemStatus.routed
+            told = item if own else parent
             if event.series is not None and event.series in quiet:
                 _update(item, event)
                 item.event_cancelled = event.cancelled or item.event_cancelled
@@ -490,12 +495,12 @@ class SourcePoller:
                 continue
             handled.add(event.key)
             parent = series_items.get(event.series) if event.series else None
-            if event.series is not None and (parent is None or event.series in quiet):
+            own = event.series is None or item.status is ItemStatus.routed
+            if not own and (parent is None or event.series in quiet):
                 _update(item, event)
                 item.content_hash = event.content_hash
                 continue
-            told = parent if event.series is not None else item
-            await self._apply_event(session, item, event, result, now, told=told)
+            await self._apply_event(session, item, event, result, now, told=item if own else parent)
 
         # Events that vanished from the window and are not beyond it: removed, a cancellation,
         # unless the calendar came back empty (more likely a broken export than every event
