@@ -374,6 +374,10 @@ class FeedSource(_SourceSettings):
 class CalendarSource(_SourceSettings):
     lookahead_days: Annotated[int, Field(ge=1, le=3650)] = 180
     remind_days_before: list[Annotated[int, Field(ge=1, le=365)]] = [7, 1]
+    # Reminders of a recurring series: only for its next occurrence, for each, or none.
+    remind_series: Literal["next", "each", "none"] = "next"
+    # true: the first poll announces the events the calendar already holds; false: records them.
+    backfill: bool = False
 
 
 class SourcesSettings(_Section):

@@ -87,7 +87,7 @@ class Message:
     id: int
     kind: str  # a key of KIND_LABELS
     subject: str | None
-    notice: str  # "", "reminder:7", "changed:2", "cancelled" (an item's messages)
+    notice: str  # "", "reminder:7", "changed:2", "cancelled:3", "restored:4" (an item's messages)
     state: str
     attempts: int
     created_at: datetime
@@ -103,7 +103,12 @@ class Message:
         if self.subject is None:
             return kind
         notice = self.notice.partition(":")[0]
-        extra = {"reminder": "Erinnerung", "changed": "Änderung", "cancelled": "Absage"}.get(notice)
+        extra = {
+            "reminder": "Erinnerung",
+            "changed": "Änderung",
+            "cancelled": "Absage",
+            "restored": "Findet doch statt",
+        }.get(notice)
         return f"{kind}{' (' + extra + ')' if extra else ''}: {self.subject}"
 
     @property

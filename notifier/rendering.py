@@ -239,6 +239,7 @@ class Renderer:
         self.env.filters["datum"] = functools.partial(german_date, tz=self.tz)
         self.env.filters["markdown_text"] = markdown_text
         self.env.globals["zeitraum"] = functools.partial(german_span, tz=self.tz)
+        self.env.globals["wann"] = self.when
         self._inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
 
     def topic_list(self, keys: Sequence[str]) -> list[str]:
@@ -263,28 +264,132 @@ class Renderer:
     def _prepare_event(self, item: Item, notice: str, context: dict[str, Any]) -> Prepared:
         assert item.starts_at is not None
         kind, _, arg = notice.partition(":")
-        day = format_datetime(item.starts_at, "d. MMMM y", tzinfo=self.tz, locale="de_DE")
+        day = self._day(item.starts_at)
+        series = item.recurrence is not None
+        title = f"Terminreihe {item.subject}" if series else item.subject
+        context["series_words"] = (item.recurrence or {}).get("words")
+        context["changes"] = []
         if kind == "reminder":
             days = int(arg)
             context["reminder_days"] = days
             when = "morgen" if days == 1 else f"in {days} Tagen"
             subject = f"Erinnerung: {item.subject} ({when}, {day})"
         elif kind == "changed":
-            subject = f"Geändert: {item.subject} am {day}"
+            fields = self._change_fields(item, arg)
+            context["changes"] = self._change_lines(fields)
+            subject = self._change_subject(item, title, fields, day)
         elif kind == "cancelled":
-            subject = f"Abgesagt: {item.subject} am {day}"
+            subject = f"Abgesagt: {title}" if series else f"Abgesagt: {item.subject} am {day}"
+        elif kind == "restored":
+            subject = (
+                f"Findet doch statt: {title}"
+                if series
+                else f"Findet doch statt: {item.subject} am {day}"
+            )
+        elif series:
+            subject = f"Neue Terminreihe: {item.subject}, {context['series_words']}"
         else:
             subject = f"Termin: {item.subject} am {day}"
         context["notice_kind"] = kind or "new"
         method = "CANCEL" if kind == "cancelled" else "PUBLISH"
         return Prepared("event", subject, context, (self.event_ics(item, method), method))
 
+    def _day(self, value: datetime) -> str:
+        return format_datetime(value, "d. MMMM y", tzinfo=self.tz, locale="de_DE")
+
+    def _clock(self, value: datetime) -> str:
+        return format_datetime(value, "HH:mm", tzinfo=self.tz, locale="de_DE") + " Uhr"
+
+    @staticmethod
+    def _change_fields(item: Item, number: str) -> dict[str, list[Any]]:
+        for entry in item.change_log or []:
+            if str(entry.get("n")) == number:
+                fields: dict[str, list[Any]] = entry.get("fields") or {}
+                return fields
+        return {}
+
+    def _change_subject(
+        self, item: Item, title: str, fields: dict[str, list[Any]], day: str
+    ) -> str:
+        """ "Verschoben: … auf 14. Januar 2027" where a new date or time says it all."""
+        old, new = (fields.get("start") or [None, None])[:2]
+        if item.recurrence is None and old and new:
+            before, after = datetime.fromisoformat(old), datetime.fromisoformat(new)
+            if self._day(before) != self._day(after):
+                return f"Verschoben: {item.subject} auf {self._day(after)}"
+            if not item.all_day:
+                return f"Verschoben: {item.subject} am {day} auf {self._clock(after)}"
+        if set(fields) == {"location"} and item.recurrence is None:
+            return f"Neuer Ort: {item.subject} am {day}"
+        if item.recurrence is not None:
+            return f"Geändert: {title}"
+        return f"Geändert: {item.subject} am {day}"
+
+    def _change_lines(self, fields: dict[str, list[Any]]) -> list[str]:
+        """One German line per changed field: "Beginn: neu 15:00 Uhr (bisher 14:00 Uhr)"."""
+
+        def line(label: str, old: str | None, new: str | None) -> str:
+            if not new:
+                return f"{label}: entfällt (bisher {old})"
+            return f"{label}: neu {new}" + (f" (bisher {old})" if old else "")
+
+        lines: list[str] = []
+        if "series" in fields:
+            lines.append(line("Terminreihe", *fields["series"]))
+        if "title" in fields:
+            lines.append(line("Titel", *fields["title"]))
+        all_day = bool((fields.get("all_day") or [False, False])[1])
+        starts = [datetime.fromisoformat(v) if v else None for v in fields.get("start", [])]
+        ends = [datetime.fromisoformat(v) if v else None for v in fields.get("end", [])]
+        if starts:
+            old, new = starts
+            if old is None or new is None or self._day(old) != self._day(new):
+                lines.append(
+                    line(
+                        "Datum",
+                        german_date(old, self.tz) if old else None,
+                        german_date(new, self.tz) if new else None,
+                    )
+                )
+            moved = new is not None and (old is None or self._clock(old) != self._clock(new))
+            if new is not None and moved and not all_day:
+                lines.append(line("Beginn", self._clock(old) if old else None, self._clock(new)))
+        if ends and not all_day:
+            old, new = ends
+            if new is not None and (old is None or self._clock(old) != self._clock(new)):
+                lines.append(line("Ende", self._clock(old) if old else None, self._clock(new)))
+        if "location" in fields:
+            lines.append(line("Ort", *fields["location"]))
+        if "description" in fields:
+            lines.append("Beschreibung: geändert")
+        if "link" in fields:
+            lines.append(line("Link", *fields["link"]))
+        return lines
+
+    def when(self, item: Item) -> str:
+        """When an event takes place in words; a series by its rule."""
+        if item.recurrence is not None:
+            return str(item.recurrence.get("words") or "")
+        assert item.starts_at is not None
+        return german_span(item.starts_at, item.ends_at, item.all_day, self.tz)
+
     def event_ics(self, item: Item, method: str) -> bytes:
-        """The calendar file of an event item (METHOD PUBLISH or CANCEL)."""
+        """The calendar file of an event item (METHOD PUBLISH or CANCEL): one VEVENT; for a
+        series the whole series (RRULE, EXDATE, overrides); for an occurrence of a series the
+        VEVENT of that occurrence (the series' UID, RECURRENCE-ID)."""
         assert item.starts_at is not None
         # Imported here: iCalendar support is only loaded once an event is sent.
-        from .sources.calendar import CalendarEvent, event_ics
+        from .sources.calendar import CalendarEvent, event_ics, series_ics
 
+        if item.recurrence is not None and item.recurrence.get("ics"):
+            return series_ics(
+                str(item.recurrence["ics"]),
+                item.external_key or f"item-{item.id}",
+                method="CANCEL" if method == "CANCEL" else "PUBLISH",
+                sequence=item.change_count,
+                organizer_name=self.mail.sender_name,
+                organizer_email=self.mail.sender_address,
+            )
         event = CalendarEvent(
             key=item.external_key or f"item-{item.id}",
             uid=item.external_key or f"item-{item.id}",
@@ -296,7 +401,7 @@ class Renderer:
             end=item.ends_at or item.starts_at,
             all_day=item.all_day,
             cancelled=method == "CANCEL" or item.event_cancelled,
-            sequence=item.change_count + (1 if method == "CANCEL" else 0),
+            sequence=item.change_count,
             categories=(),
             content_hash=item.content_hash or "",
         )
@@ -305,6 +410,7 @@ class Renderer:
             method="CANCEL" if method == "CANCEL" else "PUBLISH",
             organizer_name=self.mail.sender_name,
             organizer_email=self.mail.sender_address,
+            series=item.series_key,
         )
 
     def prepare_briefing(

@@ -12,7 +12,14 @@ import icalendar
 import pytest
 
 from notifier.errors import SourceError
-from notifier.sources.calendar import CalendarEvent, event_ics, ics_uid, parse_calendar
+from notifier.sources.calendar import (
+    CalendarEvent,
+    event_ics,
+    ics_uid,
+    parse_calendar,
+    parse_calendar_full,
+    series_ics,
+)
 
 CALENDARS = Path(__file__).parent / "calendars"
 SPRECHSTUNDE = "sprechstunde-2025@eifelkreis.example"
@@ -612,3 +619,85 @@ def test_calendar_errors_are_german_and_echo_nothing(data: bytes, problem: str |
     for echoed in ("502", "garbage", "SOMETIMES", "Content line", "parsed"):
         assert echoed not in message
     assert caught.value.detail  # the library's words, for the log
+
+
+# --- series and what lies beyond the window (issue 15) -------------------------------------------
+
+
+def test_parse_full_gives_the_series_and_the_events_beyond_the_window() -> None:
+    data = ics(
+        "UID:reihe@x\nSUMMARY:Sprechstunde\nDTSTART;TZID=Europe/Berlin:20270107T090000\n"
+        "DTEND;TZID=Europe/Berlin:20270107T100000\nRRULE:FREQ=WEEKLY;COUNT=12\n"
+        "EXDATE;TZID=Europe/Berlin:20270218T090000",
+        "UID:reihe@x\nSUMMARY:Sprechstunde\nRECURRENCE-ID;TZID=Europe/Berlin:20270311T090000\n"
+        "DTSTART;TZID=Europe/Berlin:20270611T140000\nDTEND;TZID=Europe/Berlin:20270611T150000",
+        "UID:spaeter@x\nSUMMARY:Später\nDTSTART:20270901T100000Z\nDURATION:PT1H",
+    )
+    parsed = parse_calendar_full(
+        "t",
+        data,
+        window_start=datetime(2027, 1, 1, tzinfo=UTC),
+        window_end=datetime(2027, 4, 1, tzinfo=UTC),
+    )
+    assert {e.series for e in parsed.events} == {"reihe@x"}
+    assert len(parsed.events) == 10  # 12, less the excluded one and the one moved to June
+    (series,) = parsed.series
+    assert (series.rule, series.exdates) == ("FREQ=WEEKLY;COUNT=12", ("2027-02-18T08:00:00+00:00",))
+    assert series.last == datetime(2027, 3, 25, 8, tzinfo=UTC)
+    assert series.start == datetime(2027, 1, 7, 8, tzinfo=UTC)
+    assert sorted((e.key, e.outside) for e in parsed.outside) == [
+        ("reihe@x@20270311T080000Z", True),
+        ("spaeter@x", True),
+    ]
+    moved = next(e for e in parsed.outside if e.series == "reihe@x")
+    assert moved.start == datetime(2027, 6, 11, 12, tzinfo=UTC)
+
+    attachment = series_ics(
+        series.ics,
+        series.uid,
+        method="PUBLISH",
+        sequence=2,
+        organizer_name="Projektbüro",
+        organizer_email="pb@example.org",
+    )
+    calendar = icalendar.Calendar.from_ical(attachment)
+    vevents = calendar.walk("VEVENT")
+    assert {str(v["UID"]) for v in vevents} == {"reihe@x"}
+    assert {int(v["SEQUENCE"]) for v in vevents} == {2}
+    assert sum("RECURRENCE-ID" in v for v in vevents) == 1
+    assert [str(t["TZID"]) for t in calendar.walk("VTIMEZONE")] == ["Europe/Berlin"]
+    cancel = icalendar.Calendar.from_ical(
+        series_ics(
+            series.ics,
+            series.uid,
+            method="CANCEL",
+            sequence=3,
+            organizer_name="Projektbüro",
+            organizer_email="pb@example.org",
+        )
+    )
+    (master,) = cancel.walk("VEVENT")
+    assert (str(master["STATUS"]), "RRULE" in master) == ("CANCELLED", True)
+
+
+def test_event_ics_of_one_occurrence_names_the_series_and_its_original_start() -> None:
+    data = ics(
+        "UID:reihe@x\nSUMMARY:Sprechstunde\nDTSTART;TZID=Europe/Berlin:20270107T090000\n"
+        "DTEND;TZID=Europe/Berlin:20270107T100000\nRRULE:FREQ=WEEKLY;COUNT=3"
+    )
+    second = parse_calendar(
+        "t",
+        data,
+        window_start=datetime(2027, 1, 1, tzinfo=UTC),
+        window_end=datetime(2027, 4, 1, tzinfo=UTC),
+    )[1]
+    attachment = event_ics(
+        second,
+        method="CANCEL",
+        organizer_name="PB",
+        organizer_email="pb@example.org",
+        series="reihe@x",
+    )
+    (vevent,) = icalendar.Calendar.from_ical(attachment).walk("VEVENT")
+    assert str(vevent["UID"]) == "reihe@x"
+    assert vevent.decoded("RECURRENCE-ID") == datetime(2027, 1, 14, 8, tzinfo=UTC)

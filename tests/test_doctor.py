@@ -65,7 +65,7 @@ def test_all_green(project: Project, doctor: Callable[..., Result]) -> None:
     assert f"✓ Konfiguration {project.config} geladen" in output
     assert "Schema auf dem neuesten Stand" in output
     assert f"✓ SMTP-Server 127.0.0.1:{project.smtp.port} erreichbar, EHLO beantwortet" in output
-    assert "✓ E-Mail-Vorlagen: 9 erstellt" in output
+    assert "✓ E-Mail-Vorlagen: 10 erstellt" in output
     assert "✓ Seitenvorlagen:" in output
     assert "✓ Öffentliche Adresse https://newsletter.example.org verwendet HTTPS" in output
     assert f"✓ [database] url: {project.root / 'var'} beschreibbar" in output

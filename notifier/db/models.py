@@ -215,6 +215,7 @@ class Item(Base):
         Index("ix_items_status_send_at", "status", "send_at"),
         Index("uq_items_source_key", "source", "external_key", unique=True),
         Index("ix_items_kind_starts_at", "kind", "starts_at"),
+        Index("ix_items_source_series", "source", "series_key"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -246,6 +247,14 @@ class Item(Base):
     location: Mapped[str | None] = mapped_column(String(500))
     event_cancelled: Mapped[bool] = mapped_column(default=False)
     change_count: Mapped[int] = mapped_column(Integer, default=0)
+    # A recurring series is one item (announced once) whose ``recurrence`` holds the rule in
+    # words' ingredients and the series' calendar text ("rule", "exdates", "last", "start",
+    # "end", "ics"); its occurrences are items of their own with ``series_key`` = the series'
+    # external key, never announced themselves (reminders, changes and cancellations are).
+    series_key: Mapped[str | None] = mapped_column(String(500))
+    recurrence: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    # What each change notice tells: [{"n": change_count, "fields": {field: [old, new]}}].
+    change_log: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON(none_as_null=True))
 
 
 # The rows a claim may take, as literal SQL: the partial index below and the claim's WHERE
@@ -284,7 +293,8 @@ class OutboxMessage(Base):
     # No index of its own: uq_outbox_item_subscriber starts with item_id.
     item_id: Mapped[int | None] = mapped_column(ForeignKey("items.id"))
     digest_id: Mapped[int | None] = mapped_column(ForeignKey("digests.id", name="fk_outbox_digest"))
-    # Which message about the item: "" (the item itself), "reminder:7", "changed:2", "cancelled".
+    # Which message about the item: "" (the item itself), "reminder:7", "changed:2",
+    # "cancelled:3" ("cancelled" before issue 15), "restored:4".
     notice: Mapped[str] = mapped_column(String(40), default="")
     # NULL once the recipient is erased or the row is older than [retention] outbox_days: the
     # row still counts for the statistics, but no longer says whom it went to.

@@ -265,10 +265,44 @@ def told_about(item_id: int) -> Select[Any]:
     )
 
 
-async def notify_told(session: AsyncSession, item_id: int, notice: str, now: datetime) -> int:
-    """Send a follow-up notice (reminder, change, cancellation) to everyone told about an item.
-    Idempotent: a notice reaches each subscriber once."""
-    return await _queue_messages(session, told_about(item_id), item_id, notice, now)
+async def notify_told(
+    session: AsyncSession,
+    item_id: int,
+    notice: str,
+    now: datetime,
+    *,
+    told_item_id: int | None = None,
+) -> int:
+    """Send a follow-up notice (change, cancellation) to everyone told about an item, or about
+    ``told_item_id`` (the series of an occurrence). Idempotent: a notice reaches each
+    subscriber once."""
+    told = told_about(item_id if told_item_id is None else told_item_id)
+    return await _queue_messages(session, told, item_id, notice, now)
+
+
+def told_cancelled(item_id: int) -> Select[Any]:
+    """Active subscribers who got (or are getting) a cancellation of an item."""
+    cancellations = select(OutboxMessage.subscriber_id).where(
+        OutboxMessage.item_id == item_id,
+        OutboxMessage.notice.startswith("cancelled"),
+        OutboxMessage.state.in_(
+            [OutboxState.sent, OutboxState.sending, OutboxState.queued, OutboxState.deferred]
+        ),
+    )
+    return select(Subscriber.id).where(
+        Subscriber.status == SubscriberStatus.active, Subscriber.id.in_(cancellations)
+    )
+
+
+async def notify_cancelled(session: AsyncSession, item_id: int, notice: str, now: datetime) -> int:
+    """Send a notice ("it takes place after all") to those who got the item's cancellation."""
+    return await _queue_messages(session, told_cancelled(item_id), item_id, notice, now)
+
+
+async def notify_audience(session: AsyncSession, item: Item, notice: str, now: datetime) -> int:
+    """Send a notice (a reminder) to every active subscriber the item is meant for now: whose
+    topics, organisation and role match at this moment, told before or not."""
+    return await _queue_messages(session, await audience_for(session, item), item.id, notice, now)
 
 
 async def briefing_queue_count(session: AsyncSession, item_id: int) -> int:
@@ -278,11 +312,12 @@ async def briefing_queue_count(session: AsyncSession, item_id: int) -> int:
 
 
 def _live(now: datetime) -> ColumnElement[bool]:
-    """Items still worth telling: not cancelled, and no event that has already begun."""
+    """Items still worth telling: not cancelled, and no event that has already begun (a
+    series is worth telling while it runs)."""
     return and_(
         Item.status != ItemStatus.cancelled,
         Item.event_cancelled == false(),
-        or_(Item.kind != ItemKind.event, Item.starts_at > now),
+        or_(Item.kind != ItemKind.event, Item.starts_at > now, Item.recurrence.is_not(None)),
     )
 
 
@@ -390,7 +425,7 @@ async def set_slot_state(
 
 
 async def upcoming_events(session: AsyncSession, now: datetime, until: datetime) -> list[Item]:
-    """Routed, not cancelled events starting between ``now`` and ``until``."""
+    """Routed, not cancelled single events (no series) starting between ``now`` and ``until``."""
     return list(
         await session.scalars(
             select(Item)
@@ -398,10 +433,71 @@ async def upcoming_events(session: AsyncSession, now: datetime, until: datetime)
                 Item.kind == ItemKind.event,
                 Item.status == ItemStatus.routed,
                 Item.event_cancelled == false(),
+                Item.recurrence.is_(None),
+                Item.series_key.is_(None),
                 Item.starts_at > now,
                 Item.starts_at <= until,
             )
             .order_by(Item.starts_at)
+        )
+    )
+
+
+async def series_occurrences(
+    session: AsyncSession, since: datetime, until: datetime
+) -> list[tuple[Item, Item]]:
+    """Not cancelled occurrences starting in (since, until] of routed, running series, with
+    their series item, by series and start."""
+    series = aliased(Item)
+    rows = await session.execute(
+        select(Item, series)
+        .join(
+            series,
+            and_(series.source == Item.source, series.external_key == Item.series_key),
+        )
+        .where(
+            Item.kind == ItemKind.event,
+            Item.series_key.is_not(None),
+            Item.event_cancelled == false(),
+            Item.starts_at > since,
+            Item.starts_at <= until,
+            series.status == ItemStatus.routed,
+            series.event_cancelled == false(),
+        )
+        .order_by(series.id, Item.starts_at)
+    )
+    return [(occurrence, parent) for occurrence, parent in rows.all()]
+
+
+async def calendar_events_ahead(
+    session: AsyncSession, source: str, now: datetime, until: datetime
+) -> list[Item]:
+    """The not cancelled events of a calendar source starting in (now, until) that were
+    announced or are to be (single events), and the occurrences of its series; not the series
+    items themselves."""
+    return list(
+        await session.scalars(
+            select(Item).where(
+                Item.source == source,
+                Item.kind == ItemKind.event,
+                Item.event_cancelled.is_(False),
+                Item.recurrence.is_(None),
+                or_(
+                    Item.status.in_([ItemStatus.routed, ItemStatus.scheduled, ItemStatus.held]),
+                    Item.series_key.is_not(None),
+                ),
+                Item.starts_at > now,
+                Item.starts_at < until,
+            )
+        )
+    )
+
+
+async def occurrences_of(session: AsyncSession, source: str, series_key: str) -> list[Item]:
+    """The occurrence items of one series."""
+    return list(
+        await session.scalars(
+            select(Item).where(Item.source == source, Item.series_key == series_key)
         )
     )
 

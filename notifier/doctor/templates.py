@@ -103,7 +103,10 @@ def _render_emails(settings: Settings) -> int:
     prepared = [
         renderer.prepare(announcement),
         renderer.prepare(update),
-        *(renderer.prepare(event, n) for n in ("", "reminder:1", "changed:1", "cancelled")),
+        *(
+            renderer.prepare(event, n)
+            for n in ("", "reminder:1", "changed:1", "cancelled:1", "restored:2")
+        ),
         renderer.prepare_briefing(Rhythm.daily, [announcement, update, event], None),
         renderer.prepare_service("confirm"),
         renderer.prepare_service("links"),

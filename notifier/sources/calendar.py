@@ -9,11 +9,12 @@ Both are pure: no network, no database, no clock except ``DTSTAMP``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from html.parser import HTMLParser
 from typing import Any, Literal
@@ -22,10 +23,21 @@ from zoneinfo import ZoneInfo
 
 import icalendar
 import recurring_ical_events
+from dateutil import rrule as dateutil_rrule
 
 from notifier.errors import SourceError
 
-__all__ = ["DEFAULT_PRODID", "CalendarEvent", "event_ics", "ics_uid", "parse_calendar"]
+__all__ = [
+    "DEFAULT_PRODID",
+    "CalendarEvent",
+    "CalendarSeries",
+    "ParsedCalendar",
+    "event_ics",
+    "ics_uid",
+    "parse_calendar",
+    "parse_calendar_full",
+    "series_ics",
+]
 
 BERLIN = ZoneInfo("Europe/Berlin")
 DEFAULT_PRODID = "-//EIFELKREIS VERBINDET//notifier//DE"
@@ -63,6 +75,53 @@ class CalendarEvent:
     categories: tuple[str, ...]
     content_hash: str
     """sha256 over title, start, end, location, description and link."""
+    series: str | None = None
+    """The UID of the recurring series this occurrence belongs to (None: a single event)."""
+    outside: bool = False
+    """A single event or a moved occurrence found beyond the window (see parse_calendar_full)."""
+
+
+@dataclass(frozen=True)
+class CalendarSeries:
+    """A recurring series as its master VEVENT states it, for one message about all of it."""
+
+    uid: str
+    title: str
+    description: str
+    location: str
+    link: str | None
+    start: datetime
+    """The master's DTSTART (the first occurrence), in UTC."""
+    end: datetime
+    all_day: bool
+    rule: str
+    """The RRULE value as written (``FREQ=WEEKLY;BYDAY=TH;UNTIL=…``); empty for RDATE only."""
+    exdates: tuple[str, ...]
+    """Excluded starts, ISO 8601 in UTC."""
+    last: datetime | None
+    """The start of the last occurrence by the rule (UNTIL/COUNT); None: open-ended."""
+    cancelled: bool
+    sequence: int
+    categories: tuple[str, ...]
+    ics: str
+    """A VCALENDAR (no METHOD) with the master, its overrides and the time zones they use."""
+    content_hash: str
+    """sha256 over the master's title, times, place, texts, RRULE and RDATE (not EXDATE: an
+    excluded date is a cancelled occurrence, told as such)."""
+
+
+@dataclass(frozen=True)
+class ParsedCalendar:
+    """What one poll of a calendar needs: occurrences in the window, series, and what lies
+    beyond the window (so an event moved there is not mistaken for a removed one)."""
+
+    events: list[CalendarEvent]
+    series: list[CalendarSeries]
+    outside: list[CalendarEvent]
+
+
+# A series' last occurrence is counted up to this many; beyond, it is shown as open-ended.
+_LAST_SCAN = 5000
 
 
 @dataclass
@@ -85,6 +144,28 @@ def parse_calendar(
     max_per_series: int | None = None,
     max_per_calendar: int | None = None,
 ) -> list[CalendarEvent]:
+    """Return the occurrences of :func:`parse_calendar_full` (its ``events``)."""
+    return parse_calendar_full(
+        name,
+        data,
+        window_start=window_start,
+        window_end=window_end,
+        tz=tz,
+        max_per_series=max_per_series,
+        max_per_calendar=max_per_calendar,
+    ).events
+
+
+def parse_calendar_full(
+    name: str,
+    data: bytes,
+    *,
+    window_start: datetime,
+    window_end: datetime,
+    tz: ZoneInfo = BERLIN,
+    max_per_series: int | None = None,
+    max_per_calendar: int | None = None,
+) -> ParsedCalendar:
     """Return the event occurrences of the iCalendar ``data`` that overlap the window, by start.
 
     An occurrence overlaps ``[window_start, window_end)`` when it starts before ``window_end`` and
@@ -109,7 +190,7 @@ def parse_calendar(
     calendar = _load(name, data)
     series = _prepare(name, calendar, tz)
     if window_end <= window_start:
-        return []
+        return ParsedCalendar([], [], [])
     try:
         components = _expand(
             name,
@@ -121,16 +202,232 @@ def parse_calendar(
         )
         cancel_all = str(calendar.get("METHOD", "")).upper() == "CANCEL"
         events = [_event(name, c, tz, series, cancel_all) for c in components]
+        inside = sorted(
+            (
+                e
+                for e in events
+                if e.start < window_end and (e.end > window_start or e.start >= window_start)
+            ),
+            key=lambda e: (e.start, e.key),
+        )
+        found = {e.uid for e in inside if e.series is not None}
+        by_uid: dict[str, list[Any]] = {}
+        for component in calendar.walk("VEVENT"):
+            if str(component["UID"]) in found:
+                by_uid.setdefault(str(component["UID"]), []).append(component)
+        timezones = calendar.walk("VTIMEZONE")
+        masters = [
+            _series(c, tz, cancel_all, components, timezones)
+            for components in by_uid.values()
+            for c in components
+            if "RECURRENCE-ID" not in c
+        ]
+        outside = _outside(name, calendar, tz, series, cancel_all, window_end, max_per_calendar)
     except _PARSE_ERRORS as exc:
         raise SourceError(
             name, "fehlerhafter Kalender: ein Termin ist nicht lesbar", detail=str(exc)
         ) from exc
-    inside = [
-        e
-        for e in events
-        if e.start < window_end and (e.end > window_start or e.start >= window_start)
-    ]
-    return sorted(inside, key=lambda e: (e.start, e.key))
+    return ParsedCalendar(inside, masters, outside)
+
+
+def _outside(
+    name: str,
+    calendar: icalendar.Calendar,
+    tz: ZoneInfo,
+    series: _Series,
+    cancel_all: bool,
+    window_end: datetime,
+    limit: int | None,
+) -> list[CalendarEvent]:
+    """Single events and moved occurrences (overrides) that start at or after ``window_end``."""
+    found: list[CalendarEvent] = []
+    for component in calendar.walk("VEVENT"):
+        recurring = "RRULE" in component or "RDATE" in component
+        if recurring and "RECURRENCE-ID" not in component:
+            continue
+        if _to_utc(_time_value(component, "DTSTART"), tz) < window_end:
+            continue  # within the window (or before it): the expansion has it
+        single = icalendar.Event.from_ical(component.to_ical())
+        if "DTEND" not in single:
+            start = _time_value(single, "DTSTART")
+            duration = getattr(single.get("DURATION"), "dt", None)
+            if isinstance(duration, timedelta):
+                single.add("dtend", start + duration)
+            else:
+                single.add("dtend", start if isinstance(start, datetime) else start + timedelta(1))
+        if "RECURRENCE-ID" not in single and str(single["UID"]) in series.recurring:
+            continue
+        event = _event(name, single, tz, series, cancel_all)
+        if event.start >= window_end:
+            found.append(replace(event, outside=True))
+            if limit is not None and len(found) > limit:
+                raise _too_many(name, "der Kalender", limit, "max_per_calendar")
+    return found
+
+
+def _series(
+    component: Any, tz: ZoneInfo, cancel_all: bool, components: list[Any], timezones: list[Any]
+) -> CalendarSeries:
+    """The series of a master VEVENT, with its overrides and time zones as a calendar."""
+    uid = str(component["UID"])
+    raw_start = _time_value(component, "DTSTART")
+    all_day = not isinstance(raw_start, datetime)
+    if "DTEND" in component:
+        raw_end = _time_value(component, "DTEND")
+    else:
+        duration = getattr(component.get("DURATION"), "dt", None)
+        if isinstance(duration, timedelta):
+            raw_end = raw_start + duration
+        else:
+            raw_end = raw_start + timedelta(days=1) if all_day else raw_start
+    start, end = _to_utc(raw_start, tz), _to_utc(raw_end, tz)
+    rules = component.get("RRULE")
+    rule_prop = rules[0] if isinstance(rules, list) else rules
+    rule = rule_prop.to_ical().decode() if rule_prop is not None else ""
+    exdates: list[str] = []
+    raw_exdates = component.get("EXDATE")
+    for prop in raw_exdates if isinstance(raw_exdates, list) else [raw_exdates]:
+        for value in getattr(prop, "dts", ()):
+            if isinstance(value.dt, date):
+                exdates.append(_to_utc(value.dt, tz).isoformat())
+    rdates = component.get("RDATE")
+    rdate_text = ""
+    for prop in rdates if isinstance(rdates, list) else [rdates]:
+        if prop is not None:
+            rdate_text += prop.to_ical().decode()
+    title = " ".join(_plain_text(str(component.get("SUMMARY", ""))).split())
+    location = ", ".join(
+        " ".join(line.split())
+        for line in _plain_text(str(component.get("LOCATION", ""))).splitlines()
+        if line.strip()
+    )
+    description = _plain_text(str(component.get("DESCRIPTION", "")))
+    link = _http_link(component.get("URL"))
+    sequence = component.get("SEQUENCE", 0)
+    status = str(component.get("STATUS", "")).upper()
+    fields = [title, start.isoformat(), end.isoformat(), location, description, link or ""]
+    encoded = json.dumps([*fields, rule, rdate_text], ensure_ascii=False).encode()
+    return CalendarSeries(
+        uid=uid,
+        title=title,
+        description=description,
+        location=location,
+        link=link,
+        start=start,
+        end=end,
+        all_day=all_day,
+        rule=rule,
+        exdates=tuple(sorted(set(exdates))),
+        last=_last(rule, raw_start, tz) if rule and not rdate_text else None,
+        cancelled=cancel_all or status == "CANCELLED",
+        sequence=sequence if isinstance(sequence, int) else 0,
+        categories=_categories(component.get("CATEGORIES")),
+        ics=_series_calendar(components, timezones),
+        content_hash=hashlib.sha256(encoded).hexdigest(),
+    )
+
+
+def _last(rule: str, first: date, tz: ZoneInfo) -> datetime | None:
+    """The last start by an RRULE with UNTIL or COUNT (counted up to _LAST_SCAN), in UTC."""
+    upper = rule.upper()
+    if "UNTIL=" not in upper and "COUNT=" not in upper:
+        return None
+    start = first if isinstance(first, datetime) else datetime.combine(first, time())
+    try:
+        recurrence = dateutil_rrule.rrulestr(rule, dtstart=start)
+    except (ValueError, TypeError, OverflowError):
+        return None
+    last = None
+    for count, when in enumerate(recurrence, start=1):
+        if count > _LAST_SCAN:
+            return None
+        last = when
+    if last is None:
+        return None
+    return _to_utc(last if isinstance(first, datetime) else last.date(), tz)
+
+
+def _series_calendar(components: list[Any], timezones: list[Any]) -> str:
+    """The VEVENTs of a series (master and overrides) and the VTIMEZONEs they name."""
+    out = icalendar.Calendar()
+    out.add("prodid", DEFAULT_PRODID)
+    out.add("version", "2.0")
+    tzids: set[str] = set()
+    events = []
+    for component in components:
+        copy = icalendar.Event.from_ical(component.to_ical())
+        for prop in ("DTSTART", "DTEND", "RECURRENCE-ID", "EXDATE", "RDATE"):
+            values = copy.get(prop)
+            for value in values if isinstance(values, list) else [values]:
+                tzid = getattr(value, "params", {}).get("TZID")
+                if tzid:
+                    tzids.add(str(tzid))
+        events.append(copy)
+    for timezone in timezones:
+        if str(timezone.get("TZID")) in tzids:
+            out.add_component(timezone)
+            tzids.discard(str(timezone.get("TZID")))
+    for tzid in sorted(tzids):  # named but not in the calendar (common): generated, once
+        generated = _generated_timezone(tzid)
+        if generated is not None:
+            out.add_component(generated)
+    for event in events:
+        out.add_component(event)
+    return str(out.to_ical().decode())
+
+
+@functools.cache
+def _generated_timezone(tzid: str) -> icalendar.Timezone | None:
+    """A VTIMEZONE for an IANA name (None for a name that is none); the same for every series."""
+    try:
+        return icalendar.Timezone.from_tzid(tzid)
+    except (ValueError, KeyError, OSError):
+        return None
+
+
+def series_ics(
+    series_ics_text: str,
+    uid: str,
+    *,
+    method: Literal["PUBLISH", "CANCEL"],
+    sequence: int,
+    organizer_name: str,
+    organizer_email: str,
+    prodid: str = DEFAULT_PRODID,
+) -> bytes:
+    """The calendar attachment of a whole series, from the text :attr:`CalendarSeries.ics`.
+
+    Every VEVENT (master and overrides, with their RECURRENCE-ID) gets the UID ``ics_uid(uid)``,
+    ``sequence`` and the organizer, so a calendar imports it as one series; a CANCEL carries
+    only the master, with STATUS:CANCELLED (the whole series is called off).
+    """
+    email = organizer_email.strip()
+    if "@" not in email or any(ch.isspace() or not ch.isprintable() for ch in email):
+        raise ValueError(f"not an e-mail address: {organizer_email!r}")
+    source = icalendar.Calendar.from_ical(series_ics_text)
+    out = icalendar.Calendar()
+    out.add("prodid", prodid)
+    out.add("version", "2.0")
+    out.add("calscale", "GREGORIAN")
+    out.add("method", method)
+    for timezone in source.walk("VTIMEZONE"):
+        out.add_component(timezone)
+    organizer = icalendar.vCalAddress(f"mailto:{email}")
+    organizer.params["CN"] = icalendar.vText(" ".join(organizer_name.replace('"', "'").split()))
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    for event in source.walk("VEVENT"):
+        if method == "CANCEL" and "RECURRENCE-ID" in event:
+            continue
+        for prop in ("UID", "DTSTAMP", "SEQUENCE", "ORGANIZER", "STATUS"):
+            event.pop(prop, None)
+        event.add("uid", ics_uid(uid))
+        event.add("dtstamp", stamp)
+        event.add("sequence", sequence)
+        event.add("organizer", organizer)
+        event.add("status", "CANCELLED" if method == "CANCEL" else "CONFIRMED")
+        out.add_component(event)
+    ics: bytes = out.to_ical()
+    return ics
 
 
 def _too_many(name: str, what: str, limit: int, key: str) -> SourceError:
@@ -212,8 +509,13 @@ def event_ics(
     organizer_email: str,
     prodid: str = DEFAULT_PRODID,
     tz: ZoneInfo = BERLIN,
+    series: str | None = None,
 ) -> bytes:
     """Return a standalone VCALENDAR with ``method`` and one VEVENT for this occurrence.
+
+    With ``series`` (the series' UID, ``event.key`` being ``<series>@<original start>``), the
+    VEVENT is that occurrence of the series: its UID is the series' and RECURRENCE-ID the
+    original start, so a calendar changes or removes just this occurrence.
 
     The VEVENT's UID is ``ics_uid(event.key)``, so a CANCEL matches the PUBLISH sent before it;
     SEQUENCE is ``event.sequence`` as given. Times are in UTC; an all-day event gets DATE values,
@@ -230,7 +532,17 @@ def event_ics(
         raise ValueError(f"not an e-mail address: {organizer_email!r}")
 
     vevent = icalendar.Event()
-    vevent.add("uid", ics_uid(event.key))
+    prefix = f"{series}@"
+    if series is not None and event.key.startswith(prefix):
+        vevent.add("uid", ics_uid(series))
+        original_id = event.key[len(prefix) :]
+        if len(original_id) == 8:
+            vevent.add("recurrence-id", datetime.strptime(original_id, "%Y%m%d").date())
+        else:
+            original = datetime.strptime(original_id, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+            vevent.add("recurrence-id", original)
+    else:
+        vevent.add("uid", ics_uid(event.key))
     vevent.add("dtstamp", datetime.now(UTC).replace(microsecond=0))
     if event.all_day:
         first = event.start.astimezone(tz).date()
@@ -357,6 +669,9 @@ def _event(
             if moved is not None:
                 original = raw_start - moved
         key = f"{uid}@{_start_id(original, tz)}"
+        series_uid: str | None = uid
+    else:
+        series_uid = None
 
     sequence = component.get("SEQUENCE", 0)
     if not isinstance(sequence, int):
@@ -388,6 +703,7 @@ def _event(
         sequence=int(sequence),
         categories=_categories(component.get("CATEGORIES")),
         content_hash=_content_hash(title, start, end, location, description, link),
+        series=series_uid,
     )
 
 

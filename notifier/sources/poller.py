@@ -23,9 +23,10 @@ from ..db import Database, queries
 from ..db.models import Item, ItemKind, ItemStatus, SourceState
 from ..errors import NotFoundError, SourceError
 from ..organisations import resolve_units
-from .calendar import CalendarEvent
+from .calendar import CalendarEvent, CalendarSeries, ParsedCalendar
 from .feed import FeedEntry
 from .http import fetch
+from .rules import series_words
 from .worker import ParseLimits, parse_isolated
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ class SourcePoller:
 
     async def _parse(
         self, source: Source, body: bytes, now: datetime
-    ) -> list[FeedEntry] | list[CalendarEvent]:
+    ) -> list[FeedEntry] | ParsedCalendar:
         limits = self.settings.sources
         worker_limits = ParseLimits(
             seconds=limits.parse_seconds,
@@ -203,18 +204,17 @@ class SourcePoller:
                 state.last_error = None
             metrics.current().source_polls.labels(source.name, "not_modified").inc()
             return
-        entries: Sequence[FeedEntry | CalendarEvent] = await self._parse(source, fetched.body, now)
+        parsed = await self._parse(source, fetched.body, now)
         async with self.db.transaction() as session:
             state = await self._state(session, source)
             first = not state.initialized
+            announce = not first or source.backfill
             if isinstance(source, FeedSource):
-                feed = [e for e in entries if isinstance(e, FeedEntry)]
-                announce = not first or source.backfill
+                feed = parsed if isinstance(parsed, list) else []
                 await self._apply_feed(session, source, feed, result, announce=announce, now=now)
-            else:
-                events = [e for e in entries if isinstance(e, CalendarEvent)]
+            elif isinstance(parsed, ParsedCalendar):
                 await self._apply_calendar(
-                    session, source, events, result, announce=not first, now=now
+                    session, source, parsed, result, announce=announce, now=now
                 )
             state.initialized = True
             state.etag, state.last_modified = fetched.etag, fetched.last_modified
@@ -347,27 +347,121 @@ class SourcePoller:
         self,
         session: AsyncSession,
         source: CalendarSource,
-        events: Sequence[CalendarEvent],
+        parsed: ParsedCalendar,
         result: PollResult,
         *,
         announce: bool,
         now: datetime,
     ) -> None:
+        """Bring the source's events up to date with the calendar.
+
+        A single event is one item, announced once. A recurring series is one item (announced
+        once, with the series' .ics) plus one item per occurrence, which is never announced by
+        itself: a change or cancellation of one occurrence is told as such (to those told about
+        the series), a change of the series itself or its cancellation as one notice."""
         scope = await self._scope(session, source)
-        existing = await self._existing(session, source, [e.key for e in events])
-        fresh = {
-            e.key for e in events if e.key not in existing and e.start > now and not e.cancelled
+        events = parsed.events
+        series_by_uid = {s.uid: s for s in parsed.series}
+        outside = {e.key: e for e in parsed.outside}
+        existing = await self._existing(
+            session, source, [e.key for e in events] + list(series_by_uid) + list(outside)
+        )
+        occurrences: dict[str, list[CalendarEvent]] = {}
+        for event in events:
+            if event.series is not None:
+                occurrences.setdefault(event.series, []).append(event)
+        # A series is new when neither it nor any of its occurrences is known: occurrences
+        # announced one by one (before series were items) are not announced again as a series.
+        new_series = {
+            uid
+            for uid, s in series_by_uid.items()
+            if uid not in existing
+            and not s.cancelled
+            and any(_upcoming(e, now) for e in occurrences.get(uid, []))
+            and not any(e.key in existing for e in occurrences.get(uid, []))
         }
+        fresh = {
+            e.key
+            for e in events
+            if e.series is None and e.key not in existing and _upcoming(e, now)
+        } | new_series
         held = announce and await self._hold(session, source, len(fresh), result)
         status = ItemStatus.held if held else ItemStatus.scheduled
+
+        # The series first: their items decide who is told about their occurrences.
+        series_items: dict[str, Item] = {}
+        quiet: set[str] = set()  # series changed or cancelled as a whole: occurrences quietly
+        for uid, series in series_by_uid.items():
+            mine = occurrences.get(uid, [])
+            if not mine:
+                continue
+            following = next((e for e in mine if _upcoming(e, now)), mine[0])
+            recurrence = self._recurrence(series)
+            item = existing.get(uid)
+            if item is None:
+                item = self._new_item(
+                    source,
+                    ItemKind.event,
+                    uid,
+                    series.content_hash,
+                    series.categories,
+                    scope,
+                    now,
+                    status if announce and uid in new_series else ItemStatus.recorded,
+                    subject=series.title or "(ohne Titel)",
+                    body=series.description,
+                    link=series.link,
+                    location=series.location or None,
+                    starts_at=following.start,
+                    ends_at=following.end,
+                    all_day=series.all_day,
+                    event_cancelled=series.cancelled,
+                    recurrence=recurrence,
+                )
+                session.add(item)
+                await session.flush()
+                series_items[uid] = item
+                result.new += 1
+                continue
+            series_items[uid] = item
+            before = dict(item.recurrence or {})
+            if before != recurrence:  # the overrides and exceptions, kept for the .ics
+                item.recurrence = recurrence
+            item.starts_at, item.ends_at = following.start, following.end
+            if series.cancelled and not item.event_cancelled:
+                quiet.add(uid)
+                await self._cancel_event(session, item, result, now, told=item)
+            elif not series.cancelled and item.event_cancelled:
+                await self._restore_event(session, item, result, now, told=item)
+            elif not series.cancelled and item.content_hash != series.content_hash:
+                quiet.add(uid)
+                fields: dict[str, list[Any]] = {}
+                if before.get("words") != recurrence["words"]:
+                    fields["series"] = [before.get("words"), recurrence["words"]]
+                if item.subject != series.title:
+                    fields["title"] = [item.subject, series.title]
+                if (item.location or "") != series.location:
+                    fields["location"] = [item.location or "", series.location]
+                if item.body != series.description:
+                    fields["description"] = [None, None]
+                if item.link != series.link:
+                    fields["link"] = [item.link, series.link]
+                item.subject = series.title or item.subject
+                item.body, item.link = series.description, series.link
+                item.location = series.location or None
+                await self._changed(session, item, fields, result, now, told=item)
+            item.content_hash = series.content_hash
+
         handled: set[str] = set()
         for event in events:
             if event.key in handled:
                 continue
             handled.add(event.key)
             item = existing.get(event.key)
+            parent = series_items.get(event.series) if event.series else None
             if item is None:
-                upcoming = event.start > now and not event.cancelled
+                upcoming = _upcoming(event, now)
+                new_status = status if announce and upcoming else ItemStatus.recorded
                 session.add(
                     self._new_item(
                         source,
@@ -377,7 +471,7 @@ class SourcePoller:
                         event.categories,
                         scope,
                         now,
-                        status if announce and upcoming else ItemStatus.recorded,
+                        ItemStatus.recorded if parent is not None else new_status,
                         subject=event.title or "(ohne Titel)",
                         body=event.description,
                         link=event.link,
@@ -386,62 +480,183 @@ class SourcePoller:
                         ends_at=event.end,
                         all_day=event.all_day,
                         event_cancelled=event.cancelled,
+                        series_key=event.series,
                     )
                 )
-                result.new += 1
-                await _breathe(session, result.new)
+                if parent is None:
+                    result.new += 1
+                await _breathe(session, len(handled))
                 continue
-            if event.cancelled and not item.event_cancelled:
-                await self._cancel_event(session, item, result, now)
-            elif not event.cancelled and item.content_hash != event.content_hash:
-                item.subject = event.title or item.subject
-                item.body, item.link, item.location = (
-                    event.description,
-                    event.link,
-                    event.location or None,
-                )
-                item.starts_at, item.ends_at, item.all_day = event.start, event.end, event.all_day
+            # An occurrence announced by itself (before series were items) is its own.
+            own = event.series is None or item.status is ItemStatus.routed
+            told = item if own else parent
+            if event.series is not None and event.series in quiet:
+                _update(item, event)
+                item.event_cancelled = event.cancelled or item.event_cancelled
                 item.content_hash = event.content_hash
-                item.event_cancelled = False
-                item.change_count += 1
-                result.changed += 1
-                if item.status is ItemStatus.routed and event.start > now:
-                    await queries.notify_told(session, item.id, f"changed:{item.change_count}", now)
-        # Events that vanished from the calendar count as cancelled, unless the calendar came
-        # back empty (more likely a broken export than every event called off).
-        seen = {e.key for e in events}
+                continue
+            await self._apply_event(session, item, event, result, now, told=told)
+
+        # Known events beyond the window (moved there, or changed there): a change or a
+        # cancellation as within it; leaving the window is no cancellation.
+        for event in parsed.outside:
+            item = existing.get(event.key)
+            if item is None or event.key in handled:
+                continue
+            handled.add(event.key)
+            parent = series_items.get(event.series) if event.series else None
+            own = event.series is None or item.status is ItemStatus.routed
+            if not own and (parent is None or event.series in quiet):
+                _update(item, event)
+                item.content_hash = event.content_hash
+                continue
+            await self._apply_event(session, item, event, result, now, told=item if own else parent)
+
+        # Events that vanished from the window and are not beyond it: removed, a cancellation,
+        # unless the calendar came back empty (more likely a broken export than every event
+        # called off). A series that is gone altogether is one cancellation.
+        seen = {e.key for e in events} | set(outside)
         window_end = now + timedelta(days=source.lookahead_days)
-        vanished = (
-            await session.scalars(
-                select(Item).where(
-                    Item.source == source.name,
-                    Item.kind == ItemKind.event,
-                    Item.event_cancelled.is_(False),
-                    Item.status.in_([ItemStatus.routed, ItemStatus.scheduled, ItemStatus.held]),
-                    Item.starts_at > now,
-                    Item.starts_at < window_end,
-                )
-            )
-        ).all()
-        vanished = [i for i in vanished if i.external_key not in seen]
+        vanished = [
+            i
+            for i in await queries.calendar_events_ahead(session, source.name, now, window_end)
+            if i.external_key not in seen
+        ]
         if vanished and not events:
             logger.warning(
                 "source %s: calendar is empty; not treating its events as removed", source.name
             )
             return
+        gone_series: dict[str, Item | None] = {}
         for item in vanished:
-            await self._cancel_event(session, item, result, now)
+            if item.series_key is not None and item.series_key not in series_by_uid:
+                if item.series_key not in gone_series:
+                    found = await existing_items(session, source.name, [item.series_key])
+                    gone_series[item.series_key] = found.get(item.series_key)
+                item.event_cancelled = True
+                continue
+            parent = series_items.get(item.series_key) if item.series_key else None
+            told = parent if item.series_key is not None else item
+            if item.series_key is not None and item.series_key in quiet:
+                item.event_cancelled = True
+                continue
+            await self._cancel_event(session, item, result, now, told=told)
+        for parent in gone_series.values():
+            if parent is not None and not parent.event_cancelled:
+                await self._cancel_event(session, parent, result, now, told=parent)
+
+    def _recurrence(self, series: CalendarSeries) -> dict[str, Any]:
+        """What a series item keeps of its series (see Item.recurrence)."""
+        words = series_words(
+            series.rule,
+            series.start,
+            series.end,
+            series.all_day,
+            series.last,
+            [datetime.fromisoformat(d) for d in series.exdates],
+            self.settings.scheduler.tz,
+        )
+        return {
+            "words": words,
+            "rule": series.rule,
+            "exdates": list(series.exdates),
+            "last": series.last.isoformat() if series.last else None,
+            "start": series.start.isoformat(),
+            "end": series.end.isoformat(),
+            "ics": series.ics,
+        }
+
+    async def _apply_event(
+        self,
+        session: AsyncSession,
+        item: Item,
+        event: CalendarEvent,
+        result: PollResult,
+        now: datetime,
+        *,
+        told: Item | None,
+    ) -> None:
+        """A known event (or occurrence) as the calendar now has it: cancelled, back after a
+        cancellation, or changed."""
+        if event.cancelled and not item.event_cancelled:
+            _update(item, event)
+            item.content_hash = event.content_hash
+            await self._cancel_event(session, item, result, now, told=told)
+        elif not event.cancelled and item.event_cancelled:
+            _update(item, event)
+            item.content_hash = event.content_hash
+            await self._restore_event(session, item, result, now, told=told)
+        elif not event.cancelled and item.content_hash != event.content_hash:
+            fields = _differences(item, event)
+            _update(item, event)
+            item.content_hash = event.content_hash
+            await self._changed(session, item, fields, result, now, told=told)
+
+    async def _changed(
+        self,
+        session: AsyncSession,
+        item: Item,
+        fields: dict[str, list[Any]],
+        result: PollResult,
+        now: datetime,
+        *,
+        told: Item | None,
+    ) -> None:
+        """Record a change (what changed, old → new) and tell those who were told."""
+        item.change_count += 1
+        item.change_log = [*(item.change_log or []), {"n": item.change_count, "fields": fields}]
+        result.changed += 1
+        if (
+            told is not None
+            and told.status is ItemStatus.routed
+            and item.starts_at is not None
+            and (item.starts_at > now or item.recurrence is not None)
+        ):
+            await queries.notify_told(
+                session, item.id, f"changed:{item.change_count}", now, told_item_id=told.id
+            )
 
     async def _cancel_event(
-        self, session: AsyncSession, item: Item, result: PollResult, now: datetime
+        self,
+        session: AsyncSession,
+        item: Item,
+        result: PollResult,
+        now: datetime,
+        *,
+        told: Item | None,
     ) -> None:
         item.event_cancelled = True
+        item.change_count += 1  # the cancellation's SEQUENCE
         result.cancelled += 1
         if item.status in (ItemStatus.scheduled, ItemStatus.held):
             item.status = ItemStatus.cancelled  # nobody was told yet
-        elif item.status is ItemStatus.routed:
-            await queries.drop_from_briefings(session, item.id)
-            await queries.notify_told(session, item.id, "cancelled", now)
+        elif told is not None and told.status is ItemStatus.routed:
+            if told is item:
+                await queries.drop_from_briefings(session, item.id)
+            await queries.notify_told(
+                session, item.id, f"cancelled:{item.change_count}", now, told_item_id=told.id
+            )
+
+    async def _restore_event(
+        self,
+        session: AsyncSession,
+        item: Item,
+        result: PollResult,
+        now: datetime,
+        *,
+        told: Item | None,
+    ) -> None:
+        """A cancelled or removed event is back: "findet doch statt" to those who got the
+        cancellation (a new SEQUENCE), or, if nobody was told yet, announced as planned."""
+        item.event_cancelled = False
+        item.change_count += 1
+        result.changed += 1
+        ahead = item.starts_at is not None and (item.starts_at > now or item.recurrence is not None)
+        if item.status is ItemStatus.cancelled:
+            item.status = ItemStatus.scheduled if ahead else ItemStatus.recorded
+            item.send_at = now
+        elif ahead:
+            await queries.notify_cancelled(session, item.id, f"restored:{item.change_count}", now)
 
 
 async def item_counts(session: AsyncSession) -> dict[str, int]:
@@ -461,6 +676,37 @@ def plausible_date(published: datetime | None, now: datetime) -> datetime | None
         logger.info("feed date %s is implausible; using the time first seen", published)
         return now
     return published
+
+
+def _upcoming(event: CalendarEvent, now: datetime) -> bool:
+    return event.start > now and not event.cancelled
+
+
+def _update(item: Item, event: CalendarEvent) -> None:
+    item.subject = event.title or item.subject
+    item.body, item.link, item.location = event.description, event.link, event.location or None
+    item.starts_at, item.ends_at, item.all_day = event.start, event.end, event.all_day
+
+
+def _differences(item: Item, event: CalendarEvent) -> dict[str, list[Any]]:
+    """What a change notice tells: each changed field as [old, new] (times in ISO 8601)."""
+    fields: dict[str, list[Any]] = {}
+    if item.subject != event.title:
+        fields["title"] = [item.subject, event.title]
+    if item.starts_at != event.start or item.all_day != event.all_day:
+        old = item.starts_at.isoformat() if item.starts_at else None
+        fields["start"] = [old, event.start.isoformat()]
+    if item.ends_at != event.end:
+        fields["end"] = [item.ends_at.isoformat() if item.ends_at else None, event.end.isoformat()]
+    if item.all_day != event.all_day:
+        fields["all_day"] = [item.all_day, event.all_day]
+    if (item.location or "") != event.location:
+        fields["location"] = [item.location or "", event.location]
+    if item.body != event.description:
+        fields["description"] = [None, None]
+    if item.link != event.link:
+        fields["link"] = [item.link, event.link]
+    return fields
 
 
 def _one_line(text: str, limit: int) -> str:

@@ -8,8 +8,9 @@ process: a thread cannot be stopped, a process can. One that overruns its time l
 machine's memory either.
 
 Protocol: the parent writes one JSON line (the request) followed by the raw body to the child's
-stdin; the child writes one JSON document to stdout: ``{"entries": [...]}`` or ``{"error": "…",
-"detail": "…"}`` (a German message for the source's record, the technical cause for the log).
+stdin; the child writes one JSON document to stdout: ``{"entries": [...]}`` (a calendar adds
+``"series"`` and ``"outside"``) or ``{"error": "…", "detail": "…"}`` (a German message for the
+source's record, the technical cause for the log).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..errors import SourceError
-from .calendar import CalendarEvent, parse_calendar
+from .calendar import CalendarEvent, CalendarSeries, ParsedCalendar, parse_calendar_full
 from .feed import FeedEntry, parse_feed
 
 __all__ = ["ParseLimits", "parse_isolated"]
 
-_DATETIMES = frozenset({"published", "start", "end"})
+_DATETIMES = frozenset({"published", "start", "end", "last"})
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ async def parse_isolated(
     window_end: datetime | None = None,
     tz: ZoneInfo | None = None,
     url: str | None = None,
-) -> list[FeedEntry] | list[CalendarEvent]:
+) -> list[FeedEntry] | ParsedCalendar:
     """Parse ``body`` of source ``name`` (``kind`` "feed" or "calendar") in a worker process;
     a feed's relative links resolve against ``url``.
 
@@ -111,10 +112,14 @@ async def parse_isolated(
         raise SourceError(name, str(answer["error"]), detail=str(cause) if cause else None)
     if kind == "feed":
         return [FeedEntry(**_decode(e)) for e in answer["entries"]]
-    return [CalendarEvent(**_decode(e)) for e in answer["entries"]]
+    return ParsedCalendar(
+        events=[CalendarEvent(**_decode(e)) for e in answer["entries"]],
+        series=[CalendarSeries(**_decode(e)) for e in answer.get("series", [])],
+        outside=[CalendarEvent(**_decode(e)) for e in answer.get("outside", [])],
+    )
 
 
-def _encode(entry: FeedEntry | CalendarEvent) -> dict[str, Any]:
+def _encode(entry: FeedEntry | CalendarEvent | CalendarSeries) -> dict[str, Any]:
     data = asdict(entry)
     for key in _DATETIMES & data.keys():
         if data[key] is not None:
@@ -126,8 +131,9 @@ def _decode(data: dict[str, Any]) -> dict[str, Any]:
     for key in _DATETIMES & data.keys():
         if data[key] is not None:
             data[key] = datetime.fromisoformat(data[key])
-    if "categories" in data:
-        data["categories"] = tuple(data["categories"])
+    for key in ("categories", "exdates"):
+        if key in data:
+            data[key] = tuple(data[key])
     return data
 
 
@@ -140,11 +146,11 @@ def _limit_memory(megabytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (size, size))
 
 
-def _work(request: dict[str, Any], body: bytes) -> list[FeedEntry] | list[CalendarEvent]:
+def _work(request: dict[str, Any], body: bytes) -> dict[str, Any]:
     name = str(request["name"])
     if request["kind"] == "feed":
-        return parse_feed(name, body, request.get("url"))
-    return parse_calendar(
+        return {"entries": [_encode(e) for e in parse_feed(name, body, request.get("url"))]}
+    parsed = parse_calendar_full(
         name,
         body,
         window_start=datetime.fromisoformat(request["window_start"]),
@@ -153,6 +159,11 @@ def _work(request: dict[str, Any], body: bytes) -> list[FeedEntry] | list[Calend
         max_per_series=int(request["max_per_series"]),
         max_per_calendar=int(request["max_per_calendar"]),
     )
+    return {
+        "entries": [_encode(e) for e in parsed.events],
+        "series": [_encode(s) for s in parsed.series],
+        "outside": [_encode(e) for e in parsed.outside],
+    }
 
 
 def main() -> None:
@@ -162,8 +173,7 @@ def main() -> None:
     request = json.loads(header)
     _limit_memory(int(request["memory_mb"]))
     try:
-        entries = _work(request, body)
-        answer: dict[str, Any] = {"entries": [_encode(e) for e in entries]}
+        answer: dict[str, Any] = _work(request, body)
     except SourceError as exc:
         answer = {"error": exc.problem, "detail": exc.detail}
     except MemoryError:
