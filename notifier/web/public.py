@@ -5,24 +5,26 @@ privacy notice (``/datenschutz``) and the accessibility statement (``/barrierefr
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from .. import metrics, selfservice
-from ..addresses import check_email
-from ..data_export import personal_data
-from ..db.models import Organisation, OrgKind, Subscriber, SubscriberStatus
+from ..addresses import check_email, display_email
+from ..db import selfservice as personal_links
+from ..db.models import Organisation, OrgKind, SubscriberStatus
+from ..db.selfservice import GONE, PersonalRow
 from ..errors import FieldError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, SUBSCRIBER_LABELS
 from ..links import CONFIRM, PERSONAL, LinkError, LinkTarget
 from ..signup_limits import allow_signup_mail
-from .forms import field, fields, submitted_subscriber, subscriber_values
-from .request import checked_form, context_of, page
+from .forms import field, fields, submitted_subscriber
+from .request import WebContext, checked_form, context_of, page
 
 router = APIRouter(include_in_schema=False)
 logger = logging.getLogger(__name__)
@@ -55,6 +57,25 @@ async def organisation_choices(session: AsyncSession) -> list[Unit]:
     return units
 
 
+# How long a process keeps the organisation list of the forms before reading it again: it
+# changes only with `organisations load`, and reading it (239 units) cost a preferences page
+# more than everything else together.
+UNITS_TTL = 60.0
+
+
+async def cached_organisation_choices(ctx: WebContext) -> list[Unit]:
+    """:func:`organisation_choices`, read at most once per :data:`UNITS_TTL` per process."""
+    cached = ctx.extra.get("organisation_choices")
+    now = time.monotonic()
+    if cached is not None and cached[0] > now:
+        units: list[Unit] = cached[1]
+        return units
+    async with ctx.db.reading() as session:
+        units = await organisation_choices(session)
+    ctx.extra["organisation_choices"] = (now + UNITS_TTL, units)
+    return units
+
+
 def _ip(request: Request) -> str:
     return request.client.host if request.client else "unbekannt"
 
@@ -75,19 +96,27 @@ def _choices(
     )
 
 
-async def _form_context(request: Request, session: AsyncSession) -> dict[str, Any]:
+def _form_context(request: Request, units: list[Unit]) -> dict[str, Any]:
     settings = context_of(request).settings
     return {
-        "units": await organisation_choices(session),
+        "units": units,
         "topics": settings.topics,
         "roles": {r.value: ROLE_CHOICES[r] for r in selfservice.SELF_ROLES},
         "rhythms": {r.value: label for r, label in RHYTHM_LABELS.items()},
     }
 
 
-def _values_of(sub: Subscriber, units: list[Unit]) -> dict[str, Any]:
-    label = next((u.label for u in units if u.id == sub.organisation_id), "")
-    return subscriber_values(sub, label)
+def _values_of(sub: PersonalRow, units: list[Unit]) -> dict[str, Any]:
+    """A subscriber as the preferences form shows them."""
+    return {
+        "email": display_email(sub.email),
+        "name": sub.name,
+        "organisation": next((u.label for u in units if u.id == sub.organisation_id), ""),
+        "role": sub.role.value,
+        "rhythm": sub.rhythm.value,
+        "all_topics": sub.all_topics,
+        "topics": list(sub.topics),
+    }
 
 
 def _values_from(form: FormData) -> dict[str, Any]:
@@ -119,7 +148,7 @@ async def accessibility_statement(request: Request) -> Response:
 async def signup_form(request: Request) -> Response:
     ctx = context_of(request)
     async with ctx.db.reading() as session:
-        context = await _form_context(request, session)
+        context = _form_context(request, await organisation_choices(session))
     values = {"rhythm": "immediate", "all_topics": True, "topics": [], "role": ""}
     return page(
         request,
@@ -142,7 +171,7 @@ async def signup(request: Request) -> Response:
     now = ctx.clock()
     queued = False
     async with ctx.db.transaction() as session:
-        context = await _form_context(request, session)
+        context = _form_context(request, await organisation_choices(session))
         orgs = {o.id: o for o in (await session.scalars(select(Organisation))).all()}
         choices = None
         try:
@@ -253,25 +282,35 @@ async def confirm(request: Request, token: str) -> Response:
     )
 
 
+def _checked(sub: PersonalRow | None, target: LinkTarget) -> PersonalRow:
+    """The subscriber a checked link names; raises :class:`LinkError` if the link was revoked
+    (another ``token_version``) or the subscriber is gone."""
+    if sub is None or sub.token_version != target.version:
+        raise LinkError("Der Link ist nicht mehr gültig.")
+    return sub
+
+
+async def _personal_row(ctx: WebContext, target: LinkTarget) -> PersonalRow:
+    # One read in a worker thread, plain rows: the page under a click storm (issue 12).
+    row = await ctx.db.read(lambda c: personal_links.subscriber(c, target.subscriber_id))
+    return _checked(row, target)
+
+
 @router.get("/einstellungen/{token}")
 async def preferences_form(request: Request, token: str) -> Response:
     ctx = context_of(request)
     try:
         target = _target(request, PERSONAL, token)
-        async with ctx.db.reading() as session:
-            sub = await selfservice.subscriber_for(session, target)
-            context = await _form_context(request, session)
-            context["personal"] = await personal_data(
-                session, sub.id, ctx.settings, now=ctx.clock()
-            )
+        sub = await _personal_row(ctx, target)
     except LinkError as exc:
         return _link_problem(request, exc)
+    context = _form_context(request, await cached_organisation_choices(ctx))
     return _preferences_page(request, sub, token, context, _values_of(sub, context["units"]))
 
 
 def _preferences_page(
     request: Request,
-    sub: Subscriber,
+    sub: PersonalRow,
     token: str,
     context: dict[str, Any],
     values: dict[str, Any],
@@ -288,6 +327,7 @@ def _preferences_page(
             "token": token,
             "subscriber": sub,
             "status_label": SUBSCRIBER_LABELS[sub.status],
+            "controller": context_of(request).settings.mail.sender_name,
             "values": values,
             "errors": errors or {},
             "saved": saved,
@@ -296,53 +336,82 @@ def _preferences_page(
     )
 
 
+_SAVED = {
+    "pause": "Der Empfang ist pausiert. Sie erhalten keine E-Mails, bis Sie ihn fortsetzen.",
+    "resume": "Der Empfang ist fortgesetzt.",
+    "save": "Ihre Einstellungen sind gespeichert.",
+}
+
+
 @router.post("/einstellungen/{token}")
 async def preferences(request: Request, token: str) -> Response:
     ctx = context_of(request)
     form = await checked_form(request)
     action = field(form, "action")
+    if action not in ("pause", "resume"):
+        action = "save"
     now = ctx.clock()
     try:
         target = _target(request, PERSONAL, token)
-        async with ctx.db.transaction() as session:
-            sub = await selfservice.subscriber_for(session, target)
-            context = await _form_context(request, session)
-            context["personal"] = await personal_data(session, sub.id, ctx.settings, now=now)
-            if sub.status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed):
-                return _preferences_page(
-                    request, sub, token, context, _values_of(sub, context["units"]), status=409
-                )
-            if action == "pause":
-                await selfservice.pause(session, sub, now=now)
-                saved = (
-                    "Der Empfang ist pausiert. Sie erhalten keine E-Mails, bis Sie ihn fortsetzen."
-                )
-            elif action == "resume":
-                await selfservice.resume(session, sub, now=now)
-                saved = "Der Empfang ist fortgesetzt."
-            else:
+        units = await cached_organisation_choices(ctx)
+        choices: selfservice.Choices | None = None
+        problem: FieldError | None = None
+        if action == "save":
+            # Checked before the write transaction, which then holds the lock only for its
+            # own statements.
+            async with ctx.db.reading() as session:
                 orgs = {o.id: o for o in (await session.scalars(select(Organisation))).all()}
-                try:
-                    choices = _choices(form, context["units"], orgs, ctx.settings.topic_keys)
-                except FieldError as exc:
-                    return _preferences_page(
-                        request,
-                        sub,
-                        token,
-                        context,
-                        _values_from(form),
-                        errors={exc.field: exc.problem},
-                        status=422,
-                    )
-                await selfservice.update_preferences(session, sub, choices, now=now)
-                saved = "Ihre Einstellungen sind gespeichert."
-            await session.flush()
-            await session.refresh(sub, ["organisation", "subscriptions"])
-            values = _values_of(sub, context["units"])
-            context["personal"] = await personal_data(session, sub.id, ctx.settings, now=now)
+            try:
+                choices = _choices(form, units, orgs, ctx.settings.topic_keys)
+            except FieldError as exc:
+                problem = exc
+
+        def change(connection: Connection) -> tuple[PersonalRow, str]:
+            sub = _checked(personal_links.subscriber(connection, target.subscriber_id), target)
+            if sub.status in GONE:
+                return sub, "gone"
+            if action == "pause":
+                personal_links.pause(connection, sub, now=now)
+            elif action == "resume":
+                personal_links.resume(connection, sub, now=now)
+            elif choices is not None:
+                personal_links.update_preferences(
+                    connection,
+                    sub,
+                    name=choices.name,
+                    organisation_id=choices.organisation.id,
+                    role=choices.role,
+                    rhythm=choices.rhythm,
+                    topics=choices.topics,
+                    now=now,
+                )
+            else:
+                return sub, "invalid"
+            changed = personal_links.subscriber(connection, sub.id)
+            assert changed is not None
+            return changed, "saved"
+
+        # The whole transaction in a worker thread (Database.write): the write lock is not
+        # held while the event loop serves other requests.
+        sub, outcome = await ctx.db.write(change)
     except LinkError as exc:
         return _link_problem(request, exc)
-    return _preferences_page(request, sub, token, context, values, saved=saved)
+    context = _form_context(request, units)
+    if outcome == "gone":
+        return _preferences_page(request, sub, token, context, _values_of(sub, units), status=409)
+    if outcome == "invalid" and problem is not None:
+        return _preferences_page(
+            request,
+            sub,
+            token,
+            context,
+            _values_from(form),
+            errors={problem.field: problem.problem},
+            status=422,
+        )
+    return _preferences_page(
+        request, sub, token, context, _values_of(sub, units), saved=_SAVED[action]
+    )
 
 
 @router.get("/abmelden/{token}")
@@ -350,13 +419,13 @@ async def unsubscribe_form(request: Request, token: str) -> Response:
     ctx = context_of(request)
     try:
         target = _target(request, PERSONAL, token, expires=False)
-        async with ctx.db.reading() as session:
-            sub = await selfservice.subscriber_for(session, target)
+        sub = await _personal_row(ctx, target)
     except LinkError as exc:
         return _link_problem(request, exc)
-    done = sub.status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed)
     return page(
-        request, "public/unsubscribe.html", {"token": token, "done": done, "email": sub.email}
+        request,
+        "public/unsubscribe.html",
+        {"token": token, "done": sub.status in GONE, "email": sub.email},
     )
 
 
@@ -368,17 +437,20 @@ async def unsubscribe(request: Request, token: str) -> Response:
     ctx = context_of(request)
     form = await request.form()
     one_click = field(form, "List-Unsubscribe") == "One-Click"
+    how = "one-click" if one_click else "page"
+    ip = _ip(request)
+    now = ctx.clock()
     try:
         target = _target(request, PERSONAL, token, expires=False)
-        async with ctx.db.transaction() as session:
-            sub = await selfservice.subscriber_for(session, target)
-            changed = await selfservice.unsubscribe(
-                session,
-                sub,
-                how="one-click" if one_click else "page",
-                ip=_ip(request),
-                now=ctx.clock(),
-            )
+
+        def change(connection: Connection) -> tuple[PersonalRow, bool]:
+            row = personal_links.subscriber(connection, target.subscriber_id, topics=False)
+            sub = _checked(row, target)
+            return sub, personal_links.unsubscribe(connection, sub, how=how, ip=ip, now=now)
+
+        # The whole transaction in a worker thread (Database.write): during a big send the
+        # senders' commits do not wait for a busy event loop (issue 12's click storm).
+        sub, changed = await ctx.db.write(change)
     except LinkError as exc:
         if one_click:
             return Response(str(exc), status_code=404, media_type="text/plain; charset=utf-8")
