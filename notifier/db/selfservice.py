@@ -114,9 +114,7 @@ def _set_status(
     connection: Connection, subscriber_id: int, status: SubscriberStatus, now: datetime
 ) -> None:
     connection.execute(
-        update(_SUBSCRIBERS)
-        .where(_S.id == subscriber_id)
-        .values(status=status, updated_at=now)
+        update(_SUBSCRIBERS).where(_S.id == subscriber_id).values(status=status, updated_at=now)
     )
 
 
