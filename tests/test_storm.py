@@ -4,16 +4,24 @@ and the import hold SQLite's write lock only for their own statements, so the se
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from sqlalchemy import Connection, select, text
 
+from notifier.db import Database
+from notifier.db import selfservice as personal_links
+from notifier.db.models import AuditEntry
+from notifier.db.selfservice import PersonalRow
 from notifier.links import PERSONAL, Links
+from notifier.subscribers import import_file
 
 from .conftest import Project, Web
 
@@ -179,3 +187,70 @@ def test_the_sender_keeps_sending_while_the_office_imports_a_big_file(
     assert max(lock.waits) < took / 2, (max(lock.waits), took)
     assert during > 0, (during, took, before)
     assert max(health) < 1.0, max(health)
+
+
+async def test_the_personal_link_statements_and_the_import_on_every_backend(
+    project: Project, backend: str
+) -> None:
+    """Database.read/write with the Core statements of the personal links, and the import's
+    batched write (the CLI's in its session, the office's in Database.write), on a SQLite file
+    and on PostgreSQL: the same results."""
+    project.write_config({"database": {"url": backend}})
+    await asyncio.to_thread(project.seed)  # the organisations and 12 people, by the CLI import
+    rows = [
+        "email,name,role,organisation,topics,rhythm",
+        "neu1@kreis.example,Neu Eins,staff,07232,mobilitaet;eifelleben,daily",
+        "neu2@kreis.example,Neu Zwei,mayor,07232,,immediate",
+    ]
+    path = project.write("neu.csv", "\n".join(rows) + "\n")
+    async with Database(project.settings.database_url) as db:
+        topics = set(project.settings.topic_keys)
+        trial = await import_file(db, path, topics, actor="office:buero", dry_run=True)
+        assert (trial.added, trial.updated, trial.unchanged) == (2, 0, 0)
+        report = await import_file(db, path, topics, actor="office:buero", file_name="neu.csv")
+        assert (report.added, report.updated, report.unchanged) == (2, 0, 0)
+        again = await import_file(db, path, topics, actor="office:buero")
+        assert (again.added, again.updated, again.unchanged) == (0, 0, 2)
+
+        def find(connection: Connection) -> list[PersonalRow]:
+            ids = connection.execute(
+                text("SELECT id FROM subscribers WHERE email LIKE 'neu%' ORDER BY email")
+            ).scalars()
+            return [row for i in ids if (row := personal_links.subscriber(connection, i))]
+
+        one, two = await db.read(find)
+        assert (one.name, one.topics, one.all_topics, one.rhythm.value) == (
+            "Neu Eins",
+            ("eifelleben", "mobilitaet"),
+            False,
+            "daily",
+        )
+        assert (two.topics, two.all_topics, two.status.value) == ((), True, "active")
+        now = datetime.now(UTC)
+
+        def leave(connection: Connection) -> tuple[bool, bool]:
+            first = personal_links.unsubscribe(connection, one, how="one-click", ip="::1", now=now)
+            gone = personal_links.subscriber(connection, one.id)
+            assert gone is not None
+            return first, personal_links.unsubscribe(
+                connection, gone, how="one-click", ip="::1", now=now
+            )
+
+        assert await db.write(leave) == (True, False)
+
+        def audited(connection: Connection) -> list[tuple[str, str, str]]:
+            return [
+                (r.actor, r.action, r.details["how"] if "how" in r.details else r.details["email"])
+                for r in connection.execute(
+                    select(AuditEntry.actor, AuditEntry.action, AuditEntry.details)
+                    .where(AuditEntry.entity_id == str(one.id))
+                    .order_by(AuditEntry.id)
+                )
+            ]
+
+        assert await db.read(audited) == [
+            ("office:buero", "subscriber.imported", "neu1@kreis.example"),
+            ("web", "unsubscribe", "one-click"),
+        ]
+        left = await db.read(lambda c: personal_links.subscriber(c, one.id))
+        assert left is not None and left.status.value == "unsubscribed"
