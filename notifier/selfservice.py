@@ -1,5 +1,7 @@
 """What subscribers do themselves on the web: sign up (double opt-in with a consent record),
-confirm, change their preferences, pause, and unsubscribe.
+confirm, and unsubscribe (also the bounce intake's). Changing preferences, pausing and the
+one-click unsubscribe of the personal links are Core statements in
+:mod:`notifier.db.selfservice`, run in one worker-thread transaction each.
 
 Every function works inside the caller's transaction and writes an audit entry. A sign-up never
 tells whether an address is known: a new or unconfirmed address gets a confirmation e-mail, a
@@ -37,6 +39,7 @@ from .db.models import (
     Subscription,
 )
 from .db.retention import PROOF_ONLY_NAME
+from .db.selfservice import PersonalRow
 from .errors import FieldError
 from .links import LinkError, LinkTarget, resubscribe_days
 
@@ -304,36 +307,6 @@ async def _stop_pending_mail(session: AsyncSession, sub: Subscriber, now: dateti
     return count
 
 
-async def update_preferences(
-    session: AsyncSession, sub: Subscriber, choices: Choices, *, now: datetime
-) -> None:
-    before = {
-        "name": sub.name,
-        "organisation": sub.organisation_id,
-        "role": sub.role.value,
-        "rhythm": sub.rhythm.value,
-        "topics": sorted(s.topic_key for s in sub.subscriptions) if not sub.all_topics else [],
-    }
-    _apply(sub, choices)
-    sub.updated_at = now
-    await audit.record(session, "web", "preferences", "subscriber", sub.id, {"before": before})
-
-
-async def pause(session: AsyncSession, sub: Subscriber, *, now: datetime) -> None:
-    if sub.status is SubscriberStatus.active:
-        sub.status = SubscriberStatus.paused
-        sub.updated_at = now
-        cancelled = await _stop_pending_mail(session, sub, now)
-        await audit.record(session, "web", "pause", "subscriber", sub.id, {"cancelled": cancelled})
-
-
-async def resume(session: AsyncSession, sub: Subscriber, *, now: datetime) -> None:
-    if sub.status is SubscriberStatus.paused:
-        sub.status = SubscriberStatus.active
-        sub.updated_at = now
-        await audit.record(session, "web", "resume", "subscriber", sub.id, {})
-
-
 async def unsubscribe(
     session: AsyncSession,
     sub: Subscriber,
@@ -361,7 +334,7 @@ async def unsubscribe(
     return True
 
 
-def can_resubscribe(sub: Subscriber, settings: Settings, now: datetime) -> bool:
+def can_resubscribe(sub: Subscriber | PersonalRow, settings: Settings, now: datetime) -> bool:
     """Whether an unsubscribed person's old choices can still be restored: unsubscribed within
     :func:`~notifier.links.resubscribe_days` (their choices are kept so long, see
     ``[retention] unsubscribed_days``) and not yet reduced to the consent proof."""

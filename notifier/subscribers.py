@@ -1,27 +1,28 @@
-"""Subscribers: CSV import (checked whole, then written in one transaction) and export."""
+"""Subscribers: CSV import (checked whole without any lock, then written in one short
+transaction) and export."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import re
-from collections.abc import Generator, Sequence
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import select
+from sqlalchemy import Connection, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from .addresses import AddressError, display_email, normalise_email
-from .audit import record
 from .clock import utcnow
 from .csvfiles import FirstLines, Problems, csv_text, read_csv
-from .db.erasure import erased_among
+from .db import Database
+from .db.erasure import erasure_salt
+from .db.imports import ImportRow, apply_chunk
 from .db.models import (
     LegalBasis,
     Organisation,
@@ -32,14 +33,14 @@ from .db.models import (
     SubscriberStatus,
     Subscription,
 )
-from .errors import InputError, RowProblem
+from .errors import RowProblem
 from .organisations import organisation_index
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ["email", "name", "role", "organisation", "topics", "rhythm"]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-# Rows applied per step of an import: a chunk's objects are freed once it is written.
+# Rows written per statement batch of an import.
 CHUNK_ROWS = 500
 
 
@@ -173,141 +174,132 @@ def _check_row(
     return email, SubscriberRow(line, email, name, role, org, topics, rhythm)
 
 
-def _check_file(path: Path, units: Units, topic_keys: set[str]) -> None:
-    """The first pass over a subscriber CSV: check every row against the stored tree and the
-    known topics, and find addresses that occur twice. Keeps no rows.
+class _Spool:
+    """The checked rows of a file, kept in a private temporary SQLite file that is deleted on
+    close: the check reads the file once, without any lock, and the write reads the rows back
+    in chunks. Memory stays flat however many rows a file has."""
+
+    def __init__(self) -> None:
+        # Filled in one worker thread, read in another.
+        self._db = sqlite3.connect("", check_same_thread=False)  # "": a private temporary file
+        self._db.execute(
+            "CREATE TABLE rows (line INTEGER PRIMARY KEY, email TEXT, name TEXT, role TEXT, "
+            "organisation_id INTEGER, topics TEXT, rhythm TEXT)"
+        )
+        self._pending: list[tuple[int, str, str, str, int, str, str]] = []
+
+    def add(self, row: ImportRow) -> None:
+        self._pending.append(
+            (
+                row.line,
+                row.email,
+                row.name,
+                row.role.value,
+                row.organisation_id,
+                "\n".join(row.topics),
+                row.rhythm.value,
+            )
+        )
+        if len(self._pending) >= CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        self._db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", self._pending)
+        self._pending.clear()
+
+    def chunks(self) -> Iterator[list[ImportRow]]:
+        self.flush()
+        after = 0
+        while rows := self._db.execute(
+            "SELECT * FROM rows WHERE line > ? ORDER BY line LIMIT ?", (after, CHUNK_ROWS)
+        ).fetchall():
+            yield [
+                ImportRow(
+                    line,
+                    email,
+                    name,
+                    Role(role),
+                    organisation_id,
+                    tuple(topics.split("\n")) if topics else (),
+                    Rhythm(rhythm),
+                )
+                for line, email, name, role, organisation_id, topics, rhythm in rows
+            ]
+            after = rows[-1][0]
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _check_file(path: Path, units: Units, topic_keys: set[str]) -> _Spool:
+    """Check every row of a subscriber CSV against the stored tree and the known topics, and
+    find addresses that occur twice; the checked rows go to a spool (one pass over the file, in
+    a worker thread, before any transaction).
 
     Raises :class:`InputError` listing the bad rows.
     """
     problems = Problems()
-    with read_csv(path, COLUMNS) as table, FirstLines() as seen:
-        for record in table:
-            if isinstance(record, RowProblem):
-                problems.add(record)
-                continue
-            line, raw = record
-            email, row = _check_row(line, raw, units, topic_keys, problems)
-            # A bad row's address counts too, so a later row with it is reported as a duplicate.
-            first = seen.note(email, line) if email else None
-            if first is not None and row is not None:
-                problems.add(RowProblem(line, "email", f"{email} steht schon in Zeile {first}"))
-    problems.raise_if_any(table.path)
-
-
-def _rows(path: Path, units: Units, topic_keys: set[str]) -> Generator[SubscriberRow]:
-    """The second pass: the rows of a file that :func:`_check_file` passed. They are checked
-    again, in case the file changed in between; :class:`InputError` then ends the import."""
-    problems = Problems()
-    with read_csv(path, COLUMNS) as table:
-        for record in table:
-            if isinstance(record, RowProblem):
-                problems.add(record)
-                continue
-            _, row = _check_row(*record, units, topic_keys, problems)
-            if row is not None:
-                yield row
-    problems.raise_if_any(table.path)
-
-
-def _version(path: Path) -> tuple[int, int]:
+    spool = _Spool()
     try:
-        stat = path.stat()
-    except OSError as exc:
-        raise InputError(str(path), [], f"{path}: Datei nicht lesbar: {exc.strerror}") from exc
-    return stat.st_size, stat.st_mtime_ns
+        with read_csv(path, COLUMNS) as table, FirstLines() as seen:
+            for record in table:
+                if isinstance(record, RowProblem):
+                    problems.add(record)
+                    continue
+                line, raw = record
+                email, row = _check_row(line, raw, units, topic_keys, problems)
+                # A bad row's address counts too, so a later row with it is reported as a
+                # duplicate.
+                first = seen.note(email, line) if email else None
+                if first is not None and row is not None:
+                    problems.add(RowProblem(line, "email", f"{email} steht schon in Zeile {first}"))
+                elif row is not None and not problems.count:
+                    spool.add(
+                        ImportRow(
+                            row.line,
+                            row.email,
+                            row.name,
+                            row.role,
+                            row.organisation.id,
+                            row.topics,
+                            row.rhythm,
+                        )
+                    )
+        problems.raise_if_any(table.path)
+    except BaseException:
+        spool.close()
+        raise
+    return spool
 
 
-def _topics_of(sub: Subscriber) -> tuple[str, ...]:
-    return () if sub.all_topics else tuple(sorted(s.topic_key for s in sub.subscriptions))
-
-
-async def _apply(
-    session: AsyncSession,
-    rows: Sequence[SubscriberRow],
-    report: ImportReport,
+def _write(
+    connection: Connection,
+    spool: _Spool,
     *,
+    salt: bytes,
     actor: str,
-    file_name: str,
+    provenance: str,
     now: datetime,
     dry_run: bool,
-) -> None:
-    """Insert the new subscribers among ``rows`` and update the changed ones; counts them in
-    ``report``. With ``dry_run`` nothing is written. New subscribers' provenance names the
-    actor and the file."""
-    existing = {
-        s.email: s
-        for s in (
-            await session.scalars(
-                select(Subscriber)
-                .where(Subscriber.email.in_([r.email for r in rows]))
-                .options(selectinload(Subscriber.subscriptions))
-            )
-        ).all()
-    }
-    erased = await erased_among(session, [r.email for r in rows if r.email not in existing])
-    added: list[Subscriber] = []
-    for row in rows:
-        sub = existing.get(row.email)
-        if sub is None and row.email in erased:
-            # Skipped with a line in the report rather than refusing the file: the office's
-            # list is usually older than the person's request, and every other row is good.
-            report.skipped_erased.append(ErasedRow(row.line, row.email, erased[row.email]))
-            continue
-        if sub is None:
-            report.added += 1
-            if dry_run:
-                continue
-            sub = active_subscriber(
-                row, now, source=SubscriberSource.csv_import, actor=f"{actor} ({file_name})"
-            )
-            session.add(sub)
-            added.append(sub)
-            continue
-        if sub.status is not SubscriberStatus.active:
-            report.kept_inactive.append(row.email)
-        before = (sub.name, sub.role, sub.organisation_id, sub.rhythm, _topics_of(sub))
-        after = (row.name, row.role, row.organisation.id, row.rhythm, row.topics)
-        if before == after:
-            if sub.status is SubscriberStatus.active:
-                report.unchanged += 1
-            continue
-        report.updated += 1
-        if dry_run:
-            continue
-        sub.name, sub.role, sub.organisation_id, sub.rhythm = (
-            row.name,
-            row.role,
-            row.organisation.id,
-            row.rhythm,
+) -> ImportReport:
+    """Every spooled row, a chunk at a time, in the caller's one transaction."""
+    report = ImportReport()
+    for chunk in spool.chunks():
+        done = apply_chunk(
+            connection,
+            chunk,
+            salt=salt,
+            actor=actor,
+            provenance=provenance,
+            now=now,
+            dry_run=dry_run,
         )
-        sub.all_topics = not row.topics
-        sub.subscriptions = [Subscription(topic_key=t) for t in row.topics]
-        sub.updated_at = now
-        changed = [
-            c
-            for c, b, a in zip(
-                ("name", "role", "organisation", "rhythm", "topics"), before, after, strict=True
-            )
-            if b != a
-        ]
-        await record(
-            session,
-            actor,
-            "subscriber.updated",
-            "subscriber",
-            sub.id,
-            {"email": row.email, "changed": changed},
-        )
-    if added:
-        # One flush for the chunk's new rows (batched INSERTs) gives them their ids for the
-        # audit log; a flush per row made an import of 10,000 rows take half a minute.
-        await session.flush()
-        for sub in added:
-            await record(
-                session, actor, "subscriber.imported", "subscriber", sub.id, {"email": sub.email}
-            )
-    # Written now, the chunk's objects are no longer held by the session and can be freed.
-    await session.flush()
+        report.added += done.added
+        report.updated += done.updated
+        report.unchanged += done.unchanged
+        report.kept_inactive.extend(done.kept_inactive)
+        report.skipped_erased.extend(ErasedRow(*e) for e in done.skipped_erased)
+    return report
 
 
 async def import_subscribers(
@@ -325,37 +317,70 @@ async def import_subscribers(
     the file's own name; an upload names the file the user chose).
 
     Raises :class:`InputError` listing the bad rows, before anything is written, if any row is
-    bad. The file is read twice, a row at a time: first every row is checked (keeping only the
-    addresses, on disk, to find duplicates), then the rows are applied in chunks of
-    :data:`CHUNK_ROWS`; memory stays flat whatever the size of the file. Should the file change
-    in between, :class:`InputError` says so and the caller's rollback undoes the chunks.
+    bad. The file is read once, a row at a time, in a worker thread (the checked rows wait in
+    a temporary file, so memory stays flat whatever the size of the file); then the rows are
+    written with batched statements. The web application uses :func:`import_file`, which does
+    the same with the write transaction in a worker thread.
     """
     units = await organisation_index(session)
-    version = await asyncio.to_thread(_version, path)
-    await asyncio.to_thread(_check_file, path, units, topic_keys)
-    report = ImportReport()
-    now = utcnow()
-    with contextlib.closing(_rows(path, units, topic_keys)) as rows:
-        # Reading and checking a chunk takes a while: in a thread, the web application keeps
-        # answering meanwhile.
-        while chunk := await asyncio.to_thread(list, itertools.islice(rows, CHUNK_ROWS)):
-            await _apply(
-                session,
-                chunk,
-                report,
+    salt = await erasure_salt(session)
+    spool = await asyncio.to_thread(_check_file, path, units, topic_keys)
+    try:
+        provenance = f"{actor} ({file_name or path.name})"
+        return await session.run_sync(
+            lambda sync: _write(
+                sync.connection(),
+                spool,
+                salt=salt,
                 actor=actor,
-                file_name=file_name or path.name,
-                now=now,
+                provenance=provenance,
+                now=utcnow(),
                 dry_run=dry_run,
             )
-    if await asyncio.to_thread(_version, path) != version:
-        raise InputError(
-            str(path),
-            [],
-            f"{path}: Die Datei wurde während des Imports geändert; nichts wurde gespeichert. "
-            "Bitte noch einmal importieren.",
         )
-    return report
+    finally:
+        spool.close()
+
+
+async def import_file(
+    db: Database,
+    path: Path,
+    topic_keys: set[str],
+    *,
+    actor: str,
+    file_name: str | None = None,
+    dry_run: bool = False,
+) -> ImportReport:
+    """:func:`import_subscribers` in a transaction of its own, for a running service (the
+    office's upload): the file is read and checked in a worker thread before any transaction,
+    then written in ONE transaction that runs whole in a worker thread
+    (:meth:`Database.write`), so the senders and the web pages wait for the database only
+    while the rows are written, and an import is still all or nothing."""
+    async with db.reading() as session:
+        units = await organisation_index(session)
+        salt = await erasure_salt(session)
+    spool = await asyncio.to_thread(_check_file, path, units, topic_keys)
+    try:
+        provenance = f"{actor} ({file_name or path.name})"
+
+        def work(connection: Connection) -> ImportReport:
+            return _write(
+                connection,
+                spool,
+                salt=salt,
+                actor=actor,
+                provenance=provenance,
+                now=utcnow(),
+                dry_run=dry_run,
+            )
+
+        return await (db.read(work) if dry_run else db.write(work))
+    finally:
+        spool.close()
+
+
+def _topics_of(sub: Subscriber) -> tuple[str, ...]:
+    return () if sub.all_topics else tuple(sorted(s.topic_key for s in sub.subscriptions))
 
 
 async def export_subscribers(session: AsyncSession, *, excel: bool = False) -> str:

@@ -116,8 +116,13 @@ def test_a_person_sees_and_downloads_everything_stored_about_them(
     report = dsn(told.mail_from, ERIKA, "4.2.2", str(told.message["Message-ID"]))
     project.cli("bounces", "feed", project.write("voll.eml", report.decode()))
 
-    # The preferences page shows it all, with the download and the page.
+    # The preferences page links to the download and the page (loaded only on demand: the
+    # preferences page is what a click storm asks for); the page shows it all.
     page = site.client.get(preferences)
+    assert page.status_code == 200
+    assert "Ihre gespeicherten Daten" in page.text
+    assert f"{preferences}/daten.json" in page.text and f'"{preferences}/daten"' in page.text
+    page = site.client.get(f"{preferences}/daten")
     assert page.status_code == 200
     for shown in (
         "Ihre gespeicherten Daten",
@@ -175,6 +180,7 @@ def test_a_person_sees_and_downloads_everything_stored_about_them(
             (str(erika),),
         ).fetchall()
     assert [(a, json.loads(d)["format"]) for a, d in exported] == [
+        ("web", "html"),
         ("web", "json"),
         ("web", "html"),
     ]
@@ -223,7 +229,7 @@ def test_a_person_sees_and_downloads_everything_stored_about_them(
         actors = db.execute(
             "SELECT actor FROM audit_log WHERE action = 'subscriber.exported' ORDER BY id"
         ).fetchall()
-    assert actors[2:] == [("office:buero",), ("api:crm",)]
+    assert actors[3:] == [("office:buero",), ("api:crm",)]
 
 
 def test_every_way_in_records_where_a_subscriber_came_from(

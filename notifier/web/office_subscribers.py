@@ -23,7 +23,7 @@ from ..db.models import Role, Subscriber, SubscriberStatus
 from ..errors import InputError, StateError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, ROLE_LABELS, SUBSCRIBER_LABELS
 from ..orgtree import Choice, choose_one, problem_text
-from ..subscribers import export_subscribers, import_subscribers
+from ..subscribers import export_subscribers, import_file
 from .forms import field, fields, submitted_subscriber, subscriber_values
 from .officekit import (
     CurrentUser,
@@ -195,15 +195,16 @@ async def import_upload(request: Request, user: CurrentUser) -> Response:
     data = await upload.read()
     path = await asyncio.to_thread(_write_temp, data)
     try:
-        async with ctx.db.transaction() as session:
-            report = await import_subscribers(
-                session,
-                path,
-                set(ctx.settings.topic_keys),
-                actor=user.actor,
-                file_name=filename,
-                dry_run=dry_run,
-            )
+        # Checked without a lock, then written in one transaction in a worker thread: the
+        # senders and the pages wait only while the rows are written (issue 12).
+        report = await import_file(
+            ctx.db,
+            path,
+            set(ctx.settings.topic_keys),
+            actor=user.actor,
+            file_name=filename,
+            dry_run=dry_run,
+        )
     except InputError as exc:
         summary = "" if exc.problems else str(exc).replace(str(path), filename)
         return _import_page(

@@ -8,21 +8,23 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import FormData
 
 from .. import metrics, selfservice
-from ..addresses import check_email
+from ..addresses import check_email, display_email
 from ..console import FieldErrors
-from ..data_export import personal_data
+from ..db import selfservice as personal_links
 from ..db.models import Organisation, Subscriber, SubscriberStatus
+from ..db.selfservice import GONE, PersonalRow
 from ..errors import FieldError
 from ..labels import RHYTHM_LABELS, ROLE_CHOICES, SUBSCRIBER_LABELS
 from ..links import CONFIRM, PERSONAL, RESUBSCRIBE, LinkError, LinkTarget, resubscribe_days
 from ..orgtree import Choice, OrgTree, choose_one, problem_text, tree_cache
 from ..signup_limits import allow_signup_mail
-from .forms import field, fields, submitted_subscriber, subscriber_values
-from .request import checked_form, context_of, page
+from .forms import field, fields, submitted_subscriber
+from .request import WebContext, checked_form, context_of, page
 
 router = APIRouter(include_in_schema=False)
 logger = logging.getLogger(__name__)
@@ -112,20 +114,29 @@ def _form_context(
     }
 
 
-def _current(tree: OrgTree, sub: Subscriber) -> tuple[str, ...]:
+def _current(tree: OrgTree, sub: PersonalRow) -> tuple[str, ...]:
     unit = tree.by_id.get(sub.organisation_id)
     return (unit.key,) if unit is not None else ()
 
 
-def _values_of(sub: Subscriber, tree: OrgTree) -> dict[str, Any]:
-    return subscriber_values(sub, tree.label_of(sub.organisation_id))
+def _values_of(sub: PersonalRow, tree: OrgTree) -> dict[str, Any]:
+    """A subscriber as the preferences form shows them."""
+    return {
+        "email": display_email(sub.email),
+        "name": sub.name,
+        "organisation": tree.label_of(sub.organisation_id),
+        "role": sub.role.value,
+        "rhythm": sub.rhythm.value,
+        "all_topics": sub.all_topics,
+        "topics": list(sub.topics),
+    }
 
 
 def _values_from(form: FormData) -> dict[str, Any]:
     return {**submitted_subscriber(form), "consent": field(form, "consent") == "1"}
 
 
-def _resubscribe(request: Request, sub: Subscriber) -> dict[str, Any] | None:
+def _resubscribe(request: Request, sub: PersonalRow) -> dict[str, Any] | None:
     """The "wieder anmelden" button for an unsubscribed person whose choices are still kept."""
     ctx = context_of(request)
     if not selfservice.can_resubscribe(sub, ctx.settings, ctx.clock()):
@@ -291,26 +302,36 @@ async def confirm(request: Request, token: str) -> Response:
     )
 
 
+def _checked(sub: PersonalRow | None, target: LinkTarget) -> PersonalRow:
+    """The subscriber a checked link names; raises :class:`LinkError` if the link was revoked
+    (another ``token_version``) or the subscriber is gone."""
+    if sub is None or sub.token_version != target.version:
+        raise LinkError("Der Link ist nicht mehr gültig.")
+    return sub
+
+
+async def _personal_row(ctx: WebContext, target: LinkTarget) -> PersonalRow:
+    # One read in a worker thread, plain rows: the page under a click storm (issue 12).
+    row = await ctx.db.read(lambda c: personal_links.subscriber(c, target.subscriber_id))
+    return _checked(row, target)
+
+
 @router.get("/einstellungen/{token}")
 async def preferences_form(request: Request, token: str) -> Response:
     ctx = context_of(request)
     try:
         target = _target(request, PERSONAL, token)
-        async with ctx.db.reading() as session:
-            sub = await selfservice.subscriber_for(session, target)
-            tree = await _tree(request, session)
-            context = _form_context(request, tree, chosen=_current(tree, sub))
-            context["personal"] = await personal_data(
-                session, sub.id, ctx.settings, now=ctx.clock()
-            )
+        sub = await _personal_row(ctx, target)
     except LinkError as exc:
         return _link_problem(request, exc)
+    tree = await tree_cache(ctx.extra).read(ctx.db)
+    context = _form_context(request, tree, chosen=_current(tree, sub))
     return _preferences_page(request, sub, token, context, _values_of(sub, tree))
 
 
 def _preferences_page(
     request: Request,
-    sub: Subscriber,
+    sub: PersonalRow,
     token: str,
     context: dict[str, Any],
     values: dict[str, Any],
@@ -327,6 +348,7 @@ def _preferences_page(
             "token": token,
             "subscriber": sub,
             "status_label": SUBSCRIBER_LABELS[sub.status],
+            "controller": context_of(request).settings.mail.sender_name,
             "values": values,
             "errors": _ordered(errors or {}),
             "saved": saved,
@@ -336,56 +358,81 @@ def _preferences_page(
     )
 
 
+_SAVED = {
+    "pause": "Der Empfang ist pausiert. Sie erhalten keine E-Mails, bis Sie ihn fortsetzen.",
+    "resume": "Der Empfang ist fortgesetzt.",
+    "save": "Ihre Einstellungen sind gespeichert.",
+}
+
+
 @router.post("/einstellungen/{token}")
 async def preferences(request: Request, token: str) -> Response:
     ctx = context_of(request)
     form = await checked_form(request)
     action = field(form, "action")
+    if action not in ("pause", "resume"):
+        action = "save"
     now = ctx.clock()
     try:
         target = _target(request, PERSONAL, token)
-        async with ctx.db.transaction() as session:
-            sub = await selfservice.subscriber_for(session, target)
-            tree = await _tree(request, session)
-            context = _form_context(request, tree, chosen=_current(tree, sub))
-            context["personal"] = await personal_data(session, sub.id, ctx.settings, now=now)
-            if sub.status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed):
-                return _preferences_page(
-                    request, sub, token, context, _values_of(sub, tree), status=409
-                )
-            if action == "pause":
-                await selfservice.pause(session, sub, now=now)
-                saved = (
-                    "Der Empfang ist pausiert. Sie erhalten keine E-Mails, bis Sie ihn fortsetzen."
-                )
-            elif action == "resume":
-                await selfservice.resume(session, sub, now=now)
-                saved = "Der Empfang ist fortgesetzt."
-            else:
+        tree = await tree_cache(ctx.extra).read(ctx.db)
+        choices: selfservice.Choices | None = None
+        errors: dict[str, str] = {}
+        picked: Choice | None = None
+        if action == "save":
+            # Checked before the write transaction, which then holds the lock only for its
+            # own statements.
+            async with ctx.db.reading() as session:
                 choices, errors, picked = await _check_form(
                     session, form, tree, ctx.settings.topic_keys
                 )
-                if errors or choices is None:
-                    context.update(_form_context(request, tree, form=form, picked=picked))
-                    return _preferences_page(
-                        request,
-                        sub,
-                        token,
-                        context,
-                        _values_from(form),
-                        errors=errors,
-                        status=422,
-                    )
-                await selfservice.update_preferences(session, sub, choices, now=now)
-                saved = "Ihre Einstellungen sind gespeichert."
-            await session.flush()
-            await session.refresh(sub, ["organisation", "subscriptions"])
-            values = _values_of(sub, tree)
-            context.update(_form_context(request, tree, chosen=_current(tree, sub)))
-            context["personal"] = await personal_data(session, sub.id, ctx.settings, now=now)
+
+        def change(connection: Connection) -> tuple[PersonalRow, str]:
+            sub = _checked(personal_links.subscriber(connection, target.subscriber_id), target)
+            if sub.status in GONE:
+                return sub, "gone"
+            if action == "pause":
+                personal_links.pause(connection, sub, now=now)
+            elif action == "resume":
+                personal_links.resume(connection, sub, now=now)
+            elif choices is not None and not errors:
+                personal_links.update_preferences(
+                    connection,
+                    sub,
+                    name=choices.name,
+                    organisation_id=choices.organisation.id,
+                    role=choices.role,
+                    rhythm=choices.rhythm,
+                    topics=choices.topics,
+                    now=now,
+                )
+            else:
+                return sub, "invalid"
+            changed = personal_links.subscriber(connection, sub.id)
+            assert changed is not None
+            return changed, "saved"
+
+        # The whole transaction in a worker thread (Database.write): the write lock is not
+        # held while the event loop serves other requests.
+        sub, outcome = await ctx.db.write(change)
     except LinkError as exc:
         return _link_problem(request, exc)
-    return _preferences_page(request, sub, token, context, values, saved=saved)
+    if outcome == "invalid":
+        return _preferences_page(
+            request,
+            sub,
+            token,
+            _form_context(request, tree, form=form, picked=picked),
+            _values_from(form),
+            errors=errors,
+            status=422,
+        )
+    context = _form_context(request, tree, chosen=_current(tree, sub))
+    if outcome == "gone":
+        return _preferences_page(request, sub, token, context, _values_of(sub, tree), status=409)
+    return _preferences_page(
+        request, sub, token, context, _values_of(sub, tree), saved=_SAVED[action]
+    )
 
 
 @router.get("/abmelden/{token}")
@@ -393,17 +440,15 @@ async def unsubscribe_form(request: Request, token: str) -> Response:
     ctx = context_of(request)
     try:
         target = _target(request, PERSONAL, token, expires=False)
-        async with ctx.db.reading() as session:
-            sub = await selfservice.subscriber_for(session, target)
+        sub = await _personal_row(ctx, target)
     except LinkError as exc:
         return _link_problem(request, exc)
-    done = sub.status in (SubscriberStatus.unsubscribed, SubscriberStatus.suppressed)
     return page(
         request,
         "public/unsubscribe.html",
         {
             "token": token,
-            "done": done,
+            "done": sub.status in GONE,
             "email": sub.email,
             "resubscribe": _resubscribe(request, sub),
         },
@@ -418,17 +463,25 @@ async def unsubscribe(request: Request, token: str) -> Response:
     ctx = context_of(request)
     form = await request.form()
     one_click = field(form, "List-Unsubscribe") == "One-Click"
+    how = "one-click" if one_click else "page"
+    ip = _ip(request)
+    now = ctx.clock()
     try:
         target = _target(request, PERSONAL, token, expires=False)
-        async with ctx.db.transaction() as session:
-            sub = await selfservice.subscriber_for(session, target)
-            changed = await selfservice.unsubscribe(
-                session,
-                sub,
-                how="one-click" if one_click else "page",
-                ip=_ip(request),
-                now=ctx.clock(),
-            )
+
+        def change(connection: Connection) -> tuple[PersonalRow, bool]:
+            row = personal_links.subscriber(connection, target.subscriber_id, topics=False)
+            sub = _checked(row, target)
+            changed = personal_links.unsubscribe(connection, sub, how=how, ip=ip, now=now)
+            if one_click:
+                return sub, changed
+            # The page offers "wieder anmelden": it needs the row as the unsubscribe left it.
+            after = personal_links.subscriber(connection, sub.id, topics=False)
+            return after or sub, changed
+
+        # The whole transaction in a worker thread (Database.write): during a big send the
+        # senders' commits do not wait for a busy event loop (issue 12's click storm).
+        sub, changed = await ctx.db.write(change)
     except LinkError as exc:
         if one_click:
             return Response(str(exc), status_code=404, media_type="text/plain; charset=utf-8")
