@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from .certs import self_signed
+
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 USERS = 200  # mailboxes one test session may use
 
@@ -150,28 +152,7 @@ service anvil {{
         # within a second.
         self.users = [(f"bounces{i}", uuid.uuid4().hex) for i in range(USERS)]
         self.passwd.write_text("".join(f"{u}:{{PLAIN}}{p}::::::\n" for u, p in self.users))
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-                "-keyout",
-                str(self.root / "key.pem"),
-                "-out",
-                str(self.cert),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        self_signed(self.root / "key.pem", self.cert)
         config = self.root / "dovecot.conf"
         config.write_text(self._config())
         self.proc = subprocess.Popen(

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from .certs import self_signed
+
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SLAPADD = shutil.which("slapadd") or "/usr/sbin/slapadd"
 SCHEMA = Path("/etc/ldap/schema")
@@ -173,28 +175,7 @@ member: {self.user_dn("carla")}
 
     def start(self) -> Slapd:
         (self.root / "data").mkdir()
-        subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-                "-keyout",
-                str(self.root / "key.pem"),
-                "-out",
-                str(self.cert),
-            ],
-            check=True,
-            capture_output=True,
-        )
+        self_signed(self.root / "key.pem", self.cert)
         config = self.root / "slapd.conf"
         config.write_text(self._config(), "utf-8")
         ldif = self.root / "data.ldif"
