@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from .certs import self_signed
+from .processes import terminate
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
 USERS = 200  # mailboxes one test session may use
@@ -183,13 +184,7 @@ service anvil {{
         return Mailbox("127.0.0.1", self.port, user, password, self.tls_port, self.cert)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
 
 
 @pytest.fixture(scope="session")

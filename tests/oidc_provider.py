@@ -23,6 +23,7 @@ from urllib.parse import urljoin
 import httpx
 import pytest
 
+from .processes import terminate
 from .slapd import free_port, need_sso
 
 HERE = Path(__file__).parent / "oidc"
@@ -65,13 +66,7 @@ class OidcProvider:
             self.lines.append(line)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
 

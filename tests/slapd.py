@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from .certs import self_signed
+from .processes import terminate
 
 SLAPD = shutil.which("slapd") or "/usr/sbin/slapd"
 SLAPADD = shutil.which("slapadd") or "/usr/sbin/slapadd"
@@ -203,13 +204,7 @@ member: {self.user_dn("carla")}
         raise RuntimeError(f"slapd did not start: {error}")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc)
         if self.proc is not None and self.proc.stderr is not None:
             self.proc.stderr.close()
 
