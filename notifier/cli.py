@@ -755,7 +755,7 @@ async def sources_list(ctx: click.Context) -> None:
         click.echo("Keine Quellen konfiguriert ([[sources.feed]] / [[sources.calendar]]).")
         return
     from .sources.feed import FALLBACK_PREFIX
-    from .sources.poller import held_counts, item_counts, source_kind
+    from .sources.held import held_counts, item_counts, source_kind
 
     async with await _open(settings) as db, db.transaction() as session:
         states = {s.name: s for s in await session.scalars(select(SourceState))}
@@ -832,7 +832,7 @@ def _configured_source(ctx: click.Context, name: str) -> str:
 @run_async
 async def sources_release(ctx: click.Context, name: str) -> None:
     """Zurückgehaltene Einträge der Quelle NAME jetzt ankündigen."""
-    from .sources.poller import release_held
+    from .sources.held import release_held
 
     _configured_source(ctx, name)
     async with await _open(_settings(ctx)) as db, db.transaction() as session:
@@ -849,7 +849,7 @@ async def sources_release(ctx: click.Context, name: str) -> None:
 @run_async
 async def sources_discard(ctx: click.Context, name: str) -> None:
     """Zurückgehaltene Einträge der Quelle NAME verwerfen (nur erfasst, nie angekündigt)."""
-    from .sources.poller import discard_held
+    from .sources.held import discard_held
 
     _configured_source(ctx, name)
     async with await _open(_settings(ctx)) as db, db.transaction() as session:

@@ -30,10 +30,10 @@ from .config import CalendarSource, FeedSource, Settings
 from .db import Database
 from .db.leader import SCHEDULER_LOCK, LeaderLock
 from .routing import next_release, release_due
-from .sources.poller import SourcePoller
 
 if TYPE_CHECKING:
     from .bounces.imap import ImapPoller
+    from .sources.poller import SourcePoller
 
 logger = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from . import metrics
-from .catcher import MailCatcher
 from .clock import utcnow
 from .config import Settings
 from .db import Database
@@ -28,6 +28,9 @@ from .errors import NotifierError
 from .metrics.directory import leave as leave_metrics
 from .rendering import Renderer
 from .topics import sync_topics
+
+if TYPE_CHECKING:
+    from .catcher_server import MailCatcher
 
 logger = logging.getLogger(__name__)
 
@@ -190,6 +193,8 @@ class Service:
                 # The catcher runs where messages are sent; this process only names it.
                 host, port, tls = settings.catcher.host, settings.catcher.port, "none"
             elif settings.smtp.catcher:
+                from .catcher_server import MailCatcher  # aiosmtpd only where it runs
+
                 self.catcher = await stack.enter_async_context(
                     MailCatcher(
                         settings.catcher_dir,
@@ -216,10 +221,14 @@ class Service:
             if "scheduler" in self.roles:
                 # Imported here: a sender-only process does without feeds, calendars and jobs.
                 from .scheduling import LeadingScheduler, Scheduler
-                from .sources.poller import SourcePoller, http_client
 
-                client = await stack.enter_async_context(http_client())
-                poller = SourcePoller(db, settings, client, self.clock)
+                poller = None
+                if settings.sources.all:
+                    # Imported only then: httpx, feedparser and icalendar are about 10 MB.
+                    from .sources.poller import SourcePoller, http_client
+
+                    client = await stack.enter_async_context(http_client())
+                    poller = SourcePoller(db, settings, client, self.clock)
                 # Only the elected leader of all scheduler processes runs the jobs.
                 scheduler = LeadingScheduler(
                     db, lambda: Scheduler(db, settings, self.clock, wake, poller)

@@ -26,7 +26,7 @@ from typing import Any
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
-from notifier.catcher import advertise_pipelining
+from notifier.catcher_server import advertise_pipelining
 
 
 @dataclass

@@ -1,6 +1,5 @@
-"""Sources: the places updates and events come from, each turned into plain data for items."""
+"""Sources: the places updates and events come from, each turned into plain data for items.
 
-from .feed import FeedEntry, parse_feed
-from .http import Fetched, fetch
-
-__all__ = ["FeedEntry", "Fetched", "fetch", "parse_feed"]
+The submodules are imported where they are used (``sources.feed``, ``sources.calendar``,
+``sources.http``, ``sources.poller``, ``sources.held``): a process that polls no source does
+without httpx, feedparser and icalendar."""

@@ -14,10 +14,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .. import audit, metrics
+from .. import metrics
 from ..config import CalendarSource, FeedSource, Settings
 from ..db import Database, queries
 from ..db.models import Item, ItemKind, ItemStatus, SourceState
@@ -25,6 +25,7 @@ from ..errors import NotFoundError, SourceError
 from ..organisations import resolve_units
 from .calendar import CalendarEvent, CalendarSeries, ParsedCalendar
 from .feed import FeedEntry
+from .held import held_counts, source_kind
 from .http import fetch
 from .rules import series_words
 from .worker import ParseLimits, parse_isolated
@@ -58,10 +59,6 @@ class PollResult:
 def http_client() -> httpx.AsyncClient:
     """The client sources are fetched with; each fetch sets its own overall deadline."""
     return httpx.AsyncClient(timeout=httpx.Timeout(60.0), trust_env=False)
-
-
-def source_kind(source: Source) -> str:
-    return "feed" if isinstance(source, FeedSource) else "calendar"
 
 
 class SourcePoller:
@@ -659,13 +656,6 @@ class SourcePoller:
             await queries.notify_cancelled(session, item.id, f"restored:{item.change_count}", now)
 
 
-async def item_counts(session: AsyncSession) -> dict[str, int]:
-    rows = await session.execute(
-        select(Item.source, func.count()).where(Item.source.is_not(None)).group_by(Item.source)
-    )
-    return {name: count for name, count in rows.all() if name is not None}
-
-
 def plausible_date(published: datetime | None, now: datetime) -> datetime | None:
     """A feed entry's date, or ``now`` (when it was first seen) for a date that cannot be
     meant: more than :data:`PLAUSIBLE_PAST` before now, or more than :data:`PLAUSIBLE_FUTURE`
@@ -736,76 +726,3 @@ async def existing_items(
         )
         found.update((i.external_key or "", i) for i in rows)
     return found
-
-
-async def held_counts(session: AsyncSession, source_name: str | None = None) -> dict[str, int]:
-    """How many items each source holds for the office's decision (only sources with some)."""
-    stmt = select(Item.source, func.count()).where(Item.status == ItemStatus.held)
-    if source_name is not None:
-        stmt = stmt.where(Item.source == source_name)
-    rows = await session.execute(stmt.group_by(Item.source))
-    return {name: count for name, count in rows.all() if name is not None}
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What releasing or discarding a source's held items did."""
-
-    released: int = 0  # now scheduled: routed at the next release check
-    discarded: int = 0  # now recorded: kept as seen, never announced
-
-
-async def release_held(
-    session: AsyncSession, source_name: str, *, actor: str, now: datetime
-) -> Decision:
-    """Announce the held items of a source now (audited). Events that have begun meanwhile,
-    or were cancelled, are only recorded."""
-    over = await session.execute(
-        update(Item)
-        .where(
-            Item.source == source_name,
-            Item.status == ItemStatus.held,
-            Item.kind == ItemKind.event,
-            (Item.starts_at <= now) | Item.event_cancelled.is_(True),
-        )
-        .values(status=ItemStatus.recorded)
-    )
-    released = await session.execute(
-        update(Item)
-        .where(Item.source == source_name, Item.status == ItemStatus.held)
-        .values(status=ItemStatus.scheduled, send_at=now)
-    )
-    decision = Decision(
-        released=int(released.rowcount),  # type: ignore[attr-defined]
-        discarded=int(over.rowcount),  # type: ignore[attr-defined]
-    )
-    await audit.record(
-        session,
-        actor,
-        "source.held_released",
-        "source",
-        source_name,
-        {"released": decision.released, "recorded": decision.discarded},
-    )
-    return decision
-
-
-async def discard_held(
-    session: AsyncSession, source_name: str, *, actor: str, now: datetime
-) -> Decision:
-    """Record the held items of a source as seen, never to be announced (audited)."""
-    discarded = await session.execute(
-        update(Item)
-        .where(Item.source == source_name, Item.status == ItemStatus.held)
-        .values(status=ItemStatus.recorded)
-    )
-    decision = Decision(discarded=int(discarded.rowcount))  # type: ignore[attr-defined]
-    await audit.record(
-        session,
-        actor,
-        "source.held_discarded",
-        "source",
-        source_name,
-        {"recorded": decision.discarded},
-    )
-    return decision

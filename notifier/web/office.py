@@ -22,7 +22,7 @@ from ..db.models import OutboxState, SubscriberStatus, User
 from ..errors import NotFoundError
 from ..labels import ITEM_LABELS, STATE_LABELS, smtp_state
 from ..rendering import german_datetime
-from ..sources.poller import discard_held, held_counts, item_counts, release_held, source_kind
+from ..sources.held import discard_held, held_counts, item_counts, release_held, source_kind
 from .charts import render
 from .forms import field
 from .office_charts import outbox_chart
