@@ -41,7 +41,7 @@ class WebServer:
 
     async def __aenter__(self) -> WebServer:
         try:
-            self._socket = socket.create_server((self.host, self.port))
+            self._socket = _listening_socket(self.host, self.port)
         except OSError as exc:
             raise NotifierError(
                 f"Web-Oberfläche: {self.host}:{self.port} ist nicht verfügbar ({exc.strerror})"
@@ -65,3 +65,26 @@ class WebServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self._server.shutdown(sockets=[self._socket] if self._socket else None)
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket listening on ``host:port`` whose connections send without Nagle's delay.
+
+    asyncio turns Nagle's algorithm off (``TCP_NODELAY``) only for sockets whose protocol
+    number says TCP, and ``socket.create_server`` makes them with protocol 0. With Nagle on,
+    an answer's body waits for the client to acknowledge its headers, and clients delay that
+    acknowledgement by up to 40 ms: every keep-alive request took 40 ms and one client
+    connection served 25 requests/s, whatever the CPU. Setting it on the listening socket
+    covers the connections it accepts (Linux copies the option to them)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(address)
+        sock.listen(socket.SOMAXCONN)
+    except OSError:
+        sock.close()
+        raise
+    return sock
