@@ -9,6 +9,8 @@ statements (see :meth:`notifier.db.engine.Database.write`).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -55,25 +57,27 @@ class PersonalRow:
     topics: tuple[str, ...]  # the chosen topics' keys, sorted (empty with all_topics)
 
 
+# The subscribers' columns of a PersonalRow (its topics come from subscriptions).
+_PERSONAL_COLUMNS = (
+    _S.id,
+    _S.email,
+    _S.name,
+    _S.role,
+    _S.organisation_id,
+    _S.rhythm,
+    _S.all_topics,
+    _S.status,
+    _S.token_version,
+    _S.updated_at,
+)
+
+
 def subscriber(
     connection: Connection, subscriber_id: int, *, topics: bool = True
 ) -> PersonalRow | None:
     """The subscriber with their topics (without: ``topics`` is empty; None if there is no
     such subscriber)."""
-    row = connection.execute(
-        select(
-            _S.id,
-            _S.email,
-            _S.name,
-            _S.role,
-            _S.organisation_id,
-            _S.rhythm,
-            _S.all_topics,
-            _S.status,
-            _S.token_version,
-            _S.updated_at,
-        ).where(_S.id == subscriber_id)
-    ).one_or_none()
+    row = connection.execute(select(*_PERSONAL_COLUMNS).where(_S.id == subscriber_id)).one_or_none()
     if row is None:
         return None
     values: dict[str, Any] = dict(row._mapping)
@@ -124,37 +128,104 @@ def _set_status(
 def stop_pending_mail(connection: Connection, subscriber_id: int, now: datetime) -> int:
     """Cancel the subscriber's messages not yet on their way (announcements and briefings, not
     service mail), and empty their briefing queue; returns how many messages were cancelled."""
-    result = connection.execute(
+    return _stop_pending_mail(connection, [subscriber_id], now)[subscriber_id]
+
+
+def _stop_pending_mail(
+    connection: Connection, subscriber_ids: list[int], now: datetime
+) -> Counter[int]:
+    """:func:`stop_pending_mail` for several subscribers: cancelled messages per subscriber."""
+    cancelled = connection.execute(
         update(_OUTBOX)
         .where(
-            _OUTBOX.c.subscriber_id == subscriber_id,
+            _OUTBOX.c.subscriber_id.in_(subscriber_ids),
             _OUTBOX.c.state.in_((OutboxState.queued, OutboxState.deferred)),
             (_OUTBOX.c.item_id.is_not(None)) | (_OUTBOX.c.digest_id.is_not(None)),
         )
         .values(state=OutboxState.cancelled, updated_at=now, last_reply="abgemeldet")
-    )
-    connection.execute(delete(_BRIEFING).where(_BRIEFING.c.subscriber_id == subscriber_id))
-    return result.rowcount
+        .returning(_OUTBOX.c.subscriber_id)
+    ).scalars()
+    counts = Counter(cancelled)
+    connection.execute(delete(_BRIEFING).where(_BRIEFING.c.subscriber_id.in_(subscriber_ids)))
+    return counts
 
 
-def unsubscribe(
-    connection: Connection, sub: PersonalRow, *, how: str, ip: str, now: datetime
-) -> bool:
-    """Unsubscribe at once (idempotent); returns whether anything changed. Messages not yet on
-    their way are cancelled in the same transaction."""
-    if sub.status in GONE:
-        return False
-    _set_status(connection, sub.id, SubscriberStatus.unsubscribed, now)
-    cancelled = stop_pending_mail(connection, sub.id, now)
-    audit(
-        connection,
-        "web",
-        "unsubscribe",
-        sub.id,
-        {"how": how, "ip": ip, "cancelled": cancelled},
-        at=now,
+@dataclass(frozen=True)
+class Unsubscribe:
+    """One unsubscribe by a personal link: who (and the link's ``token_version``), how, from
+    where and when."""
+
+    subscriber_id: int
+    version: int
+    how: str
+    ip: str
+    at: datetime
+
+
+# Subscribers per statement of a batch (SQLite allows 32,766 variables per statement).
+_CHUNK = 500
+
+
+def unsubscribe_many(
+    connection: Connection, requests: Sequence[Unsubscribe]
+) -> list[tuple[PersonalRow | None, bool]]:
+    """Unsubscribe several people in one transaction (idempotent). Per request: the subscriber
+    as they were before (None: there is no such subscriber) and whether this request changed
+    them. A link of another ``token_version`` changes nothing (the caller refuses it), nor does
+    a second request for the same person. Messages not yet on their way are cancelled in the
+    same transaction, and each change gets its audit entry.
+
+    One statement of each kind for the whole batch: a one-click storm's unsubscribes hold the
+    write lock once per batch, not once per click (see ``notifier.web.unsubscribes``)."""
+    ids = sorted({r.subscriber_id for r in requests})
+    before: dict[int, PersonalRow] = {}
+    for chunk in _chunks(ids):
+        for row in connection.execute(select(*_PERSONAL_COLUMNS).where(_S.id.in_(chunk))):
+            before[row.id] = PersonalRow(**row._mapping, topics=())
+    changing: dict[int, Unsubscribe] = {}
+    results: list[tuple[PersonalRow | None, bool]] = []
+    for request in requests:
+        sub = before.get(request.subscriber_id)
+        changes = (
+            sub is not None
+            and sub.token_version == request.version
+            and sub.status not in GONE
+            and sub.id not in changing
+        )
+        if changes:
+            changing[request.subscriber_id] = request
+        results.append((sub, changes))
+    if not changing:
+        return results
+    now = max(r.at for r in changing.values())
+    cancelled: Counter[int] = Counter()
+    for chunk in _chunks(list(changing)):
+        connection.execute(
+            update(_SUBSCRIBERS)
+            .where(_S.id.in_(chunk))
+            .values(status=SubscriberStatus.unsubscribed, updated_at=now)
+        )
+        cancelled.update(_stop_pending_mail(connection, chunk, now))
+    connection.execute(
+        insert(_AUDIT),
+        [
+            {
+                "at": r.at,
+                "actor": "web",
+                "action": "unsubscribe",
+                "entity": "subscriber",
+                "entity_id": str(r.subscriber_id),
+                "details": {"how": r.how, "ip": r.ip, "cancelled": cancelled[r.subscriber_id]},
+            }
+            for r in changing.values()
+        ],
     )
-    return True
+    return results
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), _CHUNK):
+        yield ids[start : start + _CHUNK]
 
 
 def pause(connection: Connection, sub: PersonalRow, *, now: datetime) -> None:

@@ -5,6 +5,7 @@ privacy notice (``/datenschutz``) and the accessibility statement (``/barrierefr
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -25,6 +26,7 @@ from ..orgtree import Choice, OrgTree, choose_one, problem_text, tree_cache
 from ..signup_limits import allow_signup_mail
 from .forms import field, fields, submitted_subscriber
 from .request import WebContext, checked_form, context_of, page
+from .unsubscribes import unsubscribes_of
 
 router = APIRouter(include_in_schema=False)
 logger = logging.getLogger(__name__)
@@ -468,20 +470,12 @@ async def unsubscribe(request: Request, token: str) -> Response:
     now = ctx.clock()
     try:
         target = _target(request, PERSONAL, token, expires=False)
-
-        def change(connection: Connection) -> tuple[PersonalRow, bool]:
-            row = personal_links.subscriber(connection, target.subscriber_id, topics=False)
-            sub = _checked(row, target)
-            changed = personal_links.unsubscribe(connection, sub, how=how, ip=ip, now=now)
-            if one_click:
-                return sub, changed
-            # The page offers "wieder anmelden": it needs the row as the unsubscribe left it.
-            after = personal_links.subscriber(connection, sub.id, topics=False)
-            return after or sub, changed
-
-        # The whole transaction in a worker thread (Database.write): during a big send the
-        # senders' commits do not wait for a busy event loop (issue 12's click storm).
-        sub, changed = await ctx.db.write(change)
+        # Written together with the other clicks of the moment, answered after the commit
+        # (a group commit: one write transaction per batch, not per click; issue 12's storm).
+        row, changed = await unsubscribes_of(ctx.extra, ctx.db).unsubscribe(
+            personal_links.Unsubscribe(target.subscriber_id, target.version, how, ip, now)
+        )
+        sub = _checked(row, target)
     except LinkError as exc:
         if one_click:
             return Response(str(exc), status_code=404, media_type="text/plain; charset=utf-8")
@@ -490,6 +484,9 @@ async def unsubscribe(request: Request, token: str) -> Response:
         metrics.current().unsubscribes.inc()
     if one_click:
         return Response("Abgemeldet.", media_type="text/plain; charset=utf-8")
+    if changed:
+        # The page offers "wieder anmelden": it needs the row as the unsubscribe left it.
+        sub = replace(sub, status=SubscriberStatus.unsubscribed, updated_at=now)
     return page(
         request,
         "public/unsubscribe.html",
