@@ -445,6 +445,9 @@ class WebSettings(_Section):
     max_form_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
     max_upload_bytes: Annotated[int, Field(ge=1024)] = 20_000_000
     max_json_bytes: Annotated[int, Field(ge=1024)] = 1_000_000
+    # Public pages (sign-up, preferences, unsubscribe, …) worked on at once; more wait their
+    # turn in order. 0: no limit.
+    public_pages_at_once: Annotated[int, Field(ge=0)] = 2
     # Confirmation mails of the public sign-up form (a sign-up beyond a limit sends nothing and
     # looks the same to the visitor): per client address and hour, per recipient domain and
     # hour, per mailbox (plus-addresses count as one) and day, and for the whole service per hour.

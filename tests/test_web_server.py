@@ -7,8 +7,9 @@ import asyncio
 import socket
 import time
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
+from notifier.web.limits import PageTurns
 from notifier.web.server import WebServer, _listening_socket
 
 
@@ -71,3 +72,60 @@ async def test_keep_alive_requests_are_not_held_back() -> None:
 
         took = await asyncio.to_thread(client)
     assert took < 1.5, f"50 keep-alive requests took {took:.2f} s"
+
+
+async def test_public_pages_take_turns_and_nothing_else_waits_for_them() -> None:
+    """[web] public_pages_at_once: at most that many public pages are worked on at once, the
+    rest wait in order without an error; the office, the API and the forms' posts pass."""
+    running: dict[str, int] = {"public": 0, "most": 0}
+    release = asyncio.Event()
+    order: list[str] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        public = scope["path"].startswith("/einstellungen/") and scope["method"] == "GET"
+        if public:
+            running["public"] += 1
+            running["most"] = max(running["most"], running["public"])
+            await release.wait()
+            running["public"] -= 1
+        order.append(scope["path"])
+        await _answer(scope, receive, send)
+
+    turns = PageTurns(app, at_once=2)
+
+    async def call(path: str, method: str = "GET") -> int:
+        sent: list[Message] = []
+
+        async def receive() -> Message:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "headers": []}
+        await turns(scope, receive, send)
+        return int(sent[0]["status"])
+
+    pages = [asyncio.create_task(call(f"/einstellungen/{n}")) for n in range(6)]
+    await asyncio.sleep(0.05)
+    assert running == {"public": 2, "most": 2}  # two worked on, four waiting
+    # Meanwhile the office, the API, a one-click unsubscribe and /healthz are answered.
+    others = ["/buero/", "/api/v1/items", "/healthz"]
+    assert await asyncio.gather(*(call(p) for p in others)) == [200, 200, 200]
+    assert await call("/einstellungen/x", "POST") == 200
+    assert order == [*others, "/einstellungen/x"]
+    release.set()
+    assert await asyncio.gather(*pages) == [200] * 6
+    assert running["most"] == 2
+    # In the order they came.
+    assert order[4:] == [f"/einstellungen/{n}" for n in range(6)]
+
+    unlimited = PageTurns(app, at_once=0)
+    release.clear()
+    running["most"] = 0
+    turns = unlimited
+    pages = [asyncio.create_task(call(f"/einstellungen/{n}")) for n in range(6)]
+    await asyncio.sleep(0.05)
+    assert running["public"] == 6
+    release.set()
+    await asyncio.gather(*pages)

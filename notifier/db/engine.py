@@ -35,6 +35,14 @@ T = TypeVar("T")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 READ_ONLY = "notifier_read_only"  # execution option of Database.reading()
+# Execution option of Database.write(inline=True): the write lock is taken already.
+LOCKED = "notifier_locked"
+# How long a SQLite connection waits for the write lock before "database is locked".
+BUSY_TIMEOUT_SECONDS = 10.0
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc)
 
 
 _REVISION = re.compile(r'^revision(?:: str)? = "(\w+)"', re.M)
@@ -103,7 +111,7 @@ def _configure_sqlite(engine: Engine) -> None:
         # would start transactions lazily and deferred).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
         _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
@@ -118,7 +126,10 @@ def _configure_sqlite(engine: Engine) -> None:
         # cannot fail half-way with "database is locked" when another process (the CLI beside
         # the running service) wrote in between; busy_timeout makes it wait instead.
         # A read-only transaction (Database.reading) takes no lock: WAL readers never wait.
-        if connection.get_execution_options().get(READ_ONLY):
+        options = connection.get_execution_options()
+        if options.get(LOCKED):
+            return  # Database.write(inline=True) began the transaction itself
+        if options.get(READ_ONLY):
             connection.exec_driver_sql("BEGIN")
         else:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
@@ -197,7 +208,7 @@ class Database:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
 
-    async def write(self, work: Callable[[Connection], T]) -> T:
+    async def write(self, work: Callable[[Connection], T], *, inline: bool = False) -> T:
         """Run ``work(connection)`` (synchronous SQLAlchemy Core) in one write transaction.
 
         For the hot, short writes of delivery (claiming, recording outcomes). On SQLite the
@@ -211,11 +222,48 @@ class Database:
             async with self.engine.begin() as connection:
                 return await connection.run_sync(work)
 
+        if inline:
+            return await self._write_inline(sync_engine, work)
+
         def run() -> T:
             with sync_engine.begin() as connection:
                 return work(connection)
 
         return await asyncio.to_thread(run)
+
+    async def _write_inline(self, sync_engine: Engine, work: Callable[[Connection], T]) -> T:
+        """:meth:`write` on the event loop's own thread, for short transactions in a busy
+        process. The write lock is asked for without waiting (``busy_timeout`` 0) and, while
+        another connection holds it, asked again after a short sleep of the loop; once taken,
+        the statements run without a pause, so the lock is held for their own CPU time only.
+        In a worker thread they also waited for the GIL after every SQLite call while the
+        loop served web requests, which stretched a few milliseconds of work to tens of them
+        and made the other sender processes wait for the lock."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BUSY_TIMEOUT_SECONDS
+        pause = 0.0005
+        with sync_engine.connect() as connection:
+            raw = connection.connection.driver_connection
+            assert raw is not None
+            raw.execute("PRAGMA busy_timeout=0")
+            try:
+                while True:
+                    try:
+                        raw.execute("BEGIN IMMEDIATE")
+                        break
+                    except sqlite3.OperationalError as exc:
+                        if not _is_busy(exc) or loop.time() > deadline:
+                            raise
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, 0.008)
+            finally:
+                raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+            try:
+                with connection.execution_options(**{LOCKED: True}).begin():
+                    return work(connection)
+            finally:
+                if raw.in_transaction:  # begin() failed before it took over the transaction
+                    raw.rollback()
 
     async def read(self, work: Callable[[Connection], T]) -> T:
         """Run ``work(connection)`` (synchronous SQLAlchemy Core) in one read-only transaction.
@@ -232,13 +280,10 @@ class Database:
                 async with connection.begin():
                     return await connection.run_sync(work)
 
-        def run() -> T:
-            with sync_engine.connect() as connection:
-                connection.execution_options(**{READ_ONLY: True})
-                with connection.begin():
-                    return work(connection)
-
-        return await asyncio.to_thread(run)
+        with sync_engine.connect() as connection:
+            connection.execution_options(**{READ_ONLY: True})
+            with connection.begin():
+                return work(connection)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

@@ -801,7 +801,7 @@ class Sender:
                 return lost
 
             try:
-                lost = await self.db.write(record)
+                lost = await self.db.write(record, inline=True)
             except BaseException:
                 self._outcomes[:0] = outcomes  # kept for the next try
                 self._unsent[:0] = unsent

@@ -36,7 +36,7 @@ from ..links import Links, secret_key
 from ..metrics.web import HttpMetrics
 from ..metrics.web import router as metrics_router
 from ..rendering import german_date, german_datetime
-from .limits import BodyLimit
+from .limits import BodyLimit, PageTurns
 from .messages import german_detail
 from .request import WebContext, page
 
@@ -232,6 +232,8 @@ def create_app(
     )
 
     app.add_middleware(_SecurityHeaders)
+    # Outside the session and the body limit: a waiting request has cost nothing yet.
+    app.add_middleware(PageTurns, at_once=settings.web.public_pages_at_once)
 
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
