@@ -182,7 +182,8 @@ class Database:
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         self.is_postgres = self.engine.dialect.name == "postgresql"
         self.sqlite_file = file
-        # SQLite: short write transactions run whole in a worker thread (see write()).
+        # SQLite: short write transactions run whole in a worker thread or on the loop (see
+        # write()), small reads on the loop (see read()).
         self._sync_engine: Engine | None = None
         if self.is_sqlite:
             _configure_sqlite(self.engine.sync_engine)
@@ -215,7 +216,9 @@ class Database:
         whole transaction runs in a worker thread, from BEGIN IMMEDIATE to COMMIT, without
         waiting for the event loop in between: the database's single write lock is held for
         the statements only, not for as long as a busy loop takes to come back (which made
-        the other sender processes wait). Elsewhere it runs on the async engine.
+        the other sender processes wait). ``inline``: on the loop's own thread instead, for
+        transactions of a few milliseconds in a process whose loop is busy (see
+        :meth:`_write_inline`). Elsewhere it runs on the async engine.
         """
         sync_engine = self._sync_engine
         if sync_engine is None:
@@ -269,9 +272,12 @@ class Database:
         """Run ``work(connection)`` (synchronous SQLAlchemy Core) in one read-only transaction.
 
         The counterpart of :meth:`write` for the hot pages (a personal link's preferences page
-        under a click storm): on SQLite the whole read runs in a worker thread, one hop off the
-        event loop instead of one per statement, and takes no write lock (WAL readers never
-        wait). Elsewhere it runs on the async engine.
+        under a click storm). On SQLite the read runs on the event loop's own thread: it takes
+        no lock and never waits (WAL readers do not wait for writers), and a read of a few rows
+        by key costs less than the hop to a worker thread and back, which under a storm also
+        meant waiting for the GIL after every SQLite call (525 → 792 preferences pages/s at 20
+        clients without it). Only for such small reads: anything long blocks the loop.
+        Elsewhere it runs on the async engine.
         """
         sync_engine = self._sync_engine
         if sync_engine is None:

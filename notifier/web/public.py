@@ -313,7 +313,7 @@ def _checked(sub: PersonalRow | None, target: LinkTarget) -> PersonalRow:
 
 
 async def _personal_row(ctx: WebContext, target: LinkTarget) -> PersonalRow:
-    # One read in a worker thread, plain rows: the page under a click storm (issue 12).
+    # One small read on the event loop, plain rows: the page under a click storm (issue 12).
     row = await ctx.db.read(lambda c: personal_links.subscriber(c, target.subscriber_id))
     return _checked(row, target)
 
