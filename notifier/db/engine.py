@@ -268,16 +268,17 @@ class Database:
                 if raw.in_transaction:  # begin() failed before it took over the transaction
                     raw.rollback()
 
-    async def read(self, work: Callable[[Connection], T]) -> T:
+    async def read(self, work: Callable[[Connection], T], *, inline: bool = False) -> T:
         """Run ``work(connection)`` (synchronous SQLAlchemy Core) in one read-only transaction.
 
-        The counterpart of :meth:`write` for the hot pages (a personal link's preferences page
-        under a click storm). On SQLite the read runs on the event loop's own thread: it takes
-        no lock and never waits (WAL readers do not wait for writers), and a read of a few rows
-        by key costs less than the hop to a worker thread and back, which under a storm also
-        meant waiting for the GIL after every SQLite call (525 → 792 preferences pages/s at 20
-        clients without it). Only for such small reads: anything long blocks the loop.
-        Elsewhere it runs on the async engine.
+        The counterpart of :meth:`write`. On SQLite the whole read runs in a worker thread
+        (one hop off the event loop instead of one per statement) and takes no write lock.
+        ``inline``: on the event loop's own thread instead, for reads of a few rows by key on
+        the hot pages (a personal link's preferences page under a click storm): such a read
+        takes no lock and never waits (WAL readers do not wait for writers), and costs less
+        than the hop to a worker thread and back, which under a storm also meant waiting for
+        the GIL after every SQLite call (525 → 792 preferences pages/s at 20 clients). Never
+        for anything long: it would block the loop. Elsewhere it runs on the async engine.
         """
         sync_engine = self._sync_engine
         if sync_engine is None:
@@ -286,10 +287,13 @@ class Database:
                 async with connection.begin():
                     return await connection.run_sync(work)
 
-        with sync_engine.connect() as connection:
-            connection.execution_options(**{READ_ONLY: True})
-            with connection.begin():
-                return work(connection)
+        def run() -> T:
+            with sync_engine.connect() as connection:
+                connection.execution_options(**{READ_ONLY: True})
+                with connection.begin():
+                    return work(connection)
+
+        return run() if inline else await asyncio.to_thread(run)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:

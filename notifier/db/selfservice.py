@@ -3,9 +3,9 @@ SQLAlchemy Core for :meth:`Database.read` and :meth:`Database.write`.
 
 These pages are what thousands of people open in the minutes after a big announcement, while the
 same service is still sending. So each request reads in one small transaction on the event loop
-and writes in one, with plain rows instead of ORM objects, and holds SQLite's write lock only for
-its own statements (see :meth:`notifier.db.engine.Database.read` and ``write``); the one-click
-unsubscribes of a moment share one transaction (:func:`unsubscribe_many`).
+(``Database.read(inline=True)``) and writes in one, with plain rows instead of ORM objects, and
+holds SQLite's write lock only for its own statements (see :meth:`Database.write`); the
+one-click unsubscribes of a moment share one transaction (:func:`unsubscribe_many`).
 """
 
 from __future__ import annotations

@@ -314,7 +314,9 @@ def _checked(sub: PersonalRow | None, target: LinkTarget) -> PersonalRow:
 
 async def _personal_row(ctx: WebContext, target: LinkTarget) -> PersonalRow:
     # One small read on the event loop, plain rows: the page under a click storm (issue 12).
-    row = await ctx.db.read(lambda c: personal_links.subscriber(c, target.subscriber_id))
+    row = await ctx.db.read(
+        lambda c: personal_links.subscriber(c, target.subscriber_id), inline=True
+    )
     return _checked(row, target)
 
 
