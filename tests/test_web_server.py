@@ -35,6 +35,15 @@ def test_accepted_connections_have_nagle_off() -> None:
                 assert accepted.proto == socket.IPPROTO_TCP
 
 
+def test_the_listening_address_is_read_as_socket_create_server_reads_it() -> None:
+    for host, expected in [("localhost", "127.0.0.1"), ("127.0.0.1", "127.0.0.1"), ("", "0.0.0.0")]:
+        with _listening_socket(host, 0) as sock:
+            assert sock.family == socket.AF_INET
+            assert sock.getsockname()[0] == expected
+    with _listening_socket("::1", 0) as sock:
+        assert sock.family == socket.AF_INET6 and sock.getsockname()[0] == "::1"
+
+
 def _read_answer(sock: socket.socket, buffer: bytearray) -> None:
     """One HTTP answer with a Content-Length body, from ``buffer`` and the socket."""
     while b"\r\n\r\n" not in buffer:

@@ -238,7 +238,8 @@ class Database:
         """:meth:`write` on the event loop's own thread, for short transactions in a busy
         process. The write lock is asked for without waiting (``busy_timeout`` 0) and, while
         another connection holds it, asked again after a short sleep of the loop; once taken,
-        the statements run without a pause, so the lock is held for their own CPU time only.
+        the statements run without a pause, so the lock is held for their own CPU time only
+        (and the COMMIT, in a worker thread: it may checkpoint, which syncs the disk).
         In a worker thread they also waited for the GIL after every SQLite call while the
         loop served web requests, which stretched a few milliseconds of work to tens of them
         and made the other sender processes wait for the lock."""
@@ -262,10 +263,19 @@ class Database:
             finally:
                 raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
             try:
-                with connection.execution_options(**{LOCKED: True}).begin():
-                    return work(connection)
+                transaction = connection.execution_options(**{LOCKED: True}).begin()
+                try:
+                    result = work(connection)
+                except BaseException:
+                    transaction.rollback()
+                    raise
+                # The COMMIT in a worker thread: it may run SQLite's automatic checkpoint
+                # (copying the WAL into the database file and syncing it), which must not
+                # stop the loop.
+                await asyncio.to_thread(transaction.commit)
+                return result
             finally:
-                if raw.in_transaction:  # begin() failed before it took over the transaction
+                if raw.in_transaction:  # begin() or the commit failed: the lock is given back
                     raw.rollback()
 
     async def read(self, work: Callable[[Connection], T], *, inline: bool = False) -> T:

@@ -76,7 +76,12 @@ def _listening_socket(host: str, port: int) -> socket.socket:
     acknowledgement by up to 40 ms: every keep-alive request took 40 ms and one client
     connection served 25 requests/s, whatever the CPU. Setting it on the listening socket
     covers the connections it accepts (Linux copies the option to them)."""
-    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    # As socket.create_server: IPv4 unless an IPv6 address is given ("localhost" is
+    # 127.0.0.1, never ::1), and "" is every address.
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    infos = socket.getaddrinfo(
+        host or None, port, family, socket.SOCK_STREAM, socket.IPPROTO_TCP, socket.AI_PASSIVE
+    )
     family, kind, proto, _, address = infos[0]
     sock = socket.socket(family, kind, proto)
     try:
