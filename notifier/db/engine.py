@@ -271,8 +271,14 @@ class Database:
                     raise
                 # The COMMIT in a worker thread: it may run SQLite's automatic checkpoint
                 # (copying the WAL into the database file and syncing it), which must not
-                # stop the loop.
-                await asyncio.to_thread(transaction.commit)
+                # stop the loop. Cancelled meanwhile (the service stops), the connection is
+                # left alone until the commit is over.
+                commit = asyncio.ensure_future(asyncio.to_thread(transaction.commit))
+                try:
+                    await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    await asyncio.wait([commit])
+                    raise
                 return result
             finally:
                 if raw.in_transaction:  # begin() or the commit failed: the lock is given back
