@@ -49,28 +49,40 @@ print(" ".join(map(repr, waits)))
 """
 
 
-class LockProbe:
-    """Takes SQLite's write lock again and again (BEGIN IMMEDIATE … COMMIT), as a sender
-    process does for its claims and outcomes, and records how long each wait for it took."""
+class _ScriptProcess:
+    """A Python script in a process of its own, on the database file, until told to stop;
+    what it printed then is its result."""
+
+    script = ""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.waits: list[float] = []
         self.process: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-c", _PROBE, str(self.path)],
+            [sys.executable, "-c", self.script, str(self.path)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
 
-    def stop(self) -> None:
+    def _stop(self) -> list[str]:
         assert self.process is not None
         out, _ = self.process.communicate("stop\n", timeout=60)
         assert self.process.returncode == 0
-        self.waits = [float(wait) for wait in out.split()]
+        return out.split()
+
+
+class LockProbe(_ScriptProcess):
+    """Takes SQLite's write lock again and again (BEGIN IMMEDIATE … COMMIT), as a sender
+    process does for its claims and outcomes, and records how long each wait for it took."""
+
+    script = _PROBE
+    waits: list[float]
+
+    def stop(self) -> None:
+        self.waits = [float(wait) for wait in self._stop()]
 
 
 # Asks for the write lock every 2 ms without waiting (busy_timeout 0): whether it was free.
@@ -92,29 +104,16 @@ print(" ".join(samples))
 """
 
 
-class LockSampler:
+class LockSampler(_ScriptProcess):
     """When SQLite's write lock was free, sampled every 2 ms by a process of its own. Unlike
     :class:`LockProbe` it never waits: SQLite's busy handler backs off up to 100 ms between
     tries, so a waiting probe beside busy senders can miss the lock's free moments for long."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.samples: list[tuple[float, bool]] = []
-        self.process: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", _SAMPLER, str(self.path)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+    script = _SAMPLER
+    samples: list[tuple[float, bool]]
 
     def stop(self) -> None:
-        assert self.process is not None
-        out, _ = self.process.communicate("stop\n", timeout=60)
-        assert self.process.returncode == 0
-        pairs = [pair.split(":") for pair in out.split()]
+        pairs = [pair.split(":") for pair in self._stop()]
         self.samples = [(float(at), free == "1") for at, free in pairs]
 
     def free_between(self, start: float, end: float) -> int:

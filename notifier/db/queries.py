@@ -355,7 +355,7 @@ async def build_briefings(
     ).all()
     item_ids_taken = sorted({item_id for _, item_id in taken})
     live_items: set[int] = set()
-    for chunk in _chunks(item_ids_taken):  # a flood of items must not exceed SQLite's variables
+    for chunk in id_chunks(item_ids_taken):  # a flood of items must not exceed SQLite's variables
         live_items.update(
             await session.scalars(select(Item.id).where(Item.id.in_(chunk), _live(now)))
         )
@@ -715,7 +715,8 @@ async def cancelled_items(session: AsyncSession, item_ids: Sequence[int]) -> set
 ID_CHUNK = 500
 
 
-def _chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+def id_chunks(ids: Sequence[int]) -> list[Sequence[int]]:
+    """``ids`` in pieces of at most :data:`ID_CHUNK`, one statement's worth each."""
     return [ids[i : i + ID_CHUNK] for i in range(0, len(ids), ID_CHUNK)]
 
 
@@ -726,7 +727,7 @@ def still_held(connection: Connection, claims: Sequence[tuple[int, str]]) -> set
     transaction excludes every other writer anyway)."""
     owners = dict(claims)
     held: set[int] = set()
-    for chunk in _chunks(sorted(owners)):
+    for chunk in id_chunks(sorted(owners)):
         stmt = select(_OUTBOX.c.id, _OUTBOX.c.lease_owner).where(
             _OUTBOX.c.id.in_(chunk), _OUTBOX.c.state == OutboxState.sending
         )
@@ -742,7 +743,7 @@ def renew_leases(
     """Extend the leases of the rows these claims still hold to ``until``; returns their ids.
     A row missing from the answer was taken over by another claim (its lease had run out)."""
     held = still_held(connection, claims)
-    for chunk in _chunks(sorted(held)):
+    for chunk in id_chunks(sorted(held)):
         connection.execute(update(_OUTBOX).where(_OUTBOX.c.id.in_(chunk)).values(lease_until=until))
     return held
 
@@ -809,7 +810,7 @@ def record_outcomes(connection: Connection, outcomes: Sequence[Outcome]) -> list
         written = {o.outbox_id: (o.state, o.at) for o in outcomes}
         held = {
             i
-            for chunk in _chunks(sorted(written))
+            for chunk in id_chunks(sorted(written))
             for i, state, at, owner in connection.execute(
                 select(
                     _OUTBOX.c.id, _OUTBOX.c.state, _OUTBOX.c.updated_at, _OUTBOX.c.lease_owner

@@ -11,7 +11,7 @@ one-click unsubscribes of a moment share one transaction (:func:`unsubscribe_man
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -29,6 +29,7 @@ from .models import (
     SubscriberStatus,
     Subscription,
 )
+from .queries import id_chunks
 
 _SUBSCRIBERS = cast(Table, Subscriber.__table__)
 _S = _SUBSCRIBERS.c
@@ -133,7 +134,7 @@ def stop_pending_mail(connection: Connection, subscriber_id: int, now: datetime)
 
 
 def _stop_pending_mail(
-    connection: Connection, subscriber_ids: list[int], now: datetime
+    connection: Connection, subscriber_ids: Sequence[int], now: datetime
 ) -> Counter[int]:
     """:func:`stop_pending_mail` for several subscribers: cancelled messages per subscriber."""
     cancelled = connection.execute(
@@ -163,10 +164,6 @@ class Unsubscribe:
     at: datetime
 
 
-# Subscribers per statement of a batch (SQLite allows 32,766 variables per statement).
-_CHUNK = 500
-
-
 def unsubscribe_many(
     connection: Connection, requests: Sequence[Unsubscribe]
 ) -> list[tuple[PersonalRow | None, bool]]:
@@ -180,7 +177,7 @@ def unsubscribe_many(
     write lock once per batch, not once per click (see ``notifier.web.unsubscribes``)."""
     ids = sorted({r.subscriber_id for r in requests})
     before: dict[int, PersonalRow] = {}
-    for chunk in _chunks(ids):
+    for chunk in id_chunks(ids):
         for row in connection.execute(select(*_PERSONAL_COLUMNS).where(_S.id.in_(chunk))):
             before[row.id] = PersonalRow(**row._mapping, topics=())
     changing: dict[int, Unsubscribe] = {}
@@ -200,7 +197,7 @@ def unsubscribe_many(
         return results
     now = max(r.at for r in changing.values())
     cancelled: Counter[int] = Counter()
-    for chunk in _chunks(list(changing)):
+    for chunk in id_chunks(list(changing)):
         connection.execute(
             update(_SUBSCRIBERS)
             .where(_S.id.in_(chunk))
@@ -222,11 +219,6 @@ def unsubscribe_many(
         ],
     )
     return results
-
-
-def _chunks(ids: list[int]) -> Iterator[list[int]]:
-    for start in range(0, len(ids), _CHUNK):
-        yield ids[start : start + _CHUNK]
 
 
 def pause(connection: Connection, sub: PersonalRow, *, now: datetime) -> None:
